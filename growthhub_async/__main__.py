@@ -1,0 +1,7 @@
+"""``python -m growthhub_async``: the same as the ``growthhub-async`` command."""
+
+import sys
+
+from growthhub_async.cli import main
+
+sys.exit(main())

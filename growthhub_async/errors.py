@@ -1,0 +1,178 @@
+"""The whole exception tree of growthhub_async: a leaf module that imports nothing of ours.
+
+    GrowthHubError
+    ├── ConfigurationError          bad arguments to the client (rate, base URL, token)
+    ├── InvalidContactId            a contact id that could address another path; never sent
+    ├── TransportError              no HTTP answer: the request may or may not have arrived
+    │   ├── ConnectionFailed        refused, reset, dropped before the status line
+    │   └── RequestTimeout          no complete answer in time
+    ├── ResponseError               an answer we cannot read (bad JSON on a 200, `succeded: false`)
+    └── HTTPStatusError             the server answered with an error status
+        ├── BadRequest              400
+        ├── Unauthorized            401 (and 403 as its subclass Forbidden)
+        │   └── Forbidden           403
+        ├── NotFound                404
+        ├── UnprocessableEntity     422
+        ├── RateLimited             429, with `retry_after` when the server gave one
+        └── ServerError             5xx
+
+The server's message, status and headers are attributes, not only text in ``str(exc)``. No
+attribute ever holds the token: requests are not kept on the exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "BadRequest",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "Forbidden",
+    "GrowthHubError",
+    "HTTPStatusError",
+    "InvalidContactId",
+    "NotFound",
+    "RateLimited",
+    "RequestTimeout",
+    "ResponseError",
+    "ServerError",
+    "TransportError",
+    "Unauthorized",
+    "UnprocessableEntity",
+    "error_for_status",
+]
+
+
+class GrowthHubError(Exception):
+    """Base of every error this library raises."""
+
+
+class ConfigurationError(GrowthHubError, ValueError):
+    """The client was given arguments it cannot work with."""
+
+
+class InvalidContactId(GrowthHubError, ValueError):
+    """A contact id that is empty, too long, or could change the request's path or query."""
+
+
+class TransportError(GrowthHubError):
+    """The request got no HTTP answer. A PUT is idempotent, so retrying it is safe."""
+
+
+class ConnectionFailed(TransportError):
+    """The connection was refused, reset or dropped before a complete answer."""
+
+
+class RequestTimeout(TransportError):
+    """No complete answer arrived within the timeout."""
+
+
+class ResponseError(GrowthHubError):
+    """The server answered, but with a body this library cannot accept."""
+
+    def __init__(self, message: str, *, status_code: int, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+
+
+class HTTPStatusError(GrowthHubError):
+    """The server answered with an error status.
+
+    ``messages`` holds every message of the body (a 422 lists one per problem); ``message`` joins
+    them. ``headers`` are the response headers, for the ``X-RateLimit-*`` family and ``traceId``.
+    """
+
+    status_code: int = 0
+
+    def __init__(
+        self,
+        status_code: int,
+        messages: Sequence[str] = (),
+        *,
+        headers: Mapping[str, str] | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.messages = tuple(messages)
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.trace_id = trace_id
+        super().__init__(f"HTTP {status_code}: {self.message}")
+
+    @property
+    def message(self) -> str:
+        """The server's messages joined into one line, or the status's reason if it gave none."""
+        return "; ".join(self.messages) or _REASONS.get(self.status_code, "error")
+
+
+class BadRequest(HTTPStatusError):
+    """400: the request was malformed (missing `Version`, broken JSON)."""
+
+
+class Unauthorized(HTTPStatusError):
+    """401: the token is invalid, expired or lacks the scope."""
+
+
+class Forbidden(Unauthorized):
+    """403: the token has no access to this location."""
+
+
+class NotFound(HTTPStatusError):
+    """404: no contact with this id."""
+
+
+class UnprocessableEntity(HTTPStatusError):
+    """422: the body failed the server's validation; ``messages`` has one entry per problem."""
+
+
+class RateLimited(HTTPStatusError):
+    """429: over the rate limit. ``retry_after`` is in seconds when the server said."""
+
+    def __init__(
+        self,
+        status_code: int = 429,
+        messages: Sequence[str] = (),
+        *,
+        headers: Mapping[str, str] | None = None,
+        trace_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status_code, messages, headers=headers, trace_id=trace_id)
+        self.retry_after = retry_after
+
+
+class ServerError(HTTPStatusError):
+    """5xx: the server or a proxy in front of it failed; transient."""
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+_BY_STATUS: dict[int, type[HTTPStatusError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    422: UnprocessableEntity,
+    429: RateLimited,
+}
+
+
+def error_for_status(status_code: int) -> type[HTTPStatusError]:
+    """The exception class for an error status: exact matches first, then its family."""
+    if status_code in _BY_STATUS:
+        return _BY_STATUS[status_code]
+    if status_code >= 500:
+        return ServerError
+    return HTTPStatusError

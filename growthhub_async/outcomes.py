@@ -1,0 +1,147 @@
+"""What happened to each record: ``Status``, ``Outcome``, the status table, and ``Summary``.
+
+Pure: no I/O, no clock. The one table below maps an HTTP status onto an outcome status; the
+retry policy reads the same table (a status that classifies as ``FAILED`` is transient), so
+"what we retry" and "what we report as failed" cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from typing import Final
+
+import msgspec
+
+__all__ = [
+    "FINAL_STATUSES",
+    "Outcome",
+    "Status",
+    "Summary",
+    "classify_status",
+    "decode_outcome",
+    "encode_outcome",
+]
+
+
+class Status(enum.StrEnum):
+    """The outcome of one record (../shared/DESIGN.md, "Outcome statuses")."""
+
+    UPDATED = "updated"
+    """2xx: the server applied the update."""
+    REJECTED = "rejected"
+    """Never sent: the record failed local validation."""
+    INVALID = "invalid"
+    """422: the server refused the body."""
+    BAD_REQUEST = "bad_request"
+    """400 (and any other non-transient 4xx the API has no better name for)."""
+    UNAUTHORIZED = "unauthorized"
+    """401 or 403."""
+    NOT_FOUND = "not_found"
+    """404."""
+    FAILED = "failed"
+    """Transient failures outlasted the retry budget, or the run stopped before the record did."""
+
+
+FINAL_STATUSES: Final[frozenset[Status]] = frozenset(
+    {Status.UPDATED, Status.REJECTED, Status.INVALID, Status.BAD_REQUEST, Status.NOT_FOUND}
+)
+"""Statuses that sending the same record again cannot change: resume skips these records.
+``unauthorized`` and ``failed`` may succeed on another try (a new token, a calmer server)."""
+
+_EXACT: Final[dict[int, Status]] = {
+    400: Status.BAD_REQUEST,
+    401: Status.UNAUTHORIZED,
+    403: Status.UNAUTHORIZED,
+    404: Status.NOT_FOUND,
+    408: Status.FAILED,  # request timeout: the same request may well pass next time
+    422: Status.INVALID,
+    429: Status.FAILED,
+}
+
+
+def classify_status(status_code: int) -> Status:
+    """The outcome status for an HTTP status code; ``FAILED`` means transient (retry it)."""
+    if 200 <= status_code < 300:
+        return Status.UPDATED
+    if status_code in _EXACT:
+        return _EXACT[status_code]
+    if status_code >= 500:
+        return Status.FAILED
+    return Status.BAD_REQUEST
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One record's result. In JSONL: ``line, contactId, status, httpStatus, attempts, error``.
+
+    ``line`` is the record's 1-based number in its input; ``attempts`` counts the HTTP requests
+    sent for it (0 for a record never sent); ``error`` is a human message, never a token.
+    """
+
+    line: int
+    contact_id: str | None
+    status: Status
+    http_status: int | None = None
+    attempts: int = 0
+    error: str | None = None
+
+    @property
+    def final(self) -> bool:
+        """Whether sending this record again could not change its outcome."""
+        return self.status in FINAL_STATUSES
+
+
+_outcome_encoder: Final = msgspec.json.Encoder()
+_outcome_decoder: Final = msgspec.json.Decoder(Outcome)
+
+
+def encode_outcome(outcome: Outcome) -> bytes:
+    """One JSONL line (with its newline) for ``outcome``; every key is always present."""
+    return _outcome_encoder.encode(outcome) + b"\n"
+
+
+def decode_outcome(line: bytes) -> Outcome:
+    """Parse one journal line; raises ``msgspec.DecodeError`` for a torn or foreign line."""
+    return _outcome_decoder.decode(line)
+
+
+class Summary:
+    """Counts over a run: outcomes per status, requests sent, retries, 429s, elapsed time.
+
+    ``elapsed`` is set by whoever owns the clock (the bulk engine), never read here.
+    """
+
+    def __init__(self) -> None:
+        self.by_status: Counter[Status] = Counter()
+        self.requests = 0
+        self.retries = 0
+        self.rate_limited = 0
+        self.elapsed = 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        """Count one finished record."""
+        self.by_status[outcome.status] += 1
+        self.requests += outcome.attempts
+
+    @property
+    def records(self) -> int:
+        """How many records have an outcome."""
+        return sum(self.by_status.values())
+
+    @property
+    def rate(self) -> float:
+        """Requests sent per second of elapsed time (0 before any time has passed)."""
+        return self.requests / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def all_updated(self) -> bool:
+        """Whether every record was updated (the command line's exit status 0)."""
+        return self.records == self.by_status[Status.UPDATED]
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s.value}={n}" for s, n in sorted(self.by_status.items()))
+        return (
+            f"Summary({counts or 'no records'}; requests={self.requests}, "
+            f"retries={self.retries}, rate_limited={self.rate_limited}, "
+            f"elapsed={self.elapsed:.3f}s)"
+        )
