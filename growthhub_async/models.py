@@ -259,17 +259,30 @@ class UpdateContactCodec:
         except msgspec.ValidationError as exc:
             if self.value_key == "field_value":
                 raise
-            raise msgspec.ValidationError(str(exc).replace("field_value", "fieldValue")) from None
+            # Name the key the caller wrote, not the one we renamed it to.
+            message = str(exc).replace(".field_value`", ".fieldValue`")
+            raise msgspec.ValidationError(message) from None
 
 
 def _rename_value_key(obj: Mapping[str, Any], old: str, new: str) -> Mapping[str, Any]:
+    """Move custom field values from the ``old`` wire key to ``new``; ``new`` given is an error.
+
+    With the ``fieldValue`` setting, ``field_value`` in the input is as unknown as any other
+    stray key, and saying so beats sending whichever of the two the server happens to prefer.
+    """
     fields = obj.get("customFields")
     if not isinstance(fields, list):
         return obj
-    renamed = [
-        {(new if k == old else k): v for k, v in item.items()} if isinstance(item, dict) else item
-        for item in fields
-    ]
+    renamed: list[Any] = []
+    for i, item in enumerate(fields):
+        if not isinstance(item, dict):
+            renamed.append(item)  # msgspec.convert names the wrong type
+            continue
+        if new in item:
+            raise msgspec.ValidationError(
+                f"Object contains unknown field `{new}` - at `$.customFields[{i}]`"
+            )
+        renamed.append({(new if k == old else k): v for k, v in item.items()})
     return {**obj, "customFields": renamed}
 
 
