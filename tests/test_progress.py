@@ -1,0 +1,58 @@
+"""Progress rendering: numbers in, text out."""
+
+from __future__ import annotations
+
+import pytest
+
+from growthhub_async.outcomes import Outcome, Status, Summary
+from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
+
+
+def make_summary(updated: int, failed: int, elapsed: float) -> Summary:
+    summary = Summary()
+    for i in range(updated):
+        summary.add(Outcome(line=i + 1, contact_id=f"c{i}", status=Status.UPDATED, attempts=1))
+    for i in range(failed):
+        summary.add(Outcome(line=i + 1, contact_id=f"f{i}", status=Status.FAILED, attempts=3))
+    summary.retries = 2 * failed
+    summary.rate_limited = 1
+    summary.elapsed = elapsed
+    return summary
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0.0s"), (9.94, "9.9s"), (75.2, "1m15s"), (3600, "1h00m00s"), (3725, "1h02m05s")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_bar_shows_done_of_total_rate_counts_and_eta() -> None:
+    line = render_bar(make_summary(40, 10, 5.0), total=100)
+    assert "[############------------] 50/100  50.0%" in line
+    assert "14.0 req/s" in line  # 40 + 30 requests in 5 s
+    assert "updated 40  not updated 10  retries 20  429s 1" in line
+    assert line.endswith("ETA 5.0s")
+
+
+def test_bar_without_a_known_total() -> None:
+    line = render_bar(make_summary(3, 0, 1.0), total=None)
+    assert line.startswith("3 records")
+    assert line.endswith("ETA --")
+
+
+def test_plain_line_has_no_control_characters() -> None:
+    line = render_line(make_summary(5, 0, 2.0), total=10)
+    assert line.startswith("progress: 5/10 records, 2.5 req/s")
+    assert "\r" not in line
+    assert "\x1b" not in line
+
+
+def test_summary_table_against_the_limit() -> None:
+    text = render_summary(make_summary(40, 10, 5.0), limit_rate=20.0, outcomes="out.jsonl")
+    assert "  updated       40\n  failed        10\n" in text
+    assert "  total         50\n" in text
+    assert "invalid" not in text
+    assert "70 requests in 5.0s: 14.0 req/s of a limit of 20.0 req/s (70%)" in text
+    assert text.endswith("outcomes: out.jsonl")
