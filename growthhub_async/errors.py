@@ -3,6 +3,8 @@
     GrowthHubError
     ├── ConfigurationError          bad arguments to the client (rate, base URL, token)
     ├── InvalidContactId            a contact id that could address another path; never sent
+    ├── InputError                  an input file that cannot be read at all (missing, unknown kind)
+    ├── JournalError                an outcome journal that must not be written (exists, not ours)
     ├── TransportError              no HTTP answer: the request may or may not have arrived
     │   ├── ConnectionFailed        refused, reset, dropped before the status line
     │   └── RequestTimeout          no complete answer in time
@@ -31,7 +33,9 @@ __all__ = [
     "Forbidden",
     "GrowthHubError",
     "HTTPStatusError",
+    "InputError",
     "InvalidContactId",
+    "JournalError",
     "NotFound",
     "RateLimited",
     "RequestTimeout",
@@ -54,6 +58,17 @@ class ConfigurationError(GrowthHubError, ValueError):
 
 class InvalidContactId(GrowthHubError, ValueError):
     """A contact id that is empty, too long, or could change the request's path or query."""
+
+
+class InputError(GrowthHubError):
+    """An input file cannot be read at all: missing, unreadable, or of an unknown kind.
+
+    A bad *record* is not an error: it becomes a ``rejected`` outcome and the others go on.
+    """
+
+
+class JournalError(GrowthHubError):
+    """The outcome journal must not be written: it exists without resume, or is not a journal."""
 
 
 class TransportError(GrowthHubError):

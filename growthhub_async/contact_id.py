@@ -1,0 +1,58 @@
+"""The contact id safety rule, in one pure function shared by the input readers and the client.
+
+A contact id becomes a path segment: ``PUT /contacts/{contactId}``. An id that could change the
+request's path, query or fragment (``../locations``, ``x?y=1``, ``a#b``, ``%2F``) must never be
+sent, whatever a caller or an input file says. The API's ids are 20-odd alphanumeric characters,
+so the rule can be strict without refusing real ones:
+
+- not empty, at most :data:`MAX_LENGTH` characters;
+- none of ``/ ? # % \\`` (the backslash because some proxies read it as ``/``);
+- not ``.`` and no ``..`` anywhere (URL normalisation would resolve them as path segments);
+- no whitespace and no control characters (C0, DEL, C1), which could split or smuggle a header
+  line, and none of the invisible formatting characters (zero-width spaces and joiners,
+  bidirectional overrides, the byte order mark), which would make an id differ from how it looks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from growthhub_async.errors import InvalidContactId
+
+__all__ = ["MAX_LENGTH", "check_contact_id"]
+
+MAX_LENGTH: Final = 128
+"""The longest contact id accepted; the API's own ids are about 20 characters."""
+
+# One search finds the first offending character or sequence. `\s` (str pattern) covers the
+# Unicode whitespace too (NBSP, U+2028, ...); C0, DEL and C1 are the control characters; then
+# soft hyphen, zero-width and bidi marks, word joiners and invisible operators, and the BOM.
+_UNSAFE: Final = re.compile(
+    r"[/?#%\\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]|\.\."
+)
+
+
+def check_contact_id(value: str) -> None:
+    """Raise :class:`~growthhub_async.errors.InvalidContactId` unless ``value`` is safe to send.
+
+    Pure and cheap (one length check and one regular-expression search); the message names the
+    problem and shows the offending character, never the whole id when it is long.
+    """
+    if not isinstance(value, str):
+        raise InvalidContactId(f"contact id must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidContactId("contact id is empty")
+    if len(value) > MAX_LENGTH:
+        raise InvalidContactId(
+            f"contact id is {len(value)} characters long, at most {MAX_LENGTH} allowed"
+        )
+    if value == ".":
+        raise InvalidContactId("contact id '.' would address the collection, not a contact")
+    if m := _UNSAFE.search(value):
+        found = m.group()
+        what = "'..'" if found == ".." else repr(found)
+        raise InvalidContactId(
+            f"unsafe contact id {value!r}: contains {what} at position {m.start()}"
+            " (ids must not contain / ? # % \\ .. whitespace, control or invisible characters)"
+        )
