@@ -1,0 +1,260 @@
+"""The outcome journal: lines reach the OS as records finish; resume reads them back safely."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from growthhub_async.errors import JournalError
+from growthhub_async.journal import MAX_LINE, Journal, ResumeState, load_resume_state
+from growthhub_async.outcomes import Outcome, Status, decode_outcome, encode_outcome
+from growthhub_async.sources import Record, read_jsonl
+
+
+def outcome(line: int, status: Status = Status.UPDATED, contact_id: str | None = None) -> Outcome:
+    return Outcome(
+        line=line,
+        contact_id=contact_id if contact_id is not None else f"c{line}",
+        status=status,
+        http_status=200 if status is Status.UPDATED else None,
+        attempts=1,
+    )
+
+
+def read_outcomes(path: Path) -> list[Outcome]:
+    return [decode_outcome(line) for line in path.read_bytes().splitlines()]
+
+
+def test_each_line_is_visible_to_another_reader_right_after_write(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with Journal(path) as journal, open(path, "rb") as reader:
+        for n in range(1, 4):
+            journal.write(outcome(n))
+            # Another handle sees the whole line at once, before any close or flush call.
+            assert reader.readline() == encode_outcome(outcome(n))
+        assert journal.written == 3
+    assert read_outcomes(path) == [outcome(1), outcome(2), outcome(3)]
+
+
+def test_journal_line_shape(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with Journal(path) as journal:
+        journal.write(Outcome(line=7, contact_id=None, status=Status.REJECTED, error="line 7: bad"))
+    assert path.read_bytes() == (
+        b'{"line":7,"contactId":null,"status":"rejected","httpStatus":null,'
+        b'"attempts":0,"error":"line 7: bad"}\n'
+    )
+
+
+def test_lines_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    script = (
+        "import os, signal, sys\n"
+        "from growthhub_async.journal import Journal\n"
+        "from growthhub_async.outcomes import Outcome, Status\n"
+        "j = Journal(sys.argv[1])\n"
+        "for n in range(1, 501):\n"
+        "    j.write(Outcome(line=n, contact_id=f'c{n}', status=Status.UPDATED, attempts=1))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], check=False, timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert [o.line for o in read_outcomes(path)] == list(range(1, 501))
+
+
+def test_refuses_a_non_empty_file_without_resume(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(encode_outcome(outcome(1)))
+    before = path.read_bytes()
+    with pytest.raises(JournalError, match="--resume") as info:
+        Journal(path)
+    assert "already holds outcomes" in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_an_empty_existing_file_is_fine_without_resume(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.touch()
+    with Journal(path) as journal:
+        journal.write(outcome(1))
+    assert read_outcomes(path) == [outcome(1)]
+
+
+def test_resume_appends_after_what_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with Journal(path) as journal:
+        journal.write(outcome(1))
+    with Journal(path, resume=True) as journal:
+        journal.write(outcome(2))
+    assert read_outcomes(path) == [outcome(1), outcome(2)]
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [
+        b'{"line":3,"contactId":"c3","sta',
+        b'{"line":3,"contactId":"c3","status":"updated","httpStatus":200,"attempts":1,"error":null}',
+        b"{",
+        b'{"line":3,"contactId":"' + b"x" * 200_000,  # torn across more than one read chunk
+    ],
+    ids=["mid-line", "complete-but-no-newline", "one-byte", "long"],
+)
+def test_torn_last_line_is_ignored_then_cut_before_appending(tmp_path: Path, torn: bytes) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(encode_outcome(outcome(1)) + encode_outcome(outcome(2)) + torn)
+    state = load_resume_state(path)
+    assert state.torn
+    assert state.entries == 2
+    assert state.is_final(1, "c1")
+    assert state.is_final(2, "c2")
+    assert not state.is_final(3, "c3")  # the torn line's record is sent again
+    with Journal(path, resume=True) as journal:
+        journal.write(outcome(3))
+    assert read_outcomes(path) == [outcome(1), outcome(2), outcome(3)]
+
+
+def test_a_journal_holding_only_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"li')
+    assert len(load_resume_state(path)) == 0
+    with Journal(path, resume=True) as journal:
+        journal.write(outcome(1))
+    assert read_outcomes(path) == [outcome(1)]
+
+
+def test_resume_refuses_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"  # the classic slip: --out pointing at the input
+    data = b'{"contactId":"a","firstName":"x"}\n{"contactId":"b"'
+    path.write_bytes(data)
+    with pytest.raises(JournalError, match="not an outcome journal"):
+        load_resume_state(path)
+    with pytest.raises(JournalError, match="not an outcome journal"):
+        Journal(path, resume=True)
+    assert path.read_bytes() == data  # nothing truncated, nothing appended
+
+
+def test_a_bad_line_before_the_end_is_not_tolerated(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(encode_outcome(outcome(1)) + b"garbage\n" + encode_outcome(outcome(3)))
+    with pytest.raises(JournalError, match="line 2"):
+        load_resume_state(path)
+
+
+def test_missing_journal_is_an_empty_state(tmp_path: Path) -> None:
+    state = load_resume_state(tmp_path / "none.jsonl")
+    assert len(state) == 0
+    assert not state.torn
+    assert not state.is_final(1, "c1")
+
+
+def test_resume_state_final_statuses_and_last_outcome_wins(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    history = [
+        outcome(1, Status.UPDATED),
+        outcome(2, Status.FAILED),
+        outcome(3, Status.UNAUTHORIZED),
+        # No id: rejected before it had one (malformed JSON, say).
+        Outcome(line=4, contact_id=None, status=Status.REJECTED, error="line 4: bad"),
+        outcome(5, Status.INVALID),
+        outcome(6, Status.BAD_REQUEST),
+        outcome(7, Status.NOT_FOUND),
+        outcome(2, Status.UPDATED),  # a retry in a resumed run: now final
+        outcome(8, Status.UPDATED),
+        outcome(8, Status.FAILED),  # the last outcome wins, even over a final one
+    ]
+    with Journal(path) as journal:
+        for item in history:
+            journal.write(item)
+    state = load_resume_state(path)
+    assert state.entries == len(history)
+    assert not state.torn
+    final = {n for n in range(1, 10) if state.is_final(n, None if n == 4 else f"c{n}")}
+    assert final == {1, 2, 4, 5, 6, 7}
+    assert len(state) == 6
+    assert state.mismatched == 0
+
+
+def test_a_changed_input_line_is_sent_not_skipped() -> None:
+    state = ResumeState()
+    state.record(1, "alice", Status.UPDATED)
+    state.record(2, "bob", Status.UPDATED)
+    assert state.is_final(1, "alice")
+    assert not state.is_final(2, "carol")  # line 2 now holds another contact
+    assert not state.is_final(1, None)
+    assert state.mismatched == 2
+
+
+def test_pending_filters_a_source_by_line_and_contact_id(tmp_path: Path) -> None:
+    data = (
+        b'{"contactId":"a"}\n'
+        b'{"contactId":"b"}\n'
+        b"[]\n"  # rejected: final, skipped on resume
+        b'{"contactId":"changed"}\n'
+        b'{"contactId":"e"}\n'
+    )
+    state = ResumeState()
+    state.record(1, "a", Status.UPDATED)
+    state.record(2, "b", Status.FAILED)
+    state.record(3, None, Status.REJECTED)
+    state.record(4, "d", Status.NOT_FOUND)
+    items = list(state.pending(read_jsonl(io.BytesIO(data))))
+    assert [(i.line, i.contact_id) for i in items] == [(2, "b"), (4, "changed"), (5, "e")]
+    assert all(isinstance(i, Record) for i in items)
+    assert state.mismatched == 1
+
+
+def test_resume_state_rejects_impossible_line_numbers() -> None:
+    state = ResumeState()
+    for line in (0, -1, MAX_LINE + 1):
+        with pytest.raises(ValueError, match="outside"):
+            state.record(line, "c", Status.UPDATED)
+
+
+def test_resume_state_for_a_million_lines_is_small(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    # One journal of a million lines, written at C speed: the journal's bytes, not its API.
+    with open(path, "wb") as f:
+        f.writelines(
+            b'{"line":%d,"contactId":"c%d","status":"%s","httpStatus":200,"attempts":1,'
+            b'"error":null}\n' % (n, n, b"updated" if n % 10 else b"failed")
+            for n in range(1, 1_000_001)
+        )
+    state = load_resume_state(path)
+    assert state.entries == 1_000_000
+    assert len(state) == 900_000
+    assert state.nbytes <= 8 * 1024 * 1024  # 4 bytes per line, doubled at worst while growing
+    assert state.is_final(999_999, "c999999")
+    assert not state.is_final(1_000_000, "c1000000")
+
+
+def test_fsync_every_and_closing(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with pytest.raises(ValueError, match="fsync_every"):
+        Journal(path, fsync_every=-1)
+    journal = Journal(path, fsync_every=2)
+    for n in range(1, 6):
+        journal.write(outcome(n))
+    journal.sync()
+    journal.close()
+    journal.close()  # harmless
+    assert journal.closed
+    with pytest.raises(ValueError, match="closed"):
+        journal.write(outcome(6))
+    assert len(read_outcomes(path)) == 5
+
+
+def test_unwritable_location_is_a_journal_error(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="cannot open outcomes"):
+        Journal(tmp_path / "no-such-dir" / "out.jsonl")
+    if os.geteuid() != 0:  # root reads anything; the check means nothing there
+        path = tmp_path / "locked.jsonl"
+        path.write_bytes(encode_outcome(outcome(1)))
+        path.chmod(0)
+        with pytest.raises(JournalError, match="cannot read outcomes"):
+            load_resume_state(path)
