@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from growthhub_async import __version__
+from growthhub_async.sandbox import cli as sandbox_cli
 
 PROG = "growthhub-async"
 
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Each subcommand registers itself and sets ``handler`` (Namespace -> exit status).
+    sandbox_cli.add_parser(subparsers)
     return parser
 
 
@@ -33,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 2  # pragma: no cover - every subcommand returns from its own handler
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

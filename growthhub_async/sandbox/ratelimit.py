@@ -84,9 +84,11 @@ class Budget:
             if now >= self._fixed_start + self.window:
                 self._fixed_count = 0
         else:
-            horizon = now - self.window
+            # Written as in _burst_wait (oldest + window <= now), so that float rounding can
+            # never make the two disagree about whether the oldest request has left.
+            window = self.window
             times = self._sliding
-            while times and times[0] <= horizon:
+            while times and times[0] + window <= now:
                 times.popleft()
 
     def _used(self) -> int:
@@ -149,8 +151,8 @@ class ArrivalMeter:
         """Record an arrival at ``now``; returns how many arrived in ``(now - window, now]``."""
         times = self._times
         times.append(now)
-        horizon = now - self.window
-        while times[0] <= horizon:
+        window = self.window
+        while times[0] + window <= now:
             times.popleft()
         count = len(times)
         self.max_seen = max(self.max_seen, count)

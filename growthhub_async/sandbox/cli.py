@@ -1,0 +1,173 @@
+"""``growthhub-async sandbox``: run the emulator in the foreground until interrupted.
+
+The accepted token comes from ``GROWTHHUB_TOKEN`` when set (so a client run with the same
+environment just works), else ``--token`` (throwaway test tokens only: argv is visible in
+``ps``), else ``sandbox-token``. The sandbox listens on loopback unless ``--host`` says
+otherwise, and then it warns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+from growthhub_async.sandbox.app import run_sandbox
+from growthhub_async.sandbox.config import DEFAULT_TOKEN, Faults, SandboxConfig
+
+__all__ = ["add_parser", "is_loopback", "parse_rate", "run"]
+
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"100/10s"`` -> ``(100, 10.0)``; also ``"25/500ms"``, ``"100/s"``, ``"6/1m"``."""
+    m = _RATE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"rate {text!r}: expected N/DURATION such as 100/10s or 20/500ms")
+    count = int(m.group(1))
+    seconds = float(m.group(2) or 1) * _UNIT[m.group(3) or "s"]
+    if count < 1 or seconds <= 0:
+        raise ValueError(f"rate {text!r}: the count and the duration must be positive")
+    return count, seconds
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _rate_arg(text: str) -> tuple[int, float]:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number of seconds")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``sandbox`` subcommand on the command's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "sandbox",
+        help="run a local emulator of the Update Contact endpoint",
+        description=(
+            "Run a local emulator of PUT /contacts/{contactId} (auth, validation, rate limits, "
+            "seeded faults) until interrupted. Accepted token: $GROWTHHUB_TOKEN if set, else "
+            f"--token, else {DEFAULT_TOKEN!r}. Stats: GET /__sandbox/stats."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
+    parser.add_argument(
+        "--rate", type=_rate_arg, default=(100, 10.0), help="burst window, e.g. 100/10s"
+    )
+    parser.add_argument("--daily", type=int, default=200_000, help="daily limit per token")
+    parser.add_argument("--window", choices=("sliding", "fixed"), default="sliding")
+    parser.add_argument(
+        "--no-retry-after", action="store_true", help="send 429s without Retry-After"
+    )
+    parser.add_argument("--error-rate", type=_probability, default=0.0, help="P of a 5xx")
+    parser.add_argument("--drop-rate", type=_probability, default=0.0, help="P of a drop")
+    parser.add_argument(
+        "--rate-limit-rate", type=_probability, default=0.0, help="P of a forced 429"
+    )
+    parser.add_argument("--latency", type=_seconds, default=0.0, help="seconds added")
+    parser.add_argument("--jitter", type=_seconds, default=0.0, help="up to S more seconds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=None,
+        help="an accepted token (repeatable; throwaway tokens only, argv is visible in ps)",
+    )
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> SandboxConfig:
+    env_token = os.environ.get("GROWTHHUB_TOKEN")
+    tokens = {env_token} if env_token else set(args.token or (DEFAULT_TOKEN,))
+    rate_limit, rate_window = args.rate
+    return SandboxConfig(
+        tokens=frozenset(tokens),
+        rate_limit=rate_limit,
+        rate_window=rate_window,
+        window=args.window,
+        daily_limit=args.daily,
+        retry_after=not args.no_retry_after,
+        faults=Faults(
+            seed=args.seed,
+            error_rate=args.error_rate,
+            drop_rate=args.drop_rate,
+            rate_limit_rate=args.rate_limit_rate,
+            latency=args.latency,
+            jitter=args.jitter,
+        ),
+    )
+
+
+async def _serve(config: SandboxConfig, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on Windows' loops
+            loop.add_signal_handler(signum, stop.set)
+    async with run_sandbox(config, host=host, port=port) as sb:
+        sys.stderr.write(
+            f"sandbox listening on {sb.base_url} "
+            f"({config.rate_limit} per {config.rate_window:g}s, {config.window}); "
+            "Ctrl-C stops it\n"
+        )
+        sys.stderr.flush()
+        await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``growthhub-async sandbox``: serve until SIGINT/SIGTERM; returns the exit status."""
+    try:
+        config = _config(args)
+    except ValueError as exc:
+        sys.stderr.write(f"growthhub-async sandbox: {exc}\n")
+        return 2
+    if not is_loopback(args.host):
+        sys.stderr.write(
+            f"warning: listening on {args.host}, not loopback: other machines can reach the "
+            "sandbox\n"
+        )
+    try:
+        asyncio.run(_serve(config, args.host, args.port))
+    except OSError as exc:
+        sys.stderr.write(f"growthhub-async sandbox: cannot listen: {exc}\n")
+        return 2
+    return 0

@@ -1,0 +1,148 @@
+"""``growthhub-async sandbox``: argument parsing, token choice, and a real run in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+
+import aiohttp
+import pytest
+
+from growthhub_async.cli import build_parser
+from growthhub_async.sandbox.cli import _config, is_loopback, parse_rate
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("100/10s", (100, 10.0)),
+        ("25/500ms", (25, 0.5)),
+        ("100/s", (100, 1.0)),
+        ("6/1m", (6, 60.0)),
+        ("7/2", (7, 2.0)),
+        (" 10 / 0.5s ", (10, 0.5)),
+    ],
+)
+def test_parse_rate(text: str, expected: tuple[int, float]) -> None:
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "100", "0/10s", "10/0s", "ten/10s", "10/10d", "-1/1s"])
+def test_parse_rate_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(text)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.5", False),
+        ("::", False),
+        ("example.org", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_options_become_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GROWTHHUB_TOKEN", raising=False)
+    args = build_parser().parse_args(
+        [
+            "sandbox",
+            "--rate",
+            "20/500ms",
+            "--daily",
+            "50",
+            "--window",
+            "fixed",
+            "--no-retry-after",
+            "--error-rate",
+            "0.1",
+            "--drop-rate",
+            "0.05",
+            "--rate-limit-rate",
+            "0.02",
+            "--latency",
+            "0.01",
+            "--jitter",
+            "0.02",
+            "--seed",
+            "9",
+            "--token",
+            "a",
+            "--token",
+            "b",
+        ]
+    )
+    config = _config(args)
+    assert (config.rate_limit, config.rate_window, config.window) == (20, 0.5, "fixed")
+    assert config.daily_limit == 50
+    assert config.retry_after is False
+    assert config.tokens == frozenset({"a", "b"})
+    faults = config.faults
+    assert (faults.seed, faults.error_rate, faults.drop_rate) == (9, 0.1, 0.05)
+    assert (faults.rate_limit_rate, faults.latency, faults.jitter) == (0.02, 0.01, 0.02)
+
+
+def test_token_from_environment_wins_else_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROWTHHUB_TOKEN", "from-env")
+    args = build_parser().parse_args(["sandbox", "--token", "argv"])
+    assert _config(args).tokens == frozenset({"from-env"})
+    monkeypatch.delenv("GROWTHHUB_TOKEN")
+    assert _config(build_parser().parse_args(["sandbox"])).tokens == frozenset({"sandbox-token"})
+
+
+@pytest.mark.parametrize("argv", [["--rate", "fast"], ["--error-rate", "2"], ["--latency", "-1"]])
+def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["sandbox", *argv])
+    assert exc.value.code == 2
+    capsys.readouterr()
+
+
+async def test_command_serves_until_interrupted() -> None:
+    env = {**os.environ, "GROWTHHUB_TOKEN": "cli-token"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "growthhub_async",
+        "sandbox",
+        "--port",
+        "0",
+        "--rate",
+        "5/10s",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+        match = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert match, line
+        headers = {"Authorization": "Bearer cli-token", "Version": "2021-07-28"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(
+                f"{match.group(0)}/contacts/c1", json={"firstName": "A"}, headers=headers
+            ) as r,
+        ):
+            assert r.status == 200
+            assert r.headers["X-RateLimit-Max"] == "5"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        rest = (await proc.stderr.read()).decode()
+        assert "cli-token" not in line + rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
