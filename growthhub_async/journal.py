@@ -51,6 +51,8 @@ MAX_LINE: Final = 1 << 28
 _SIGNATURE: Final = b'{"line":'
 _READ_CHUNK: Final = 1 << 16
 _FINAL_BIT: Final = 0x8000_0000
+# Not inherited by child processes; binary on Windows (the flags are 0 where they do not exist).
+_OPEN_EXTRA: Final = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 class _Entry(msgspec.Struct, rename="camel"):
@@ -186,7 +188,10 @@ class Journal:
         self.fsync_every = fsync_every
         self.written = 0
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            # Resume reads the tail back to repair it; a fresh run only writes, which also suits
+            # write-only targets such as a FIFO.
+            access = os.O_RDWR if resume else os.O_WRONLY
+            fd = os.open(self.path, access | os.O_CREAT | os.O_APPEND | _OPEN_EXTRA, 0o644)
         except OSError as exc:
             raise JournalError(f"cannot open outcomes {self.path!r}: {exc.strerror}") from None
         try:
@@ -258,7 +263,7 @@ def _prepare(fd: int, path: str, *, resume: bool) -> None:
 
 
 def _check_signature(fd: int, path: str) -> None:
-    head = os.pread(fd, len(_SIGNATURE), 0)
+    head = _pread(fd, len(_SIGNATURE), 0)
     # A journal whose only line was torn very early may hold just the signature's beginning.
     if not _SIGNATURE.startswith(head) or not head:
         raise JournalError(
@@ -269,15 +274,25 @@ def _check_signature(fd: int, path: str) -> None:
 
 def _cut_torn_tail(fd: int, size: int) -> None:
     """Truncate after the last newline, so that the next line starts on a line of its own."""
-    if os.pread(fd, 1, size - 1) == b"\n":
+    if _pread(fd, 1, size - 1) == b"\n":
         return
     end = size
     while end > 0:
         start = max(0, end - _READ_CHUNK)
-        chunk = os.pread(fd, end - start, start)
+        chunk = _pread(fd, end - start, start)
         newline = chunk.rfind(b"\n")
         if newline >= 0:
             os.ftruncate(fd, start + newline + 1)
             return
         end = start
     os.ftruncate(fd, 0)
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    """Read at ``offset`` (portable ``os.pread``: seeking does not move O_APPEND writes)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while size > 0 and (chunk := os.read(fd, size)):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
