@@ -6,7 +6,7 @@ Every input record becomes exactly one item: a :class:`Record` ready to send, or
 
     line 7: Expected `str | null`, got `int` - at `$.firstName`
     line 3: Object contains unknown field `gender`
-    line 9: malformed JSON: JSON is malformed: invalid character (byte 12)
+    line 9: malformed JSON: invalid character (byte 12)
     line 4: not a JSON object (got array)
     line 5: missing contactId
     line 6: unsafe contact id 'a/b': contains '/' at position 1 (...) - at `$.contactId`
@@ -138,13 +138,12 @@ def _reject(line: int, message: str, contact_id: str | None = None) -> Outcome:
     )
 
 
-def _too_long(line: int) -> Outcome:
-    return _reject(line, f"longer than {MAX_LINE_BYTES // (1 << 20)} MiB")
+_TOO_LONG: Final = f"longer than {MAX_LINE_BYTES // (1 << 20)} MiB"
 
 
-def _invalid_utf8(line: int, exc: UnicodeDecodeError) -> Outcome:
+def _invalid_utf8(exc: UnicodeDecodeError) -> str:
     bad = exc.object[exc.start : exc.start + 1]
-    return _reject(line, f"invalid UTF-8 (byte 0x{bad.hex()} at offset {exc.start})")
+    return f"invalid UTF-8 (byte 0x{bad.hex()} at offset {exc.start})"
 
 
 def _is_too_long(raw: bytes) -> bool:
@@ -180,20 +179,20 @@ def read_jsonl(
         lineno += 1
         if len(raw) >= MAX_LINE_BYTES and _is_too_long(raw):
             _drain_line(readline, raw)
-            yield _too_long(lineno)
+            yield _reject(lineno, _TOO_LONG)
             continue
         if lineno == 1 and raw.startswith(_BOM):
             raw = raw[3:]
         try:
             obj = decode(raw)
         except UnicodeDecodeError as exc:
-            yield _invalid_utf8(lineno, exc)
+            yield _reject(lineno, _invalid_utf8(exc))
             continue
         except msgspec.DecodeError as exc:
             # A blank line fails to decode too; checking here keeps `strip()` off the fast path.
             if not raw.strip():
                 continue
-            yield _reject(lineno, f"malformed JSON: {exc}")
+            yield _reject(lineno, f"malformed JSON: {_without_prefix(exc)}")
             continue
         if type(obj) is not dict:
             yield _reject(lineno, f"not a JSON object (got {_json_type(obj)})")
@@ -230,6 +229,11 @@ _JSON_TYPES: Final[dict[type, str]] = {
 }
 
 
+def _without_prefix(exc: msgspec.DecodeError) -> str:
+    """msgspec's message without its own "JSON is malformed: " (we already said so)."""
+    return str(exc).removeprefix("JSON is malformed: ")
+
+
 def _json_type(value: object) -> str:
     """The JSON name of a decoded value's type, in msgspec's vocabulary."""
     return _JSON_TYPES.get(type(value), type(value).__name__)
@@ -249,7 +253,7 @@ class _CsvLines:
     def __init__(self, stream: BinaryLines) -> None:
         self._readline = stream.readline
         self.count = 0
-        self.problems: dict[int, Outcome] = {}
+        self.problems: dict[int, str] = {}
 
     def __iter__(self) -> _CsvLines:
         return self
@@ -261,7 +265,7 @@ class _CsvLines:
         self.count += 1
         if len(raw) >= MAX_LINE_BYTES and _is_too_long(raw):
             _drain_line(self._readline, raw)
-            self.problems[self.count] = _too_long(self.count)
+            self.problems[self.count] = _TOO_LONG
             # An empty line keeps csv's line count right; the record is rejected anyway.
             return "\n"
         if self.count == 1 and raw.startswith(_BOM):
@@ -269,7 +273,7 @@ class _CsvLines:
         try:
             return raw.decode()
         except UnicodeDecodeError as exc:
-            self.problems[self.count] = _invalid_utf8(self.count, exc)
+            self.problems[self.count] = _invalid_utf8(exc)
             return raw.decode(errors="replace")
 
     def problem_within(self, start: int, end: int) -> Outcome | None:
@@ -278,9 +282,10 @@ class _CsvLines:
         for line in sorted(self.problems):
             if line > end:
                 break
-            outcome = self.problems.pop(line)
+            message = self.problems.pop(line)
             if found is None and line >= start:
-                found = outcome if line == start else _reject(start, f"{outcome.error}")
+                where = "" if line == start else f" on physical line {line}"
+                found = _reject(start, f"{message}{where}")
         return found
 
 
@@ -472,7 +477,7 @@ def _json_cell(text: str, name: str) -> Any:
     try:
         return msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
-        raise _CellError(f"malformed JSON in column `{name}`: {exc}") from None
+        raise _CellError(f"malformed JSON in column `{name}`: {_without_prefix(exc)}") from None
 
 
 def _safe(contact_id: str) -> str | None:
@@ -497,6 +502,7 @@ class Source:
 
     def __init__(self, stream: IO[bytes], kind: InputKind, items: Iterator[Item], *, owned: bool):
         self.kind: InputKind = kind
+        self.name: str = getattr(stream, "name", "-") if owned else "-"
         self._stream = stream
         self._items = items
         self._owned = owned

@@ -105,7 +105,8 @@ GOOD_BEFORE = b'{"contactId":"before","firstName":"A"}\n'
 GOOD_AFTER = b'{"contactId":"after","lastName":"B"}\n'
 
 JSONL_BAD = [
-    ("malformed", b'{"contactId": "x", ', ["malformed JSON"]),
+    ("malformed", b'{"contactId": "x", ', ["malformed JSON: Input data was truncated"]),
+    ("bad-token", b'{"contactId": x}', ["malformed JSON: invalid character (byte 14)"]),
     ("trailing-garbage", b'{"contactId":"x"} x', ["malformed JSON"]),
     ("array", b'[{"contactId":"x"}]', ["not a JSON object (got array)"]),
     ("string", b'"x"', ["not a JSON object (got str)"]),
@@ -247,6 +248,9 @@ def test_jsonl_value_key_field_value_spelling_is_honoured() -> None:
     assert body(record) == {"customFields": [{"id": "f", "field_value": ["a", "b"]}]}
     [outcome] = jsonl(line.replace(b"fieldValue", b"field_value"), value_key="fieldValue")
     assert "`field_value`" in rejected(outcome)
+    bad = b'{"contactId":"x","customFields":[{"id":"f","fieldValue":null}]}\n'
+    [outcome] = jsonl(bad, value_key="fieldValue")
+    assert "`$.customFields[0].fieldValue`" in rejected(outcome)
 
 
 def test_jsonl_is_lazy() -> None:
@@ -516,7 +520,9 @@ def test_csv_invalid_utf8_rejects_only_its_record() -> None:
     assert isinstance(items[0], Record)
     assert rejected(items[1]).startswith("line 3: invalid UTF-8")
     # The bad byte is on physical line 5, inside a record that starts on line 4.
-    assert rejected(items[2]).startswith("line 4: line 5: invalid UTF-8")
+    error = rejected(items[2])
+    assert error.startswith("line 4: invalid UTF-8 (byte 0xc3")
+    assert error.endswith("on physical line 5")
     assert isinstance(items[3], Record)
 
 
@@ -555,6 +561,7 @@ def test_open_source_by_extension(tmp_path: Path) -> None:
     for path, kind, expected in ((j, "jsonl", "a"), (n, "jsonl", "b"), (c, "csv", "c")):
         with open_source(str(path)) as source:
             assert source.kind == kind
+            assert source.name == str(path)
             [record] = list(source)
             assert isinstance(record, Record)
             assert record.contact_id == expected
@@ -563,6 +570,7 @@ def test_open_source_by_extension(tmp_path: Path) -> None:
 def test_open_source_dash_reads_stdin_and_leaves_it_open() -> None:
     stdin = io.BytesIO(b'{"contactId":"a","customFields":[{"id":"f","fieldValue":"v"}]}\n')
     with open_source("-", "fieldValue", stdin=stdin) as source:
+        assert source.name == "-"
         [record] = list(source)
     assert isinstance(record, Record)
     assert not stdin.closed
