@@ -39,6 +39,10 @@ def check_contact_id(value: str) -> None:
     Pure and cheap (one length check and one regular-expression search); the message names the
     problem and shows the offending character, never the whole id when it is long.
     """
+    # The API's own ids are letters and digits: one C-level check clears them (letters and
+    # digits in any script are safe; every unsafe character is neither).
+    if isinstance(value, str) and value.isalnum() and len(value) <= MAX_LENGTH:
+        return
     if not isinstance(value, str):
         raise InvalidContactId(f"contact id must be a string, not {type(value).__name__}")
     if not value:
