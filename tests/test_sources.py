@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,28 @@ def test_unsafe_contact_ids_raise_naming_the_problem(value: str, fragment: str) 
     with pytest.raises(InvalidContactId) as info:
         check_contact_id(value)
     assert fragment in str(info.value)
+
+
+_FORBIDDEN = re.compile(
+    r"[/?#%\\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=MAX_LENGTH + 2) | st.text("ab./?%# \t\u200b", max_size=6))
+def test_contact_id_rule_holds_for_any_text(value: str) -> None:
+    expected = (
+        0 < len(value) <= MAX_LENGTH
+        and value != "."
+        and ".." not in value
+        and not _FORBIDDEN.search(value)
+    )
+    try:
+        check_contact_id(value)
+    except InvalidContactId:
+        assert not expected
+    else:
+        assert expected
 
 
 def test_contact_id_must_be_a_string() -> None:
