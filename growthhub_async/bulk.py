@@ -1,0 +1,676 @@
+"""The bulk engine: bounded read-ahead, workers per token, per-contact order, retries, outcomes.
+
+How a record travels::
+
+    input (lazy) -> OutcomeStream's reader (at most max_pending records ahead of the consumer)
+      -> the token's queue -> one of the token's `concurrency` workers
+      -> per-contact gate (one record per contact in flight, input order kept)
+      -> pacing (the token's budget) -> PUT -> retry transient failures -> Outcome
+
+Rules, and why:
+
+- **Memory does not grow with the input.** The reader takes a record only while fewer than
+  ``max_pending`` of its records are waiting, in flight, or finished but not yet taken by the
+  consumer. A consumer that stops reading stops the reader.
+- **Per contact, one record in flight, in input order.** A worker that takes a record whose
+  contact already has one in flight parks it behind that one; the worker finishing a record
+  runs the contact's next parked record itself. Parked records count as pending, so the parking
+  is bounded too.
+- **Tokens do not wait on each other.** Each token has its own queue, workers and budget. Only
+  the reader is shared: it reads in input order, so a token whose records pile up can hold it
+  back once ``max_pending`` of them wait.
+- **One outcome per record, none dropped.** Cancelling the consumer (or ``aclose()``, or closing
+  the client) stops the reader, ends queued records as ``failed`` (``"cancelled"``, no request)
+  and cancels the ones in flight, which end ``failed`` (``"cancelled"``) with their attempts
+  counted. Outcomes that the closed stream can no longer yield still reach the hooks
+  (:class:`~growthhub_async.events.RecordFinished`) and the stream's ``summary``.
+- **Retries** follow :class:`~growthhub_async.retry.RetryPolicy`. A 429 pauses the whole token
+  (the client's lane does it when the answer arrives); the record then waits in the token's
+  pacer like every other. A token stopped for the day or after repeated 401s sends nothing more:
+  its records end with the stop's status and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, TypeAlias
+
+from growthhub_async.contact_id import check_contact_id
+from growthhub_async.errors import (
+    HTTPStatusError,
+    InvalidContactId,
+    RateLimited,
+    ResponseError,
+    TransportError,
+)
+from growthhub_async.events import Event, Hook, RateLimitHit, RecordFinished, RetryScheduled
+from growthhub_async.models import UpdateContact
+from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
+from growthhub_async.retry import RetryPolicy, is_transient
+
+__all__ = ["Engine", "Lane", "OutcomeStream", "Record", "RecordInput"]
+
+log = logging.getLogger("growthhub_async")
+
+CANCELLED = "cancelled"
+_REFRESHED = Exception("token refreshed")  # a marker: the 401 was answered by a refresh
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record to send: its 1-based input ``line``, the contact, the update, and optionally
+    the key of the token to send it with (``None``: the run's or the client's default)."""
+
+    line: int
+    contact_id: str
+    update: UpdateContact
+    token_key: str | None = None
+
+
+RecordInput: TypeAlias = Record | tuple[str, UpdateContact] | Outcome | Any
+"""What ``update_contacts`` accepts per item (see :meth:`Engine.prepare`)."""
+
+
+class Lane(Protocol):
+    """What the engine needs of one token (the client's implementation holds the session)."""
+
+    key: str
+    stopped: tuple[Status, str] | None
+
+    async def acquire(self) -> float:
+        """Wait for the token's budget; return the send time."""
+
+    async def request(self, contact_id: str, body: bytes, *, sent_at: float) -> tuple[int, Any]:
+        """Send one PUT; return ``(status, decoded)`` or raise a typed error."""
+
+    async def refresh(self) -> bool:
+        """Refresh the token once after a 401; ``False`` when no refresher is configured."""
+
+    def pause_remaining(self, now: float) -> float:
+        """Seconds left of the token's 429 pause."""
+
+
+class _State(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class _Sink(Protocol):
+    def event(self, event: Event) -> None: ...
+
+    def finish(self, job: _Job, outcome: Outcome) -> None: ...
+
+
+class _Job:
+    __slots__ = (
+        "attempts",
+        "body",
+        "contact_id",
+        "http_status",
+        "lane",
+        "line",
+        "refreshed",
+        "sink",
+        "state",
+        "task",
+    )
+
+    def __init__(self, line: int, contact_id: str, body: bytes, lane: Lane, sink: _Sink) -> None:
+        self.line = line
+        self.contact_id = contact_id
+        self.body = body
+        self.lane = lane
+        self.sink = sink
+        self.state = _State.QUEUED
+        self.attempts = 0
+        self.http_status: int | None = None
+        self.refreshed = False
+        self.task: asyncio.Task[Outcome] | None = None
+
+    def outcome(self, status: Status, error: str | None) -> Outcome:
+        return Outcome(
+            line=self.line,
+            contact_id=self.contact_id,
+            status=status,
+            http_status=self.http_status,
+            attempts=self.attempts,
+            error=error,
+        )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, HTTPStatusError | ResponseError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _status_of(error: BaseException) -> Status:
+    if isinstance(error, HTTPStatusError):
+        return classify_status(error.status_code)
+    return Status.FAILED
+
+
+class Engine:
+    """Workers per token over the client's lanes; shared by every run and ``submit``.
+
+    Created by the client on first use; ``close()`` ends everything it started.
+    """
+
+    def __init__(
+        self,
+        lanes: Mapping[str, Lane],
+        *,
+        policy: RetryPolicy,
+        concurrency: int,
+        encode: Callable[[UpdateContact], bytes],
+        hooks: list[Hook],
+        default_token_key: str | None,
+    ) -> None:
+        self.lanes = lanes
+        self.policy = policy
+        self.concurrency = concurrency
+        self.encode = encode
+        self.hooks = hooks  # the client's list: hooks added later are seen
+        self.default_token_key = default_token_key
+        self.runs: set[OutcomeStream] = set()
+        self._queues: dict[str, asyncio.Queue[_Job]] = {}
+        self._active: dict[str, dict[str, deque[_Job]]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self.closed = False
+
+    # -- events ----------------------------------------------------------------------------
+
+    @staticmethod
+    def call_hooks(hooks: Iterable[Hook], event: Event) -> None:
+        """Call each hook; one that raises is logged and skipped (it must not stop a run)."""
+        for hook in hooks:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("event hook %r raised on %s", hook, type(event).__name__)
+
+    def broadcast(self, event: Event) -> None:
+        """A token-level event: to the client's hooks and to every running stream's."""
+        self.call_hooks(self.hooks, event)
+        for run in list(self.runs):
+            run.token_event(event)
+
+    # -- records in ------------------------------------------------------------------------
+
+    def prepare(
+        self, item: RecordInput, position: int, token_key: str | None, sink: _Sink
+    ) -> _Job | Outcome:
+        """A job for one input item, or its ``rejected`` outcome (never sent).
+
+        Accepted: a :class:`Record`; a ``(contact_id, update)`` pair (line = ``position``); an
+        object with ``line``, ``contact_id``, ``update`` (and optionally ``token_key``); an
+        :class:`Outcome` (a record already rejected upstream), returned as is.
+        """
+        if isinstance(item, Outcome):
+            return item
+        unpacked = _unpack(item, position)
+        if isinstance(unpacked, Outcome):
+            return unpacked
+        line, contact_id, update, key = unpacked
+        for fallback in (token_key, self.default_token_key):
+            key = key if key is not None else fallback
+        problem = _problem(contact_id, update, key)
+        if problem is None and (lane := self.lanes.get(str(key))) is not None:
+            return _Job(line, contact_id, self.encode(update), lane, sink)
+        # The id is shown in the outcome (never sent) unless it is not a string or absurdly long.
+        shown = contact_id if isinstance(contact_id, str) and len(contact_id) <= 1024 else None
+        return _rejected(line, shown, problem or f"unknown token_key {key!r}")
+
+    def enqueue(self, job: _Job) -> None:
+        """Hand a job to its token's workers (started on first use)."""
+        if self.closed:
+            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            return
+        key = job.lane.key
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = asyncio.Queue()
+            self._active[key] = {}
+            self._workers.extend(
+                asyncio.create_task(self._worker(key), name=f"growthhub-worker-{key}-{n}")
+                for n in range(self.concurrency)
+            )
+        queue.put_nowait(job)
+
+    def cancel_job(self, job: _Job) -> None:
+        """End a job as ``failed`` (``"cancelled"``): at once if queued, via its task if running."""
+        if job.state is _State.QUEUED:
+            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+        elif job.state is _State.RUNNING and job.task is not None:
+            job.task.cancel()
+
+    async def submit(
+        self, line: int, contact_id: str, update: UpdateContact, token_key: str | None
+    ) -> Outcome:
+        """One record through the workers; see ``GrowthHubClient.submit``."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        sink = _FutureSink(future, self)
+        prepared = self.prepare(Record(line, contact_id, update, token_key), line, None, sink)
+        if isinstance(prepared, Outcome):
+            self.call_hooks(self.hooks, RecordFinished(outcome=prepared, token_key=token_key))
+            return prepared
+        self.enqueue(prepared)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.cancel_job(prepared)
+            raise
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _finish(self, job: _Job, outcome: Outcome) -> None:
+        if job.state is _State.DONE:
+            return
+        job.state = _State.DONE
+        job.task = None
+        job.sink.finish(job, outcome)
+
+    async def _worker(self, key: str) -> None:
+        queue = self._queues[key]
+        active = self._active[key]
+        while True:
+            job = await queue.get()
+            if job.state is not _State.QUEUED:
+                continue  # cancelled while queued: its outcome is out already
+            parked = active.get(job.contact_id)
+            if parked is not None:
+                parked.append(job)  # the worker running this contact will take it next
+                continue
+            active[job.contact_id] = deque()
+            current: _Job | None = job
+            while current is not None:
+                await self._run(current)
+                current = self._next_parked(active, current.contact_id)
+
+    @staticmethod
+    def _next_parked(active: dict[str, deque[_Job]], contact_id: str) -> _Job | None:
+        parked = active[contact_id]
+        while parked:
+            job = parked.popleft()
+            if job.state is _State.QUEUED:
+                return job
+        del active[contact_id]
+        return None
+
+    async def _run(self, job: _Job) -> None:
+        job.state = _State.RUNNING
+        task = job.task = asyncio.create_task(self._attempts(job))
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            # The engine is closing: end this record, then let the worker stop.
+            task.cancel()
+            await asyncio.wait((task,))
+            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            raise
+        if task.cancelled():
+            outcome = job.outcome(Status.FAILED, CANCELLED)
+        elif (exc := task.exception()) is not None:
+            log.error("internal error on line %d", job.line, exc_info=exc)
+            outcome = job.outcome(Status.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            outcome = task.result()
+        self._finish(job, outcome)
+
+    async def _attempts(self, job: _Job) -> Outcome:
+        """Send one record until it has a final outcome or the retry budget runs out."""
+        lane = job.lane
+        loop = asyncio.get_running_loop()
+        first: float | None = None
+        while True:
+            if lane.stopped is not None:
+                return job.outcome(*lane.stopped)
+            sent_at = await lane.acquire()
+            if lane.stopped is not None:  # stopped while we waited for the budget
+                return job.outcome(*lane.stopped)
+            if first is None:
+                first = sent_at
+            job.attempts += 1
+            error = await self._send(job, sent_at)
+            if error is None:
+                return job.outcome(Status.UPDATED, None)
+            if error is _REFRESHED:
+                continue
+            if not is_transient(error):
+                return job.outcome(_status_of(error), _describe(error))
+            limited = isinstance(error, RateLimited)
+            if limited:
+                job.sink.event(
+                    RateLimitHit(
+                        line=job.line,
+                        contact_id=job.contact_id,
+                        token_key=lane.key,
+                        retry_after=getattr(error, "retry_after", None),
+                    )
+                )
+            if lane.stopped is not None:
+                return job.outcome(*lane.stopped)
+            now = loop.time()
+            delay = self.policy.next_delay(
+                error,
+                tries=job.attempts,
+                elapsed=now - first,
+                hint=lane.pause_remaining(now) if limited else None,
+                now=time.time(),
+            )
+            if delay is None:
+                return job.outcome(
+                    Status.FAILED, f"{_describe(error)} (gave up after {job.attempts} tries)"
+                )
+            job.sink.event(
+                RetryScheduled(
+                    line=job.line,
+                    contact_id=job.contact_id,
+                    token_key=lane.key,
+                    attempt=job.attempts,
+                    delay=delay,
+                    error=_describe(error),
+                    http_status=job.http_status,
+                )
+            )
+            if not limited and delay > 0:
+                # After a 429 the token's pacer holds every worker until the pause ends.
+                await asyncio.sleep(delay)
+
+    @staticmethod
+    async def _send(job: _Job, sent_at: float) -> BaseException | None:
+        """One request: ``None`` when applied, else the error (``_REFRESHED``: send again)."""
+        try:
+            job.http_status, _ = await job.lane.request(job.contact_id, job.body, sent_at=sent_at)
+        except HTTPStatusError as exc:
+            job.http_status = exc.status_code
+            if exc.status_code == 401 and not job.refreshed and await job.lane.refresh():
+                job.refreshed = True
+                return _REFRESHED
+            return exc
+        except (TransportError, ResponseError) as exc:
+            job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
+            return exc
+        return None
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop every reader and worker; every record taken ends with an outcome."""
+        if self.closed:
+            return
+        self.closed = True
+        feeders = [t for run in list(self.runs) if (t := run.stop_reading()) is not None]
+        if feeders:
+            await asyncio.wait(feeders)
+        for worker in self._workers:
+            worker.cancel()
+        if self._workers:
+            await asyncio.wait(self._workers)
+        for key, queue in self._queues.items():
+            while not queue.empty():
+                job = queue.get_nowait()
+                if job.state is _State.QUEUED:
+                    self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            for parked in self._active[key].values():
+                for job in parked:
+                    if job.state is _State.QUEUED:
+                        self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            self._active[key].clear()
+
+
+def _unpack(item: Any, position: int) -> tuple[int, Any, Any, str | None] | Outcome:
+    if isinstance(item, tuple):
+        if len(item) != 2:
+            return _rejected(position, None, "expected a (contact_id, UpdateContact) pair")
+        return position, item[0], item[1], None
+    try:
+        return item.line, item.contact_id, item.update, getattr(item, "token_key", None)
+    except AttributeError:
+        return _rejected(
+            position, None, f"not a record: {type(item).__name__} (want a Record or a pair)"
+        )
+
+
+def _problem(contact_id: Any, update: Any, key: str | None) -> str | None:
+    try:
+        check_contact_id(contact_id)
+    except InvalidContactId as exc:
+        return str(exc)
+    if not isinstance(update, UpdateContact):
+        return f"not an UpdateContact: {type(update).__name__}"
+    if key is None:
+        return "no token_key given, and several tokens exist"
+    return None
+
+
+def _rejected(line: int, contact_id: str | None, error: str) -> Outcome:
+    return Outcome(line=line, contact_id=contact_id, status=Status.REJECTED, error=error)
+
+
+class _FutureSink:
+    """Where a ``submit`` job's outcome goes: the awaiting future, and the client's hooks."""
+
+    def __init__(self, future: asyncio.Future[Outcome], engine: Engine) -> None:
+        self.future = future
+        self.engine = engine
+
+    def event(self, event: Event) -> None:
+        Engine.call_hooks(self.engine.hooks, event)
+
+    def finish(self, job: _Job, outcome: Outcome) -> None:
+        Engine.call_hooks(
+            self.engine.hooks, RecordFinished(outcome=outcome, token_key=job.lane.key)
+        )
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class _FeedDone:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+async def _aiter(records: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(records, AsyncIterable):
+        async for item in records:
+            yield item
+    else:
+        for item in records:
+            yield item
+
+
+class OutcomeStream:
+    """The outcomes of one ``update_contacts`` run, in completion order.
+
+    Iterate it (``async for outcome in stream``), ideally inside ``async with`` so that leaving
+    early (``break``, an exception) stops the run at once::
+
+        async with gh.update_contacts(records) as stream:
+            async for outcome in stream:
+                ...
+        print(stream.summary)
+
+    Exactly one outcome per input record. Input is read lazily (at most ``max_pending`` records
+    ahead of the consumer). If the input itself raises, the outcomes of the records read so
+    far come first, then the exception. Cancelling the task that awaits the next outcome stops
+    the run like :meth:`aclose`: queued records end ``failed`` (``"cancelled"``) without a
+    request, records in flight are cancelled and end ``failed`` (``"cancelled"``); their
+    outcomes go to the hooks and the :attr:`summary`. No task is left running.
+    """
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        records: Iterable[RecordInput] | AsyncIterable[RecordInput],
+        *,
+        token_key: str | None,
+        hooks: Iterable[Hook],
+        max_pending: int,
+    ) -> None:
+        self._get_engine = engine
+        self._engine: Engine | None = None
+        self._records = records
+        self._token_key = token_key
+        self._hooks = list(hooks)
+        self._max_pending = max_pending
+        self.summary = Summary()
+        """Counts of this run; ``elapsed`` and ``rate`` are final once the stream has ended."""
+        self._results: asyncio.Queue[Outcome | _FeedDone] = asyncio.Queue()
+        self._slots: asyncio.Semaphore | None = None
+        self._jobs: set[_Job] = set()
+        self._outstanding = 0  # read from input, outcome not yet yielded
+        self._feeder: asyncio.Task[None] | None = None
+        self._feed_done = False
+        self._feed_error: BaseException | None = None
+        self._closed = False
+        self._drained: asyncio.Event | None = None
+        self._started_at = 0.0
+
+    # -- sink for the engine ---------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        assert self._engine is not None
+        Engine.call_hooks(self._engine.hooks, event)
+        Engine.call_hooks(self._hooks, event)
+
+    def event(self, event: Event) -> None:
+        """A record-level event of this run (counted in the summary)."""
+        if isinstance(event, RetryScheduled):
+            self.summary.retries += 1
+        elif isinstance(event, RateLimitHit):
+            self.summary.rate_limited += 1
+        self._emit(event)
+
+    def token_event(self, event: Event) -> None:
+        """A token-level event (pause, stop): to this run's own hooks."""
+        Engine.call_hooks(self._hooks, event)
+
+    def finish(self, job: _Job | None, outcome: Outcome) -> None:
+        """A record of this run has its outcome."""
+        if job is not None:
+            self._jobs.discard(job)
+        self.summary.add(outcome)
+        self._emit(RecordFinished(outcome=outcome, token_key=job.lane.key if job else None))
+        if not self._closed:
+            self._results.put_nowait(outcome)
+        elif not self._jobs and self._drained is not None:
+            self._drained.set()
+
+    # -- the reader ------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._feeder is not None:
+            return
+        engine = self._engine = self._get_engine()
+        if engine.closed:
+            raise RuntimeError("the client is closed")
+        engine.runs.add(self)
+        self._slots = asyncio.Semaphore(self._max_pending)
+        self._started_at = asyncio.get_running_loop().time()
+        self._feeder = asyncio.create_task(self._feed(engine), name="growthhub-reader")
+
+    async def _feed(self, engine: Engine) -> None:
+        assert self._slots is not None
+        error: BaseException | None = None
+        try:
+            position = 0
+            async for item in _aiter(self._records):
+                position += 1
+                await self._slots.acquire()
+                self._outstanding += 1
+                prepared = engine.prepare(item, position, self._token_key, self)
+                if isinstance(prepared, Outcome):
+                    self.finish(None, prepared)
+                else:
+                    self._jobs.add(prepared)
+                    engine.enqueue(prepared)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the caller's input; re-raised to the consumer)
+            error = exc
+        finally:
+            self._results.put_nowait(_FeedDone(error))
+
+    def stop_reading(self) -> asyncio.Task[None] | None:
+        """Cancel the reader (the engine is closing); returns it for awaiting."""
+        if self._feeder is not None and not self._feeder.done():
+            self._feeder.cancel()
+            return self._feeder
+        return None
+
+    # -- the consumer ----------------------------------------------------------------------
+
+    def __aiter__(self) -> OutcomeStream:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        if self._closed:
+            raise StopAsyncIteration
+        self._start()
+        assert self._slots is not None
+        try:
+            while True:
+                if self._feed_done and self._outstanding == 0:
+                    self._end()
+                    if self._feed_error is not None:
+                        error, self._feed_error = self._feed_error, None
+                        raise error
+                    raise StopAsyncIteration
+                item = await self._results.get()
+                if isinstance(item, _FeedDone):
+                    self._feed_done = True
+                    self._feed_error = item.error
+                    continue
+                self._outstanding -= 1
+                self._slots.release()
+                return item
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+
+    def _end(self) -> None:
+        if not self._closed:
+            self._closed = True
+        if self._engine is not None:
+            self._engine.runs.discard(self)
+            self.summary.elapsed = asyncio.get_running_loop().time() - self._started_at
+
+    async def aclose(self) -> None:
+        """Stop the run; every record read ends with an outcome (see the class docstring)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._feeder is None:
+            return
+        assert self._engine is not None
+        if not self._feeder.done():
+            self._feeder.cancel()
+            await asyncio.wait((self._feeder,))
+        self._drained = asyncio.Event()
+        for job in list(self._jobs):
+            self._engine.cancel_job(job)
+        if self._jobs:
+            await self._drained.wait()
+        self._end()
+
+    async def __aenter__(self) -> OutcomeStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,577 @@
+"""``GrowthHubClient``: the session pool, one rate budget per token, and the public API.
+
+One client holds **one aiohttp connector** (keep-alive, ``concurrency`` connections per token)
+and, per token, **one session** over it with that token's headers, its own rate budget
+(:class:`~growthhub_async.ratelimit.Budget`: pace, 429 pause, daily limit) and its own stop
+state (daily limit reached, repeated 401s).
+Records for location A therefore never wait on location B's budget.
+
+One token::
+
+    async with GrowthHubClient(token=TOKEN, rate="100/10s") as gh:
+        resp = await gh.update_contact("ocQHyuzHvysMo5N5VsXc", UpdateContact(first_name="Rosan"))
+        async for outcome in gh.update_contacts(pairs):
+            ...
+
+Several tokens (one per sub-account/location), each named by a key of your choice::
+
+    async with GrowthHubClient(tokens={"locA": TOKEN_A, "locB": TOKEN_B}) as gh:
+        await gh.update_contact(cid, update, token_key="locA")
+        async for outcome in gh.update_contacts(records):   # Record(..., token_key="locB")
+            ...
+        loc_b = gh.for_token("locB")                          # a view bound to one key
+        await loc_b.submit(cid, update)
+
+A single ``token=`` is named ``"default"``. With one token, the key may always be omitted; with
+several, each record names its key (``Record.token_key``), or the call gives one for all
+(``update_contacts(records, token_key="locA")``); a record with no or an unknown key is
+``rejected``, never sent with another location's token.
+
+The client is safe to share across the concurrent tasks of a web backend for the life of the
+app: create it at start-up, ``await gh.close()`` at shutdown (or use ``async with``).
+
+The token never appears in ``repr()``, ``str()``, exceptions or logs; errors carry the server's
+messages, status, headers and ``traceId``, never the request.
+
+``PUT /contacts/{id}`` with the same body is idempotent, which is what makes retrying after a
+timeout or a dropped connection safe (the first request may have been applied; applying it
+again changes nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import time
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Final
+
+import aiohttp
+import msgspec
+import yarl
+
+from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
+from growthhub_async.contact_id import check_contact_id
+from growthhub_async.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    HTTPStatusError,
+    RateLimited,
+    RequestTimeout,
+    ResponseError,
+    error_for_status,
+)
+from growthhub_async.events import Event, Hook, Paused, TokenStopped
+from growthhub_async.models import (
+    CustomFieldValueKey,
+    UpdateContact,
+    UpdateContactCodec,
+    UpdateContactResponse,
+    decode_error_body,
+    decode_response,
+)
+from growthhub_async.outcomes import Outcome, Status
+from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
+from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TOKEN_KEY",
+    "GrowthHubClient",
+    "TokenView",
+    "check_base_url",
+    "map_exceptions",
+    "read_response",
+]
+
+DEFAULT_BASE_URL: Final = "https://services.leadconnectorhq.com"
+API_VERSION: Final = "2021-07-28"
+DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
+"""The key of the token given as ``token=``."""
+
+DAILY_LIMIT_REACHED: Final = "daily limit reached"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, allow_insecure: bool = False) -> yarl.URL:
+    """Validate the API's base URL: https, or plain http only to a loopback host.
+
+    ``allow_insecure`` permits http to any host (a TLS-terminating proxy on a private network);
+    the token then travels in clear text. A trailing slash is dropped; a path is kept (proxies).
+    """
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"base_url {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise ConfigurationError(f"base_url must be an http(s) URL with a host, not {url!r}")
+    if parsed.user or parsed.password or parsed.query_string or parsed.fragment:
+        raise ConfigurationError("base_url must not hold credentials, a query or a fragment")
+    if parsed.scheme == "http" and not (allow_insecure or _is_loopback(parsed.host)):
+        raise ConfigurationError(
+            f"base_url must use https (plain http is allowed to loopback hosts only): {url!r}"
+        )
+    return parsed.with_path(parsed.path.rstrip("/"))
+
+
+def _check_token(key: str, token: str) -> None:
+    # The message names the key, never the token.
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError("token keys must be non-empty strings")
+    if not isinstance(token, str) or not token:
+        raise ConfigurationError(f"token {key!r} is empty")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigurationError(f"token {key!r} contains whitespace or control characters")
+
+
+@contextmanager
+def map_exceptions() -> Iterator[None]:
+    """Translate aiohttp's and the socket layer's exceptions into ours: the one place it happens.
+
+    Timeouts become :class:`RequestTimeout`, every other client or socket error
+    :class:`ConnectionFailed`. The original is not chained (``from None``): aiohttp exceptions
+    can hold the request, and with it the ``Authorization`` header; its class and message are
+    kept in ours.
+    """
+    try:
+        yield
+    except TimeoutError as exc:  # aiohttp.ServerTimeoutError is one too
+        raise RequestTimeout(f"no answer in time ({type(exc).__name__}: {exc})") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
+
+
+def read_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: float | None = None
+) -> UpdateContactResponse:
+    """The decoded 2xx body, or the typed error of the answer. Pure.
+
+    A 2xx whose body is not the API's JSON, or says ``succeded: false``, raises
+    :class:`ResponseError` (the retry policy treats it as transient: most likely a proxy's
+    truncated answer). ``now`` (Unix seconds) reads a ``Retry-After`` HTTP date when the
+    answer has no ``Date`` header.
+    """
+    if 200 <= status < 300:
+        try:
+            decoded = decode_response(body)
+        except msgspec.DecodeError:
+            raise ResponseError(
+                f"HTTP {status} with a body that is not the API's JSON ({len(body)} bytes)",
+                status_code=status,
+                body=body[:512],
+            ) from None
+        if decoded.succeded is False:
+            raise ResponseError(
+                f"HTTP {status} but the server says succeded: false",
+                status_code=status,
+                body=body[:512],
+            )
+        return decoded
+    error = decode_error_body(body)
+    messages = error.messages if error is not None else []
+    trace_id = error.trace_id if error is not None else None
+    cls = error_for_status(status)
+    if cls is RateLimited:
+        retry_after = parse_retry_after(
+            header_value(headers, "Retry-After"), date=header_value(headers, "Date"), now=now
+        )
+        raise RateLimited(
+            status, messages, headers=headers, trace_id=trace_id, retry_after=retry_after
+        )
+    raise cls(status, messages, headers=headers, trace_id=trace_id)
+
+
+class _Lane:
+    """One token: its session (headers), budget, pacer and stop state. Never shows the token."""
+
+    def __init__(
+        self,
+        key: str,
+        token: str,
+        budget: Budget,
+        *,
+        unauthorized_limit: int,
+        client: GrowthHubClient,
+    ) -> None:
+        self.key = key
+        self.budget = budget
+        self._token = token
+        self._client = client
+        self._unauthorized_limit = unauthorized_limit
+        self._unauthorized = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._pacer: Pacer | None = None
+        self.stopped: tuple[Status, str] | None = None
+        """Why this token sends no more: ``(status, reason)`` for its remaining records."""
+
+    def __repr__(self) -> str:
+        return f"<token {self.key!r}>"
+
+    def open(self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout) -> None:
+        self._pacer = Pacer(self.budget)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            connector_owner=False,
+            timeout=timeout,
+            headers={
+                "Authorization": f"Bearer {self._token}",
+                "Version": API_VERSION,
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "User-Agent": self._client.user_agent,
+            },
+            raise_for_status=False,
+            trust_env=False,
+        )
+        # aiohttp silently re-sends an idempotent request (PUT) once when a pooled connection
+        # drops. That hidden request would bypass the pacer (one more in the window than we
+        # counted) and the attempt count; the engine's own retry covers drops. aiohttp has no
+        # public switch; its own test client flips this same attribute.
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def pause_remaining(self, now: float) -> float:
+        return max(0.0, self.budget.paused_until - now)
+
+    async def acquire(self) -> float:
+        """Wait for this token's budget; returns the send time (``loop.time()``)."""
+        assert self._pacer is not None
+        return await self._pacer.acquire()
+
+    async def refresh(self) -> bool:
+        """Seam for a token refresher (OAuth, a later issue): swap the token once, say if done.
+
+        Without a refresher a 401 is final, so this returns ``False``. A refresher will replace
+        the session's ``Authorization`` header under a lock and return ``True``; the engine then
+        sends the record again once, without counting it as a retry.
+        """
+        return False
+
+    def stop(self, status: Status, reason: str) -> None:
+        if self.stopped is None:
+            self.stopped = (status, reason)
+            self._client._broadcast(TokenStopped(token_key=self.key, status=status, reason=reason))
+
+    async def request(
+        self, contact_id: str, body: bytes, *, sent_at: float
+    ) -> tuple[int, UpdateContactResponse]:
+        """Send one PUT (already paced); returns ``(status, body)`` or raises the typed error."""
+        assert self._session is not None
+        url = self._client.base_url.joinpath("contacts", contact_id)
+        with map_exceptions():
+            async with self._session.put(url, data=body) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        now = asyncio.get_running_loop().time()
+        self.budget.observe(parse_rate_headers(headers), sent_at=sent_at, now=now)
+        try:
+            result = read_response(status, headers, raw, now=time.time())
+        except RateLimited as exc:
+            wait = exc.retry_after
+            if wait is None:
+                wait = self.budget.rest_of_window(now)
+            if self.budget.pause(now + wait):
+                self._client._broadcast(
+                    Paused(token_key=self.key, seconds=wait, reason="429 Too Many Requests")
+                )
+            raise
+        except HTTPStatusError as exc:
+            if exc.status_code == 401:
+                self._unauthorized += 1
+                if self._unauthorized >= self._unauthorized_limit:
+                    self.stop(
+                        Status.UNAUTHORIZED,
+                        f"not sent: the token was refused (401) {self._unauthorized} times",
+                    )
+            else:
+                self._unauthorized = 0
+            raise
+        finally:
+            if self.budget.daily_exhausted:
+                self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
+        self._unauthorized = 0
+        return status, result
+
+
+class GrowthHubClient:
+    """The client: sessions, auth, pacing per token, ``update_contact``, the bulk engine.
+
+    Parameters (all keyword-only except ``token``):
+
+    - ``token`` or ``tokens``: one bearer token (key ``"default"``), or a mapping ``{key: token}``
+      for several locations (see the module's documentation).
+    - ``base_url``: the API root; https, or http to loopback (``allow_insecure`` lifts that).
+    - ``rate``: ``"N/Ws"`` per token (``"100/10s"``, the API's burst limit; ``"25/10s"`` for
+      sandbox accounts; ``"20/0.5s"``) or ``None`` for no client-side pacing.
+    - ``concurrency``: requests in flight per token (workers and pooled connections).
+    - ``timeout``: seconds to connect, and between two reads of an answer.
+    - ``retry``: the :class:`~growthhub_async.retry.RetryPolicy` of the bulk engine.
+    - ``value_key``: a custom field's value key on the wire (``"field_value"`` or ``"fieldValue"``).
+    - ``hooks``: callables receiving every :mod:`~growthhub_async.events` event.
+    - ``max_pending``: records of one ``update_contacts`` run read ahead of their outcomes.
+    - ``unauthorized_limit``: 401s in a row after which a token stops sending.
+    - ``rate_margin``: seconds added to the rate window for safety (default: see ratelimit).
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        tokens: Mapping[str, str] | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        rate: str | Rate | None = "100/10s",
+        concurrency: int = 10,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        value_key: CustomFieldValueKey = "field_value",
+        hooks: Iterable[Hook] = (),
+        max_pending: int = 1000,
+        unauthorized_limit: int = 3,
+        rate_margin: float | None = None,
+        allow_insecure: bool = False,
+        user_agent: str | None = None,
+    ) -> None:
+        if (token is None) == (tokens is None):
+            raise ConfigurationError("give exactly one of token= or tokens=")
+        named = {DEFAULT_TOKEN_KEY: token} if token is not None else dict(tokens or {})
+        if not named:
+            raise ConfigurationError("tokens= must name at least one token")
+        for key, value in named.items():
+            _check_token(key, value)
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError("concurrency must be a positive integer")
+        if not timeout > 0:
+            raise ConfigurationError("timeout must be a positive number of seconds")
+        if max_pending < 1 or unauthorized_limit < 1:
+            raise ConfigurationError("max_pending and unauthorized_limit must be at least 1")
+        from growthhub_async import __version__  # noqa: PLC0415 (the package imports us)
+
+        self.base_url = check_base_url(base_url, allow_insecure=allow_insecure)
+        self.rate = parse_rate(rate)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.max_pending = max_pending
+        self.user_agent = user_agent or f"growthhub-async/{__version__}"
+        self.hooks: list[Hook] = list(hooks)
+        self._codec = UpdateContactCodec(value_key)
+        self._lanes = {
+            key: _Lane(
+                key,
+                value,
+                Budget(self.rate, margin=rate_margin),
+                unauthorized_limit=unauthorized_limit,
+                client=self,
+            )
+            for key, value in named.items()
+        }
+        self.default_token_key = next(iter(self._lanes)) if len(self._lanes) == 1 else None
+        self._connector: aiohttp.TCPConnector | None = None
+        self._engine: Engine | None = None
+        self._closed = False
+        self._submitted = itertools.count(1)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._connector else "not started"
+        return (
+            f"<GrowthHubClient {self.base_url} tokens={sorted(self._lanes)} "
+            f"rate={self.rate} concurrency={self.concurrency} {state}>"
+        )
+
+    @property
+    def token_keys(self) -> list[str]:
+        """The names of the configured tokens (never the tokens)."""
+        return list(self._lanes)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> GrowthHubClient:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this GrowthHubClient is closed")
+        if self._connector is not None:
+            return
+        self._connector = aiohttp.TCPConnector(
+            limit=self.concurrency * len(self._lanes), limit_per_host=0, keepalive_timeout=30
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=self.timeout
+        )
+        for lane in self._lanes.values():
+            lane.open(self._connector, timeout)
+
+    async def close(self) -> None:
+        """Stop the engine (records in flight end ``failed``, ``"cancelled"``), close the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._engine is not None:
+            await self._engine.close()
+        for lane in self._lanes.values():
+            await lane.close()
+        if self._connector is not None:
+            await self._connector.close()
+
+    def _broadcast(self, event: Event) -> None:
+        if self._engine is not None:
+            self._engine.broadcast(event)
+        else:
+            Engine.call_hooks(self.hooks, event)
+
+    def _get_engine(self) -> Engine:
+        self._open()
+        if self._engine is None:
+            self._engine = Engine(
+                self._lanes,
+                policy=self.retry,
+                concurrency=self.concurrency,
+                encode=self._codec.encode,
+                hooks=self.hooks,
+                default_token_key=self.default_token_key,
+            )
+        return self._engine
+
+    def add_hook(self, hook: Hook) -> None:
+        """Subscribe ``hook`` to every event from now on."""
+        self.hooks.append(hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        """Unsubscribe ``hook``."""
+        self.hooks.remove(hook)
+
+    def _lane(self, token_key: str | None) -> _Lane:
+        key = token_key if token_key is not None else self.default_token_key
+        if key is None:
+            raise ConfigurationError("several tokens are configured: name one with token_key=")
+        try:
+            return self._lanes[key]
+        except KeyError:
+            raise ConfigurationError(f"no token named {key!r}") from None
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def update_contact(
+        self, contact_id: str, update: UpdateContact, *, token_key: str | None = None
+    ) -> UpdateContactResponse:
+        """``PUT /contacts/{contact_id}``: one request, paced by the token's budget, no retry.
+
+        Returns the decoded answer, or raises: :class:`~growthhub_async.errors.InvalidContactId`
+        before sending anything; the status's :class:`~growthhub_async.errors.HTTPStatusError`
+        (``BadRequest``, ``Unauthorized``, ``Forbidden``, ``NotFound``, ``UnprocessableEntity``,
+        ``RateLimited`` with ``retry_after``, ``ServerError``) with the server's messages;
+        :class:`~growthhub_async.errors.ResponseError` for an unreadable 2xx;
+        :class:`~growthhub_async.errors.ConnectionFailed` or
+        :class:`~growthhub_async.errors.RequestTimeout` when no answer came. A 429 also pauses
+        the token for every other caller. For retries without exceptions use :meth:`submit`.
+        """
+        check_contact_id(contact_id)
+        lane = self._lane(token_key)
+        body = self._codec.encode(update)
+        self._open()
+        sent_at = await lane.acquire()
+        _, response = await lane.request(contact_id, body, sent_at=sent_at)
+        return response
+
+    def update_contacts(
+        self,
+        records: Iterable[RecordInput] | AsyncIterable[RecordInput],
+        *,
+        token_key: str | None = None,
+        hooks: Iterable[Hook] = (),
+    ) -> OutcomeStream:
+        """Send many records; iterate the result for one :class:`Outcome` per record.
+
+        ``records``: an iterable or async iterable of ``(contact_id, UpdateContact)`` pairs
+        (``line`` is then the 1-based position), :class:`~growthhub_async.bulk.Record` objects
+        (``line``, ``contact_id``, ``update``, ``token_key``), any object with ``line``,
+        ``contact_id`` and ``update`` attributes (the input readers' records), or ready
+        ``Outcome`` objects (records a reader already rejected: passed through). See
+        :class:`~growthhub_async.bulk.OutcomeStream` for ordering, memory and cancellation.
+        """
+        return OutcomeStream(
+            self._get_engine,
+            records,
+            token_key=token_key,
+            hooks=hooks,
+            max_pending=self.max_pending,
+        )
+
+    async def submit(
+        self,
+        contact_id: str,
+        update: UpdateContact,
+        *,
+        token_key: str | None = None,
+        line: int | None = None,
+    ) -> Outcome:
+        """Send one record through the engine (shared workers, budget, retries) for its Outcome.
+
+        Never raises for API or transport errors: they are the outcome's ``status`` and
+        ``error``. Cancelling the awaiting task cancels this record only (its outcome goes to
+        the hooks as ``failed``, ``"cancelled"``). ``line`` defaults to a running count.
+        """
+        number = line if line is not None else next(self._submitted)
+        return await self._get_engine().submit(number, contact_id, update, token_key)
+
+    def for_token(self, token_key: str) -> TokenView:
+        """A view of this client bound to one token key (same pool, same budgets)."""
+        self._lane(token_key)
+        return TokenView(self, token_key)
+
+
+class TokenView:
+    """``update_contact``, ``update_contacts`` and ``submit`` of a client, for one token key."""
+
+    def __init__(self, client: GrowthHubClient, token_key: str) -> None:
+        self.client = client
+        self.token_key = token_key
+
+    def __repr__(self) -> str:
+        return f"<TokenView {self.token_key!r} of {self.client!r}>"
+
+    async def update_contact(self, contact_id: str, update: UpdateContact) -> UpdateContactResponse:
+        """:meth:`GrowthHubClient.update_contact` with this view's token."""
+        return await self.client.update_contact(contact_id, update, token_key=self.token_key)
+
+    def update_contacts(
+        self,
+        records: Iterable[RecordInput] | AsyncIterable[RecordInput],
+        *,
+        hooks: Iterable[Hook] = (),
+    ) -> OutcomeStream:
+        """:meth:`GrowthHubClient.update_contacts` with this view's token as the default."""
+        return self.client.update_contacts(records, token_key=self.token_key, hooks=hooks)
+
+    async def submit(self, contact_id: str, update: UpdateContact) -> Outcome:
+        """:meth:`GrowthHubClient.submit` with this view's token."""
+        return await self.client.submit(contact_id, update, token_key=self.token_key)

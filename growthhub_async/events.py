@@ -1,0 +1,99 @@
+"""Typed events of the bulk engine, handed to hooks as frozen value objects.
+
+Hooks are plain callables ``hook(event) -> None``, called inline on the event loop: keep them
+quick (update a counter, redraw a bar, write a log line). A hook that raises is logged and
+ignored; it never stops the run. Match on the class::
+
+    def on_event(event: Event) -> None:
+        match event:
+            case RecordFinished(outcome=outcome):
+                bar.advance()
+            case Paused(token_key=key, seconds=seconds):
+                log.info("token %s paused for %.1fs", key, seconds)
+
+``token_key`` is the *name* of a token (``"default"``, or a key of ``tokens={...}``), never the
+token itself. No event holds a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from growthhub_async.outcomes import Outcome, Status
+
+__all__ = [
+    "Event",
+    "Hook",
+    "Paused",
+    "RateLimitHit",
+    "RecordFinished",
+    "RetryScheduled",
+    "TokenStopped",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordFinished:
+    """A record has its final outcome (also for records ended by cancellation)."""
+
+    outcome: Outcome
+    token_key: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryScheduled:
+    """A transient failure; the record will be sent again after ``delay`` seconds.
+
+    ``attempt`` is the number of requests already sent for the record; ``error`` says why
+    (``"HTTP 503: Service Unavailable"``, ``"ConnectionFailed: ..."``). For a 429 the delay is
+    the token's pause (see :class:`Paused`), which every worker of the token waits out together.
+    """
+
+    line: int
+    contact_id: str
+    token_key: str
+    attempt: int
+    delay: float
+    error: str
+    http_status: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitHit:
+    """The server answered 429 for a record; ``retry_after`` is what it asked for, if anything."""
+
+    line: int
+    contact_id: str
+    token_key: str
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Paused:
+    """Every worker of a token stops sending for ``seconds`` (after a 429)."""
+
+    token_key: str
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenStopped:
+    """A token sends no more requests: its remaining records end with ``status`` and ``reason``.
+
+    Happens when the daily limit is reached (``failed``, ``"daily limit reached"``) or after
+    repeated 401s (``unauthorized``).
+    """
+
+    token_key: str
+    status: Status
+    reason: str
+
+
+Event: TypeAlias = RecordFinished | RetryScheduled | RateLimitHit | Paused | TokenStopped
+"""Any event of the engine."""
+
+Hook: TypeAlias = Callable[[Event], None]
+"""A subscriber: called inline, on the event loop, once per event."""

@@ -1,0 +1,276 @@
+"""Rate budgets: the ``"N/Ws"`` setting, the ``X-RateLimit-*`` headers, and the pacing rules.
+
+The rules (one :class:`Budget` per token; pure, every method takes ``now`` in seconds of a
+monotonic clock):
+
+1. **Never more than N requests in any window of W seconds**, sliding or fixed. A log of our own
+   send times is the hard guarantee: a request may go only when fewer than N of ours were sent in
+   the last ``W + margin`` seconds. The margin (2 % of W plus 5 ms, at most 0.2 s) absorbs the
+   jitter between our send time and the server's arrival time, so that the server, which counts
+   arrivals, never sees N + 1 in its window. The cost is the margin: the best achievable pace is
+   ``N / (W + margin)``, within about 2 % of the limit.
+2. **No bursts.** aiolimiter's default ``AsyncLimiter(N, W)`` lets N through at once after an
+   idle spell and then refills continuously, which can put up to about 2N requests into one
+   sliding window; it is not used that way. :class:`Pacer` uses an ``AsyncLimiter(1, g)``, a
+   bucket of capacity one, as a smoother: requests go at least ``g = 0.9 W / N`` apart. The
+   spacing is slightly tighter than ``W / N`` so that timer latency does not accumulate into a
+   slower pace; rule 1 still caps every window.
+3. **The server's headers steer the pace.** ``X-RateLimit-Remaining`` says how much of the
+   window's budget is left; ``limit - remaining`` is what the server counted, and whatever our
+   own log does not explain was spent by someone else (another client with the same
+   token/location). Until that estimate expires (one window later) our own limit shrinks by
+   it, and requests spread ``span / limit`` apart, so we slow down *before* a 429.
+4. **A 429 pauses the whole token** until ``Retry-After``, or else until our oldest request in
+   the window leaves it (the rest of the window); every worker of the token waits together.
+5. ``X-RateLimit-Daily-Remaining: 0`` marks the day's budget spent (:attr:`Budget.daily_exhausted`);
+   the engine stops the token.
+
+With ``rate=None`` there is no client-side pacing (rules 1-3 off); 429 pauses and the daily
+stop still apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from bisect import bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from aiolimiter import AsyncLimiter
+
+from growthhub_async.errors import ConfigurationError
+
+__all__ = [
+    "Budget",
+    "Pacer",
+    "Rate",
+    "RateHeaders",
+    "default_margin",
+    "parse_rate",
+    "parse_rate_headers",
+]
+
+SMOOTHING: Final = 0.9
+"""The smoother's gap between two requests, as a fraction of ``W / N`` (rule 2)."""
+
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*s\s*", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``requests`` requests in any ``window`` seconds (per token)."""
+
+    requests: int
+    window: float
+
+    def __post_init__(self) -> None:
+        if self.requests < 1:
+            raise ConfigurationError(f"rate needs at least 1 request per window, not {self}")
+        if not (math.isfinite(self.window) and self.window > 0):
+            raise ConfigurationError(f"rate window must be a positive number of seconds: {self}")
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.window:g}s"
+
+
+def parse_rate(value: str | Rate | None) -> Rate | None:
+    """Parse ``"N/Ws"`` (``"100/10s"``, ``"50/1s"``, ``"50/s"``, ``"20/0.5s"``); ``None`` stays.
+
+    Raises :class:`~growthhub_async.errors.ConfigurationError` for anything else.
+    """
+    if value is None or isinstance(value, Rate):
+        return value
+    m = _RATE.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise ConfigurationError(
+            f"rate must look like '100/10s' (N requests per W seconds), not {value!r}"
+        )
+    window = float(m.group(2)) if m.group(2) else 1.0
+    return Rate(int(m.group(1)), window)
+
+
+def default_margin(window: float) -> float:
+    """The safety margin added to a window: 2 % of it plus 5 ms, at most 0.2 s (rule 1)."""
+    return min(0.2, 0.02 * window + 0.005)
+
+
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """The ``X-RateLimit-*`` headers of one response; ``None`` where absent or unreadable."""
+
+    limit: int | None = None
+    """``X-RateLimit-Max``: requests allowed per interval."""
+    remaining: int | None = None
+    """``X-RateLimit-Remaining``: requests left in the current interval."""
+    interval: float | None = None
+    """``X-RateLimit-Interval-Milliseconds``, in seconds."""
+    daily_limit: int | None = None
+    """``X-RateLimit-Limit-Daily``."""
+    daily_remaining: int | None = None
+    """``X-RateLimit-Daily-Remaining``."""
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def parse_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
+    """Read the ``X-RateLimit-*`` headers (names case-insensitive, bad values ignored)."""
+    lower = {k.lower(): v for k, v in headers.items() if k[:12].lower() == "x-ratelimit-"}
+    interval_ms = _int(lower.get("x-ratelimit-interval-milliseconds"))
+    return RateHeaders(
+        limit=_int(lower.get("x-ratelimit-max")),
+        remaining=_int(lower.get("x-ratelimit-remaining")),
+        interval=interval_ms / 1000 if interval_ms is not None and interval_ms > 0 else None,
+        daily_limit=_int(lower.get("x-ratelimit-limit-daily")),
+        daily_remaining=_int(lower.get("x-ratelimit-daily-remaining")),
+    )
+
+
+class Budget:
+    """One token's pacing state (rules 1-5 of this module). Pure: time is always passed in."""
+
+    def __init__(self, rate: Rate | None, *, margin: float | None = None) -> None:
+        self.rate = rate
+        self.margin = margin if margin is not None else default_margin(rate.window) if rate else 0.0
+        if self.margin < 0:
+            raise ConfigurationError("rate margin must not be negative")
+        self.daily_exhausted = False
+        """``X-RateLimit-Daily-Remaining`` reached 0: the token must stop."""
+        self.paused_until = -math.inf
+        """Monotonic time before which no request may go (a 429 pause)."""
+        self._sent: list[float] = []  # our send times, ascending; two spans kept (see observe)
+        self._server_limit: int | None = None
+        self._server_window: float | None = None
+        self._foreign = 0
+        self._foreign_until = -math.inf
+        self._foreign_at = -math.inf
+
+    @property
+    def span(self) -> float:
+        """The window we pace against: the rate's window plus the margin (0 without a rate)."""
+        return self.rate.window + self.margin if self.rate else 0.0
+
+    @property
+    def foreign(self) -> int:
+        """Requests in the server's window that someone else sent, as last estimated."""
+        return self._foreign
+
+    def limit(self, now: float) -> int | None:
+        """How many of our requests may be in one span now (``None``: no pacing)."""
+        if self.rate is None:
+            return None
+        limit = self.rate.requests
+        if self._server_limit is not None:
+            limit = min(limit, self._server_limit)
+        if now < self._foreign_until:
+            limit -= self._foreign
+        return max(1, limit)
+
+    def sent_within(self, start: float, end: float) -> int:
+        """How many of our requests went in the interval ``(start, end]``."""
+        return bisect_right(self._sent, end) - bisect_right(self._sent, start)
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next request may go; 0 when it may go now."""
+        wait = self.paused_until - now
+        limit = self.limit(now)
+        if limit is not None and self._sent:
+            span = self.span
+            sent = self._sent
+            if self.sent_within(now - span, now) >= limit:
+                # The request `limit` places back must leave the span first (rule 1).
+                wait = max(wait, sent[-limit] + span - now)
+            if self.rate is not None and limit < self.rate.requests:
+                # Shared budget: spread our smaller share evenly (rule 3).
+                wait = max(wait, sent[-1] + span / limit - now)
+        return wait if wait > 1e-9 else 0.0
+
+    def record(self, now: float) -> None:
+        """Note that a request goes now."""
+        if self.rate is None:
+            return
+        self._sent.append(now)
+        # Keep two spans: `observe` counts ours around a send time up to a span in the past.
+        horizon = now - 2 * self.span
+        if self._sent[0] <= horizon and len(self._sent) > 2 * self.rate.requests:
+            del self._sent[: bisect_right(self._sent, horizon)]
+
+    def observe(self, headers: RateHeaders, *, sent_at: float, now: float) -> None:
+        """Learn from the headers of the response to a request sent at ``sent_at``."""
+        if headers.daily_remaining is not None and headers.daily_remaining <= 0:
+            self.daily_exhausted = True
+        if headers.limit is not None and headers.limit > 0:
+            self._server_limit = headers.limit
+        if headers.interval is not None:
+            self._server_window = headers.interval
+        if self.rate is None or headers.limit is None or headers.remaining is None:
+            return
+        if sent_at < self._foreign_at:
+            return  # an older answer overtaken by a newer one: the newer view wins
+        used = headers.limit - max(0, headers.remaining)
+        ours = self.sent_within(sent_at - self.span, sent_at)
+        self._foreign_at = sent_at
+        self._foreign = max(0, used - ours)
+        self._foreign_until = now + self.span
+
+    def rest_of_window(self, now: float) -> float:
+        """Seconds until our oldest request in the window leaves it (a whole window if none)."""
+        if self.rate is None:
+            return self._server_window if self._server_window is not None else 1.0
+        span = self.span
+        first = bisect_right(self._sent, now - span)
+        if first < len(self._sent):
+            return max(self._sent[first] + span - now, span / self.rate.requests)
+        return span
+
+    def pause(self, until: float) -> bool:
+        """Send nothing before ``until``; returns whether this extended the pause."""
+        if until > self.paused_until:
+            self.paused_until = until
+            return True
+        return False
+
+
+class Pacer:
+    """The edge over a :class:`Budget`: waits on the event loop's clock, smooths with aiolimiter.
+
+    ``await pacer.acquire()`` returns when one request may go, and records it. Acquirers queue
+    in FIFO order behind one lock, so a pause (429) holds every worker of the token together.
+    Create it inside the running loop (aiolimiter binds to the loop of first use).
+    """
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        rate = budget.rate
+        self._smoother = (
+            AsyncLimiter(1, SMOOTHING * rate.window / rate.requests) if rate is not None else None
+        )
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> float:
+        """Wait for the budget, record the request, and return its send time (``loop.time()``)."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            smoothed = self._smoother is None
+            while True:
+                wait = self.budget.delay(loop.time())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                if not smoothed:
+                    assert self._smoother is not None
+                    await self._smoother.acquire()
+                    smoothed = True
+                    continue  # a pause may have begun while we waited: look again
+                now = loop.time()
+                self.budget.record(now)
+                return now

@@ -1,0 +1,246 @@
+"""Rate parsing, header reading and the pure budget math (time injected), plus the pacer's edge."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from growthhub_async.errors import ConfigurationError
+from growthhub_async.ratelimit import (
+    Budget,
+    Pacer,
+    Rate,
+    RateHeaders,
+    default_margin,
+    parse_rate,
+    parse_rate_headers,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("100/10s", Rate(100, 10.0)),
+        ("25/10s", Rate(25, 10.0)),
+        ("50/1s", Rate(50, 1.0)),
+        ("50/s", Rate(50, 1.0)),
+        ("20/0.5s", Rate(20, 0.5)),
+        ("20/.5s", Rate(20, 0.5)),
+        (" 7 / 3s ", Rate(7, 3.0)),
+        (None, None),
+    ],
+)
+def test_parse_rate(text: str | None, expected: Rate | None) -> None:
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "100", "100/10", "100/10m", "0/10s", "10/0s", "-1/10s", "a/10s", "1e3/1s", "10/s/s"],
+)
+def test_parse_rate_rejects(text: str) -> None:
+    with pytest.raises(ConfigurationError):
+        parse_rate(text)
+
+
+def test_rate_str_and_passthrough() -> None:
+    rate = Rate(20, 0.5)
+    assert str(rate) == "20/0.5s"
+    assert parse_rate(rate) is rate
+
+
+def test_default_margin() -> None:
+    assert default_margin(10.0) == pytest.approx(0.2)
+    assert default_margin(0.5) == pytest.approx(0.015)
+    assert default_margin(1000.0) == 0.2
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {
+                "X-RateLimit-Max": "100",
+                "X-RateLimit-Remaining": "42",
+                "X-RateLimit-Interval-Milliseconds": "10000",
+                "X-RateLimit-Limit-Daily": "200000",
+                "X-RateLimit-Daily-Remaining": "199000",
+            },
+            RateHeaders(100, 42, 10.0, 200_000, 199_000),
+        ),
+        (
+            {"x-ratelimit-max": "25", "x-ratelimit-remaining": " 0 "},
+            RateHeaders(limit=25, remaining=0),
+        ),
+        ({"X-RateLimit-Max": "many", "Content-Type": "x"}, RateHeaders()),
+        ({"X-RateLimit-Interval-Milliseconds": "0"}, RateHeaders()),
+        ({}, RateHeaders()),
+    ],
+)
+def test_parse_rate_headers(headers: dict[str, str], expected: RateHeaders) -> None:
+    assert parse_rate_headers(headers) == expected
+
+
+def _drive(budget: Budget, until: float, step: float = 0.001) -> list[float]:
+    """Send as early as the budget allows, on a simulated clock; returns the send times."""
+    now = 0.0
+    sent: list[float] = []
+    while now < until:
+        wait = budget.delay(now)
+        if wait > 0:
+            now += wait
+            continue
+        budget.record(now)
+        sent.append(now)
+        now += step
+    return sent
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    best = 0
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_budget_never_more_than_n_in_any_window() -> None:
+    budget = Budget(Rate(10, 1.0))
+    sent = _drive(budget, 10.0, step=0.0)
+    assert _max_in_window(sent, 1.0 + budget.margin) == 10
+    # the achievable pace: N per (W + margin)
+    assert len(sent) == pytest.approx(10 * 10.0 / (1.0 + budget.margin), abs=10)
+
+
+def test_budget_without_rate_never_waits() -> None:
+    budget = Budget(None)
+    assert budget.limit(0.0) is None
+    for t in range(100):
+        budget.record(float(t))
+    assert budget.delay(0.0) == 0.0
+    assert budget.span == 0.0
+
+
+def test_budget_pause_and_rest_of_window() -> None:
+    budget = Budget(Rate(4, 1.0), margin=0.0)
+    for t in (0.0, 0.1, 0.2):
+        budget.record(t)
+    assert budget.rest_of_window(0.5) == pytest.approx(0.5)  # the send at 0.0 leaves at 1.0
+    assert budget.rest_of_window(5.0) == 1.0  # nothing of ours in the window: a whole one
+    assert budget.pause(3.0)
+    assert not budget.pause(2.0)  # a shorter pause does not shorten it
+    assert budget.delay(1.0) == pytest.approx(2.0)
+    assert budget.delay(3.0) == 0.0
+
+
+def test_budget_rest_of_window_without_rate_uses_header_interval() -> None:
+    budget = Budget(None)
+    assert budget.rest_of_window(0.0) == 1.0
+    budget.observe(RateHeaders(interval=0.25), sent_at=0.0, now=0.0)
+    assert budget.rest_of_window(0.0) == 0.25
+
+
+def test_budget_shared_with_another_client_slows_down() -> None:
+    budget = Budget(Rate(10, 1.0), margin=0.0)
+    budget.record(0.0)
+    # The server counted 6 in its window; only 1 was ours: 5 belong to someone else.
+    budget.observe(RateHeaders(limit=10, remaining=4), sent_at=0.0, now=0.01)
+    assert budget.foreign == 5
+    assert budget.limit(0.02) == 5
+    # Our share (5 per window) is spread evenly: 0.2 s apart.
+    assert budget.delay(0.01) == pytest.approx(0.19)
+    # The estimate expires a window later.
+    assert budget.limit(1.5) == 10
+
+
+def test_budget_alone_sees_no_foreign_use() -> None:
+    budget = Budget(Rate(10, 1.0))
+    for i in range(5):
+        budget.record(i * 0.1)
+    budget.observe(RateHeaders(limit=10, remaining=5), sent_at=0.4, now=0.41)
+    assert budget.foreign == 0
+    assert budget.limit(0.5) == 10
+
+
+def test_budget_older_answers_do_not_override_newer() -> None:
+    budget = Budget(Rate(10, 1.0), margin=0.0)
+    budget.record(0.0)
+    budget.record(0.1)
+    budget.observe(RateHeaders(limit=10, remaining=8), sent_at=0.1, now=0.2)
+    budget.observe(RateHeaders(limit=10, remaining=0), sent_at=0.0, now=0.3)  # stale
+    assert budget.foreign == 0
+
+
+def test_budget_server_limit_lower_than_ours_wins() -> None:
+    budget = Budget(Rate(100, 10.0))
+    budget.observe(RateHeaders(limit=25, remaining=25), sent_at=0.0, now=0.0)
+    assert budget.limit(0.0) == 25
+
+
+def test_budget_daily_exhausted() -> None:
+    budget = Budget(Rate(10, 1.0))
+    budget.observe(RateHeaders(daily_remaining=3), sent_at=0.0, now=0.0)
+    assert not budget.daily_exhausted
+    budget.observe(RateHeaders(daily_remaining=0), sent_at=0.0, now=0.0)
+    assert budget.daily_exhausted
+
+
+def test_budget_rejects_negative_margin() -> None:
+    with pytest.raises(ConfigurationError):
+        Budget(Rate(1, 1.0), margin=-1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    window=st.floats(0.05, 20.0),
+    gaps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=200),
+    foreign=st.lists(st.integers(0, 40), max_size=200),
+)
+def test_budget_property_never_exceeds_limit(
+    n: int, window: float, gaps: list[float], foreign: list[int]
+) -> None:
+    """Whatever the arrival pattern and the server's reports, sends honour N per span."""
+    budget = Budget(Rate(n, window))
+    now = 0.0
+    sent: list[float] = []
+    for i, gap in enumerate(gaps):
+        now += gap * window
+        wait = budget.delay(now)
+        assert wait >= 0
+        now += wait
+        assert budget.delay(now) == 0.0
+        budget.record(now)
+        sent.append(now)
+        if i < len(foreign):
+            remaining = n - min(n, foreign[i] + budget.sent_within(now - budget.span, now))
+            budget.observe(RateHeaders(limit=n, remaining=remaining), sent_at=now, now=now)
+    # strictly fewer than N+1 in any half-open window of the span
+    assert _max_in_window(sent, budget.span) <= n
+
+
+async def test_pacer_spaces_requests_and_caps_the_window() -> None:
+    """The edge: real loop clock, a scaled-down window; no burst after idling."""
+    budget = Budget(Rate(10, 0.2))
+    pacer = Pacer(budget)
+    times = [await pacer.acquire() for _ in range(25)]
+    assert _max_in_window(times, 0.2) <= 10
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # the smoother: no two requests closer than 0.9 * W / N (a little slack for float error)
+    assert min(gaps) >= 0.9 * 0.02 - 1e-3
+
+
+async def test_pacer_pause_holds_every_acquirer() -> None:
+    budget = Budget(None)
+    pacer = Pacer(budget)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    budget.pause(start + 0.1)
+    times = await asyncio.gather(*(pacer.acquire() for _ in range(5)))
+    assert min(times) >= start + 0.1
