@@ -3,6 +3,8 @@
 The public API is what ``__all__`` lists; every other name is private.
 """
 
+from growthhub_async.bulk import OutcomeStream, Record
+from growthhub_async.client import GrowthHubClient, TokenView
 from growthhub_async.errors import (
     BadRequest,
     ConfigurationError,
@@ -20,6 +22,15 @@ from growthhub_async.errors import (
     Unauthorized,
     UnprocessableEntity,
 )
+from growthhub_async.events import (
+    Event,
+    Hook,
+    Paused,
+    RateLimitHit,
+    RecordFinished,
+    RetryScheduled,
+    TokenStopped,
+)
 from growthhub_async.models import (
     Contact,
     CustomField,
@@ -34,6 +45,9 @@ from growthhub_async.models import (
     UploadedFile,
     UploadedFileMeta,
 )
+from growthhub_async.outcomes import Outcome, Status, Summary
+from growthhub_async.ratelimit import Rate
+from growthhub_async.retry import RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -46,17 +60,33 @@ __all__ = [
     "DndChannel",
     "DndSettings",
     "ErrorBody",
+    "Event",
     "Forbidden",
+    "GrowthHubClient",
     "GrowthHubError",
     "HTTPStatusError",
+    "Hook",
     "InboundDndChannel",
     "InboundDndSettings",
     "InvalidContactId",
     "NotFound",
+    "Outcome",
+    "OutcomeStream",
+    "Paused",
+    "Rate",
+    "RateLimitHit",
     "RateLimited",
+    "Record",
+    "RecordFinished",
     "RequestTimeout",
     "ResponseError",
+    "RetryPolicy",
+    "RetryScheduled",
     "ServerError",
+    "Status",
+    "Summary",
+    "TokenStopped",
+    "TokenView",
     "TransportError",
     "Unauthorized",
     "UnprocessableEntity",

@@ -307,7 +307,9 @@ class Engine:
 
     async def _run(self, job: _Job) -> None:
         job.state = _State.RUNNING
-        task = job.task = asyncio.create_task(self._attempts(job))
+        task = job.task = asyncio.create_task(
+            self._attempts(job), name=f"growthhub-record-{job.line}"
+        )
         try:
             await asyncio.wait((task,))
         except asyncio.CancelledError:
@@ -585,9 +587,16 @@ class OutcomeStream:
         error: BaseException | None = None
         try:
             position = 0
-            async for item in _aiter(self._records):
-                position += 1
+            items = aiter(_aiter(self._records))
+            while True:
+                # A slot first, then the item: an item taken from the input always gets an
+                # outcome, even when the reader is cancelled while waiting for room.
                 await self._slots.acquire()
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    break
+                position += 1
                 self._outstanding += 1
                 prepared = engine.prepare(item, position, self._token_key, self)
                 if isinstance(prepared, Outcome):
