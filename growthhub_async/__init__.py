@@ -3,7 +3,7 @@
 The public API is what ``__all__`` lists; every other name is private.
 """
 
-from growthhub_async.bulk import OutcomeStream, Record
+from growthhub_async.bulk import OutcomeStream
 from growthhub_async.client import GrowthHubClient, TokenView
 from growthhub_async.errors import (
     BadRequest,
@@ -48,6 +48,7 @@ from growthhub_async.models import (
 from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.retry import RetryPolicy
+from growthhub_async.sources import Record
 
 __version__ = "0.1.0"
 

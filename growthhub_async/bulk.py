@@ -38,7 +38,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeAlias
 
@@ -54,6 +53,7 @@ from growthhub_async.events import Event, Hook, RateLimitHit, RecordFinished, Re
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
+from growthhub_async.sources import Record
 
 __all__ = ["Engine", "Lane", "OutcomeStream", "Record", "RecordInput"]
 
@@ -61,17 +61,6 @@ log = logging.getLogger("growthhub_async")
 
 CANCELLED = "cancelled"
 _REFRESHED = Exception("token refreshed")  # a marker: the 401 was answered by a refresh
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record to send: its 1-based input ``line``, the contact, the update, and optionally
-    the key of the token to send it with (``None``: the run's or the client's default)."""
-
-    line: int
-    contact_id: str
-    update: UpdateContact
-    token_key: str | None = None
 
 
 RecordInput: TypeAlias = Record | tuple[str, UpdateContact] | Outcome | Any
@@ -210,9 +199,9 @@ class Engine:
     ) -> _Job | Outcome:
         """A job for one input item, or its ``rejected`` outcome (never sent).
 
-        Accepted: a :class:`Record`; a ``(contact_id, update)`` pair (line = ``position``); an
-        object with ``line``, ``contact_id``, ``update`` (and optionally ``token_key``); an
-        :class:`Outcome` (a record already rejected upstream), returned as is.
+        Accepted: a :class:`~growthhub_async.sources.Record`; a ``(contact_id, update)`` pair
+        (line = ``position``); an :class:`Outcome` (a record already rejected upstream, as the
+        input sources yield them), returned as is.
         """
         if isinstance(item, Outcome):
             return item
@@ -430,16 +419,13 @@ class Engine:
 
 
 def _unpack(item: Any, position: int) -> tuple[int, Any, Any, str | None] | Outcome:
-    if isinstance(item, tuple):
-        if len(item) != 2:
-            return _rejected(position, None, "expected a (contact_id, UpdateContact) pair")
+    if isinstance(item, Record):
+        return item.line, item.contact_id, item.update, item.token_key
+    if isinstance(item, tuple) and len(item) == 2:
         return position, item[0], item[1], None
-    try:
-        return item.line, item.contact_id, item.update, getattr(item, "token_key", None)
-    except AttributeError:
-        return _rejected(
-            position, None, f"not a record: {type(item).__name__} (want a Record or a pair)"
-        )
+    return _rejected(
+        position, None, f"not a record: {type(item).__name__} (want a Record or a pair)"
+    )
 
 
 def _problem(contact_id: Any, update: Any, key: str | None) -> str | None:

@@ -512,10 +512,10 @@ class GrowthHubClient:
         """Send many records; iterate the result for one :class:`Outcome` per record.
 
         ``records``: an iterable or async iterable of ``(contact_id, UpdateContact)`` pairs
-        (``line`` is then the 1-based position), :class:`~growthhub_async.bulk.Record` objects
-        (``line``, ``contact_id``, ``update``, ``token_key``), any object with ``line``,
-        ``contact_id`` and ``update`` attributes (the input readers' records), or ready
-        ``Outcome`` objects (records a reader already rejected: passed through). See
+        (``line`` is then the 1-based position), :class:`~growthhub_async.sources.Record`
+        objects (``line``, ``contact_id``, ``update``, ``token_key``: what the input readers
+        yield), or ready ``Outcome`` objects (records a reader already rejected: passed
+        through). See
         :class:`~growthhub_async.bulk.OutcomeStream` for ordering, memory and cancellation.
         """
         return OutcomeStream(

@@ -108,14 +108,17 @@ _COUNT_CHUNK: Final = 1 << 20
 
 
 class Record(msgspec.Struct, frozen=True):
-    """One valid input record: where it came from, whom to update, and with what.
+    """One record to send: where it came from, whom to update, with what, and with which token.
 
-    ``line`` is the 1-based physical line where the record starts in its input.
+    ``line`` is the 1-based physical line where the record starts in its input (or the position
+    in whatever iterable the caller hands the bulk engine). ``token_key`` names one of the
+    client's tokens; ``None`` means the run's or the client's default.
     """
 
     line: int
     contact_id: str
     update: UpdateContact
+    token_key: str | None = None
 
 
 Item: TypeAlias = Record | Outcome

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from growthhub_async.bulk import Record
 from growthhub_async.client import GrowthHubClient
 from growthhub_async.events import (
     Event,
@@ -27,6 +26,7 @@ from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.retry import RetryPolicy
 from growthhub_async.sandbox import Faults, SandboxConfig, run_sandbox
+from growthhub_async.sources import Record
 
 TOKEN = "bulk-token"
 # On a busy 2-core test machine the loop can stall for more than the default margin of a 0.5 s
