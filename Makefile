@@ -24,5 +24,8 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest
 
+demo: $(STAMP)
+	$(BIN)/growthhub-async demo
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

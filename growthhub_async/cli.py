@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import shlex
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from growthhub_async import __version__
+from growthhub_async import __version__, demo
+from growthhub_async.client import DEFAULT_BASE_URL
+from growthhub_async.errors import GrowthHubError
+from growthhub_async.job import (
+    EXIT_FATAL,
+    EXIT_NOT_ALL,
+    TOKEN_ENV,
+    JobSettings,
+    run_job,
+    token_from_environment,
+)
+from growthhub_async.ratelimit import Rate, parse_rate
 from growthhub_async.sandbox import cli as sandbox_cli
 
 PROG = "growthhub-async"
+DEFAULT_RATE = "100/10s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +40,161 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each subcommand registers itself and sets ``handler`` (Namespace -> exit status).
+    add_update_parser(subparsers)
     sandbox_cli.add_parser(subparsers)
+    demo.add_parser(subparsers)
     return parser
+
+
+def _rate_arg(text: str) -> Rate:
+    try:
+        rate = parse_rate(text)
+    except GrowthHubError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert rate is not None
+    return rate
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+UPDATE_DESCRIPTION = f"""\
+Update every contact in INPUT through PUT /contacts/{{contactId}}, paced to the rate limit,
+retrying transient failures, and append one outcome line per record to OUTCOMES (JSONL:
+line, contactId, status, httpStatus, attempts, error) as each record finishes.
+
+INPUT is .jsonl/.ndjson (one JSON object per line: contactId plus Update Contact fields under
+their API names), .csv (a header row with a contactId column and API field names; an empty cell
+leaves the field unchanged), or - for JSONL on standard input.
+
+The token is read from the {TOKEN_ENV} environment variable, never from the command line.
+Exit status: 0 every record updated (with --dry-run: every record valid), 1 some record not
+(or interrupted), 2 usage or fatal error."""
+
+
+def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``update`` subcommand (the bulk job) on the command's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "update",
+        help="bulk-update contacts from a JSONL or CSV file, journaling every outcome",
+        description=UPDATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="INPUT", help="a .jsonl, .ndjson or .csv file, or -")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="OUTCOMES.jsonl",
+        help="the outcome journal; must be new or empty unless --resume",
+    )
+    parser.add_argument(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        metavar="URL",
+        help=f"the API root (default {DEFAULT_BASE_URL}; plain http only to loopback)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_rate_arg,
+        default=DEFAULT_RATE,
+        metavar="N/Ws",
+        help=f"at most N requests per W seconds (default {DEFAULT_RATE}, the API's burst limit)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="requests in flight at once (default 10)",
+    )
+    parser.add_argument(
+        "--value-key",
+        choices=("field_value", "fieldValue"),
+        default="field_value",
+        help="the key of a custom field's value, in the input and on the wire "
+        "(default field_value)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an earlier run: skip records whose last outcome in OUTCOMES is final, "
+        "send the rest, append",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every record and estimate the run's duration; send nothing "
+        "(no token needed)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no live progress bar: a plain progress line on stderr now and then",
+    )
+    parser.set_defaults(handler=run_update)
+    return parser
+
+
+def acquire_token(args: argparse.Namespace) -> str:
+    """The token for ``update`` (from ``GROWTHHUB_TOKEN``); ``ConfigurationError`` if none."""
+    return token_from_environment()
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The shell command that resumes the run ``args`` describes (printed on interruption)."""
+    words = [PROG, "update", args.input, "--out", args.out, "--resume"]
+    if args.base_url != DEFAULT_BASE_URL:
+        words += ["--base-url", args.base_url]
+    rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
+    if str(rate) != DEFAULT_RATE:
+        words += ["--rate", str(rate)]
+    if args.concurrency != 10:
+        words += ["--concurrency", str(args.concurrency)]
+    if args.value_key != "field_value":
+        words += ["--value-key", args.value_key]
+    if args.no_progress:
+        words.append("--no-progress")
+    return shlex.join(words)
+
+
+def fatal(command: str, message: object) -> int:
+    """Say what went wrong in one line on stderr; the exit status of a fatal error."""
+    sys.stderr.write(f"{PROG} {command}: error: {message}\n")
+    sys.stderr.flush()
+    return EXIT_FATAL
+
+
+def run_update(args: argparse.Namespace) -> int:
+    """Handle ``growthhub-async update``; returns the exit status."""
+    rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
+    settings = JobSettings(
+        input=args.input,
+        out=args.out,
+        base_url=args.base_url,
+        rate=rate,
+        concurrency=args.concurrency,
+        value_key=args.value_key,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        progress="line" if args.no_progress else "auto",
+        resume_command=resume_command(args),
+    )
+    try:
+        token = None if args.dry_run else acquire_token(args)
+        result = asyncio.run(run_job(settings, token=token))
+    except GrowthHubError as exc:
+        return fatal("update", exc)
+    except KeyboardInterrupt:  # before the job's own handlers were installed
+        sys.stderr.write("interrupted\n")
+        return EXIT_NOT_ALL
+    return result.exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
+from growthhub_async.sandbox import hostile
 from growthhub_async.sandbox.config import Faults, SandboxConfig
 from growthhub_async.sandbox.faults import Fate, FaultInjector, canned_body
 from growthhub_async.sandbox.ratelimit import ArrivalMeter, Budget, Decision, retry_after_header
@@ -188,7 +189,12 @@ async def _put_contact(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(fate.delay)
     if token is not None and token not in state.config.tokens:
         token = None
-    if fate.kind != "normal":
+    if fate.kind == "hostile":
+        spoiled = await hostile.answer(request, fate.mode)
+        if spoiled is not None:
+            state.count(fate.mode)
+            return spoiled
+    elif fate.kind != "normal":
         return _faulted(request, state, fate, token)
     if token is None:
         return _respond(state, 401, _UNAUTHORIZED, state.headers(None))
@@ -279,6 +285,7 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
     """The sandbox as an ``aiohttp.web.Application`` (run it with any aiohttp runner)."""
     app = web.Application()
     app[_STATE] = _State(config or SandboxConfig())
+    hostile.install(app)
     app.router.add_put("/contacts/{contactId}", _put_contact)
     app.router.add_get("/contacts/{contactId}", _get_contact)
     app.router.add_get("/__sandbox/stats", _stats)

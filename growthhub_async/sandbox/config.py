@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
+from growthhub_async.sandbox.hostile import HOSTILE_MODES
+
 __all__ = [
     "DEFAULT_TOKEN",
     "Faults",
@@ -37,9 +39,11 @@ class ScriptStep:
     ``"reset"`` (drop the connection) or ``"slow"`` (sleep ``delay`` seconds, then normal).
     """
 
-    kind: Literal["ok", "status", "reset", "slow"]
+    kind: Literal["ok", "status", "reset", "slow", "hostile"]
     status: int = 0
     delay: float = 0.0
+    mode: str = ""
+    """For ``"hostile"``: one of :data:`~growthhub_async.sandbox.hostile.HOSTILE_MODES`."""
 
 
 def parse_script_step(step: str) -> ScriptStep:
@@ -51,6 +55,8 @@ def parse_script_step(step: str) -> ScriptStep:
         return ScriptStep("reset")
     if _STATUS_STEP.fullmatch(text):
         return ScriptStep("status", status=int(text))
+    if text in HOSTILE_MODES:
+        return ScriptStep("hostile", mode=text)
     if text.startswith("slow:"):
         try:
             delay = float(text[5:])
@@ -60,7 +66,7 @@ def parse_script_step(step: str) -> ScriptStep:
             return ScriptStep("slow", delay=delay)
     raise ValueError(
         f"script step {step!r}: expected 'ok', 'reset', an HTTP status such as '503',"
-        " or 'slow:SECONDS'"
+        f" 'slow:SECONDS' or one of {', '.join(sorted(HOSTILE_MODES))}"
     )
 
 

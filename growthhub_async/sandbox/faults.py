@@ -75,9 +75,10 @@ def canned_body(status: int) -> tuple[bytes, str]:
 class Fate:
     """What happens to one PUT before normal handling (``kind="normal"``) or instead of it."""
 
-    kind: Literal["normal", "drop", "status"]
+    kind: Literal["normal", "drop", "status", "hostile"]
     status: int = 0
     delay: float = 0.0
+    mode: str = ""
 
 
 _NORMAL: Final = Fate("normal")
@@ -126,13 +127,17 @@ class FaultInjector:
                 position = self._positions.get(contact_id, 0)
                 if position < len(steps):
                     self._positions[contact_id] = position + 1
-                    step = steps[position]
-                    if step.kind == "ok":
-                        fate = _NORMAL
-                    elif step.kind == "reset":
-                        fate = Fate("drop")
-                    elif step.kind == "slow":
-                        fate = Fate("normal", delay=step.delay)
-                    else:
-                        fate = Fate("status", status=step.status)
+                    fate = _script_fate(steps[position])
         return fate
+
+
+def _script_fate(step: ScriptStep) -> Fate:
+    if step.kind == "ok":
+        return _NORMAL
+    if step.kind == "reset":
+        return Fate("drop")
+    if step.kind == "slow":
+        return Fate("normal", delay=step.delay)
+    if step.kind == "hostile":
+        return Fate("hostile", mode=step.mode)
+    return Fate("status", status=step.status)

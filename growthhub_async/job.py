@@ -1,0 +1,445 @@
+"""The bulk job behind ``growthhub-async update`` (and ``demo``): an input file in, a journal out.
+
+:func:`run_job` streams the input (:func:`~growthhub_async.sources.open_source`), hands every
+item to :meth:`GrowthHubClient.update_contacts` and writes each outcome to the journal
+(:class:`~growthhub_async.journal.Journal`) the moment it exists: from the run's
+``RecordFinished`` hook, which the engine calls for every record, rejected and cancelled ones
+included. Writing from the hook rather than from the stream's iteration means that records ended
+by a stop (``failed``, ``"cancelled"``) are journaled too, and that the window between "the
+server has it" and "the journal has it" is as short as it can be: only requests in flight.
+
+Stopping. On SIGINT or SIGTERM the job stops reading the input, lets the records already taken
+finish for up to ``grace`` seconds (a second signal cuts that short), then cancels what is left
+(those end ``failed``, ``"cancelled"``, and a resumed run sends them again), closes the journal
+and says how to resume. The reader takes at most a few records per worker ahead of the
+workers, so "already taken" is a handful, not thousands.
+
+Exit statuses: :data:`EXIT_OK` (every record updated; with ``dry_run``, every record valid),
+:data:`EXIT_NOT_ALL` (some record was not, or the run was interrupted), :data:`EXIT_FATAL`
+(usage or fatal errors, which :func:`run_job` raises as
+:class:`~growthhub_async.errors.GrowthHubError` before anything is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TextIO, TypeAlias
+
+from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
+from growthhub_async.errors import ConfigurationError, GrowthHubError
+from growthhub_async.events import Event, RecordFinished
+from growthhub_async.journal import Journal, ResumeState, load_resume_state
+from growthhub_async.models import CustomFieldValueKey
+from growthhub_async.outcomes import Outcome, Status, Summary
+from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
+from growthhub_async.ratelimit import Rate
+from growthhub_async.sources import Item, Source, count_records, open_source
+
+__all__ = [
+    "EXIT_FATAL",
+    "EXIT_NOT_ALL",
+    "EXIT_OK",
+    "TOKEN_ENV",
+    "JobResult",
+    "JobSettings",
+    "ProgressMode",
+    "run_job",
+    "token_from_environment",
+]
+
+EXIT_OK: Final = 0
+EXIT_NOT_ALL: Final = 1
+EXIT_FATAL: Final = 2
+
+TOKEN_ENV: Final = "GROWTHHUB_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+
+ProgressMode: TypeAlias = Literal["auto", "bar", "line", "off"]
+"""``auto``: a live bar when stderr is a terminal, else a plain line now and then."""
+
+_BAR_EVERY: Final = 0.2  # seconds between two redraws of the live bar
+_REJECTED_SHOWN: Final = 20  # a dry run lists this many rejected records, then counts the rest
+
+
+def token_from_environment(environ: Mapping[str, str] | None = None) -> str:
+    """The API token from ``GROWTHHUB_TOKEN``; :class:`ConfigurationError` when it is not set.
+
+    Never from argv: ``ps`` shows every process's arguments to every user of the machine.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ConfigurationError(
+            f"no token: set the {TOKEN_ENV} environment variable to your API token "
+            "(it is never read from the command line)"
+        )
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """What a bulk job does; the command line's options, already parsed."""
+
+    input: str
+    """The input file (``.jsonl``, ``.ndjson``, ``.csv``) or ``-`` for standard input (JSONL)."""
+    out: str
+    """The outcome journal (JSONL, one line per record)."""
+    base_url: str = DEFAULT_BASE_URL
+    rate: Rate | None = field(default_factory=lambda: Rate(100, 10.0))
+    concurrency: int = 10
+    value_key: CustomFieldValueKey = "field_value"
+    resume: bool = False
+    dry_run: bool = False
+    progress: ProgressMode = "auto"
+    progress_every: float = 5.0
+    """Seconds between two plain progress lines (the live bar redraws far more often)."""
+    grace: float = 10.0
+    """Seconds that records in flight get to finish after SIGINT/SIGTERM."""
+    resume_command: str | None = None
+    """The shell command that resumes this run, printed when it is interrupted."""
+    handle_signals: bool = True
+    """Install SIGINT/SIGTERM handlers on the running loop for the job's duration."""
+
+
+@dataclass(slots=True)
+class JobResult:
+    """How a job ended."""
+
+    exit_status: int
+    summary: Summary
+    interrupted: bool = False
+    skipped: int = 0
+    """Records skipped by ``resume`` (their last outcome in the journal is final)."""
+    valid: int = 0
+    """With ``dry_run``: records that would have been sent."""
+
+
+class _Reader:
+    """The input as the engine reads it: resume's skips, and a stop switch for signals."""
+
+    def __init__(self, source: Source, state: ResumeState | None) -> None:
+        self.source = source
+        self.state = state
+        self.skipped = 0
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[Item]:
+        is_final = self.state.is_final if self.state is not None else None
+        for item in self.source:
+            if self.stopped:
+                # Not taken: this record has no outcome yet, so a resumed run sends it.
+                return
+            if is_final is not None and is_final(item.line, item.contact_id):
+                self.skipped += 1
+                continue
+            yield item
+
+
+class _Progress:
+    """Draws the live bar or the plain line on stderr; the caller owns the clock."""
+
+    def __init__(self, mode: ProgressMode, stream: TextIO, every: float) -> None:
+        if mode == "auto":
+            mode = "bar" if _isatty(stream) else "line"
+        self.mode = mode
+        self.stream = stream
+        self.every = _BAR_EVERY if mode == "bar" else every
+        self.total: int | None = None
+        self._drawn = False
+
+    def draw(self, summary: Summary) -> None:
+        if self.mode == "bar":
+            width = shutil.get_terminal_size((100, 24)).columns - 1
+            # \r and "erase to end of line": one line redrawn in place, never wrapped.
+            self.stream.write("\r\x1b[K" + render_bar(summary, self.total)[:width])
+            self._drawn = True
+        elif self.mode == "line":
+            self.stream.write(render_line(summary, self.total) + "\n")
+        self.stream.flush()
+
+    def end(self, summary: Summary) -> None:
+        if self.mode == "bar":
+            self.draw(summary)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+async def run_job(
+    settings: JobSettings,
+    *,
+    token: str | None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    client_options: Mapping[str, Any] | None = None,
+) -> JobResult:
+    """Run one bulk job; print progress on ``stderr`` and the summary on ``stdout``.
+
+    ``token`` may be ``None`` only for a dry run. ``client_options`` are passed on to
+    :class:`GrowthHubClient` (for instance ``tokens=`` or a retry policy). Raises
+    :class:`~growthhub_async.errors.GrowthHubError` (input, journal or configuration problems)
+    before any request is sent.
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    source = open_source(settings.input, settings.value_key)
+    with source:
+        if settings.dry_run:
+            return _dry_run(settings, source, out, err)
+        options: dict[str, Any] = {
+            "base_url": settings.base_url,
+            "rate": settings.rate,
+            "concurrency": settings.concurrency,
+            "value_key": settings.value_key,
+            # A few records per worker ahead is enough to keep them busy; more would only be
+            # records that a stop must cancel rather than leave unread.
+            "max_pending": max(16, 2 * settings.concurrency),
+        }
+        options.update(client_options or {})
+        if token is not None and "tokens" not in options:
+            options["token"] = token
+        client = GrowthHubClient(**options)  # checks the base URL and the token's shape
+        state = load_resume_state(settings.out) if settings.resume else None
+        journal = Journal(settings.out, resume=settings.resume)
+        try:
+            async with client:
+                return await _send(
+                    settings,
+                    source=source,
+                    state=state,
+                    journal=journal,
+                    client=client,
+                    out=out,
+                    err=err,
+                )
+        finally:
+            journal.close()
+
+
+def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
+    """Validate every record, send nothing, count, and estimate the real run's duration."""
+    state = load_resume_state(settings.out) if settings.resume else None
+    reader = _Reader(source, state)
+    summary = Summary()
+    valid = 0
+    shown = 0
+    for item in reader:
+        if isinstance(item, Outcome):
+            summary.add(item)
+            if shown < _REJECTED_SHOWN:
+                err.write(f"rejected: {item.error}\n")
+            shown += 1
+        else:
+            valid += 1
+    if shown > _REJECTED_SHOWN:
+        err.write(f"rejected: ... and {shown - _REJECTED_SHOWN} more\n")
+    rejected = summary.by_status[Status.REJECTED]
+    rows = [("valid (would be sent)", valid), ("rejected", rejected), ("total", valid + rejected)]
+    if reader.skipped:
+        rows.insert(0, ("skipped (final in outcomes)", reader.skipped))
+    width = max(len(name) for name, _ in rows)
+    out.write("dry run: nothing was sent\n")
+    out.writelines(f"  {name:<{width}}  {count:>7}\n" for name, count in rows)
+    if settings.rate is not None:
+        seconds = valid * settings.rate.window / settings.rate.requests
+        out.write(
+            f"  at {settings.rate} the real run needs about {format_duration(seconds)} "
+            f"for {valid} requests (more if the server asks for retries)\n"
+        )
+    if not settings.resume and _non_empty(settings.out):
+        out.write(
+            f"  note: {settings.out} already holds outcomes: the real run needs --resume "
+            "or another --out\n"
+        )
+    out.flush()
+    status = EXIT_OK if rejected == 0 else EXIT_NOT_ALL
+    return JobResult(status, summary, skipped=reader.skipped, valid=valid)
+
+
+def _non_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
+    settings: JobSettings,
+    *,
+    source: Source,
+    state: ResumeState | None,
+    journal: Journal,
+    client: GrowthHubClient,
+    out: TextIO,
+    err: TextIO,
+) -> JobResult:
+    loop = asyncio.get_running_loop()
+    reader = _Reader(source, state)
+    journal_error: list[BaseException] = []
+    consumer: asyncio.Task[None] | None = None
+
+    def on_event(event: Event) -> None:
+        if not isinstance(event, RecordFinished) or journal_error:
+            return
+        try:
+            journal.write(event.outcome)
+        except (OSError, ValueError) as exc:
+            # The engine swallows a hook's exception; a journal that cannot be written must
+            # stop the run instead, or outcomes would be lost.
+            journal_error.append(exc)
+            if consumer is not None:
+                consumer.cancel()
+
+    stream = client.update_contacts(reader, hooks=[on_event])
+    summary = stream.summary
+    progress = _Progress(settings.progress, err, settings.progress_every)
+    counting = asyncio.ensure_future(asyncio.to_thread(count_records, settings.input))
+    started = loop.time()
+
+    async def drain() -> None:
+        async with stream:
+            async for _ in stream:
+                pass
+
+    consumer = asyncio.create_task(drain(), name="growthhub-job")
+    interrupted = False
+    cutoff: asyncio.TimerHandle | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal interrupted, cutoff
+        assert consumer is not None
+        if interrupted:  # the second signal: stop waiting
+            err.write(f"\n{signal.Signals(signum).name} again: cancelling what is in flight\n")
+            consumer.cancel()
+            return
+        interrupted = True
+        reader.stopped = True
+        err.write(
+            f"\n{signal.Signals(signum).name}: reading no more records; waiting up to "
+            f"{settings.grace:g}s for those in flight (signal again to stop at once)\n"
+        )
+        err.flush()
+        cutoff = loop.call_later(settings.grace, consumer.cancel)
+
+    signals = (signal.SIGINT, signal.SIGTERM) if settings.handle_signals else ()
+    installed = []
+    for signum in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows' loops
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+    failure: BaseException | None = None
+    try:
+        while True:
+            done, _ = await asyncio.wait((consumer,), timeout=progress.every)
+            if counting.done() and progress.total is None:
+                total = counting.result()
+                progress.total = (
+                    total - len(state) if total is not None and state is not None else total
+                )
+            summary.elapsed = loop.time() - started
+            if done:
+                break
+            progress.draw(summary)
+        with contextlib.suppress(asyncio.CancelledError):
+            consumer.result()
+    except (GrowthHubError, OSError) as exc:  # the input failed mid-way (a read error)
+        failure = exc
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if cutoff is not None:
+            cutoff.cancel()
+        if not consumer.done():
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+        if not counting.done():
+            counting.cancel()
+        journal.close()
+    summary.elapsed = summary.elapsed or loop.time() - started
+    progress.end(summary)
+    if journal_error:
+        raise GrowthHubError(f"cannot write outcomes {settings.out!r}: {journal_error[0]}")
+    return _report(
+        settings,
+        summary,
+        state,
+        skipped=reader.skipped,
+        interrupted=interrupted or consumer.cancelled(),
+        failure=failure,
+        out=out,
+        err=err,
+    )
+
+
+def _report(
+    settings: JobSettings,
+    summary: Summary,
+    state: ResumeState | None,
+    *,
+    skipped: int,
+    interrupted: bool,
+    failure: BaseException | None,
+    out: TextIO,
+    err: TextIO,
+) -> JobResult:
+    """Print the summary, the warnings and, when the run did not end, how to resume it."""
+    if skipped:
+        out.write(f"skipped {skipped} records already final in {settings.out}\n")
+    out.write(
+        render_summary(
+            summary,
+            limit_rate=settings.rate.requests / settings.rate.window if settings.rate else None,
+            outcomes=os.path.abspath(settings.out),
+        )
+        + "\n"
+    )
+    out.flush()
+    _warnings(summary, state, err)
+    if failure is not None:
+        err.write(f"error: {failure}\n")
+        _resume_hint(settings, err)
+        return JobResult(EXIT_FATAL, summary, interrupted, skipped)
+    if interrupted:
+        err.write("interrupted: records not yet done have no final outcome.\n")
+        _resume_hint(settings, err)
+        return JobResult(EXIT_NOT_ALL, summary, True, skipped)
+    status = EXIT_OK if summary.all_updated else EXIT_NOT_ALL
+    return JobResult(status, summary, False, skipped)
+
+
+def _warnings(summary: Summary, state: ResumeState | None, err: TextIO) -> None:
+    if state is not None and state.torn:
+        err.write(
+            "note: the last line of the outcomes was torn (the earlier run died mid-write); "
+            "its record was sent again\n"
+        )
+    if state is not None and state.mismatched:
+        err.write(
+            f"warning: {state.mismatched} input lines now hold another contactId than the "
+            "outcomes say: the input changed since the earlier run, so they were sent again\n"
+        )
+    if summary.by_status[Status.UNAUTHORIZED]:
+        err.write(
+            f"warning: the token was refused (401/403): check {TOKEN_ENV} and its scopes "
+            "(contacts.write)\n"
+        )
+    err.flush()
+
+
+def _resume_hint(settings: JobSettings, err: TextIO) -> None:
+    if settings.resume_command:
+        err.write(f"to resume, run:\n  {settings.resume_command}\n")
+    err.flush()
