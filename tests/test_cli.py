@@ -1,0 +1,389 @@
+"""``growthhub-async update`` end to end: the real command in a subprocess, a sandbox in-process.
+
+Each test starts its own sandbox (fast window: these tests are about files, statuses and
+signals, not pacing) and runs ``python -m growthhub_async update ...`` against it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from cli_helpers import (
+    SECRET_TOKEN,
+    Ran,
+    finish,
+    journal_lines,
+    run_cli,
+    start_cli,
+    wait_for_lines,
+    write_jsonl,
+)
+from conftest import StartSandbox, sandbox_config
+
+from growthhub_async.cli import build_parser
+from growthhub_async.job import JobSettings, run_job
+from growthhub_async.outcomes import FINAL_STATUSES
+from growthhub_async.ratelimit import Rate
+from growthhub_async.sandbox import Faults, Sandbox
+
+JOURNAL_KEYS = ["line", "contactId", "status", "httpStatus", "attempts", "error"]
+FAST = "1000/1s"
+
+
+async def fast_sandbox(start_sandbox: StartSandbox, **overrides: object) -> Sandbox:
+    settings: dict[str, object] = {
+        "tokens": frozenset({SECRET_TOKEN}),
+        "rate_limit": 1000,
+        "rate_window": 1.0,
+    }
+    settings.update(overrides)
+    return await start_sandbox(sandbox_config(**settings))
+
+
+def assert_no_token(ran: Ran, *files: Path) -> None:
+    assert SECRET_TOKEN not in ran.stdout
+    assert SECRET_TOKEN not in ran.stderr
+    for path in files:
+        if path.exists():
+            assert SECRET_TOKEN.encode() not in path.read_bytes()
+
+
+def good(n: int, prefix: str = "good") -> dict[str, object]:
+    return {"contactId": f"{prefix}{n:04d}", "firstName": f"First{n}", "tags": ["cli"]}
+
+
+# Every bad-input case of the issue, with a word its rejection must name.
+BAD_LINES: list[tuple[str, str]] = [
+    ('{"contactId": "badjson01", "firstName": "x"', "malformed JSON"),
+    ('["contactId", "notanobject"]', "not a JSON object"),
+    ('{"firstName": "NoId"}', "missing contactId"),
+    ('{"contactId": "a/b", "firstName": "Unsafe"}', "$.contactId"),
+    ('{"contactId": "unknown01", "gender": "x"}', "unknown field `gender`"),
+    ('{"contactId": "wrongtype01", "firstName": 42}', "$.firstName"),
+    (
+        '{"contactId": "badenum01", "dndSettings": {"SMS": {"status": "maybe"}}}',
+        "$.dndSettings.SMS.status",
+    ),
+    ('{"contactId": "baddate01", "dateOfBirth": "1990-13-45"}', "$.dateOfBirth"),
+    ('{"contactId": "badcountry01", "country": "XX"}', "$.country"),
+]
+
+
+async def test_jsonl_end_to_end_every_bad_case_rejected_others_updated(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    lines: list[str] = []
+    expected_bad: dict[int, str] = {}
+    for n in range(30):
+        lines.append(json.dumps(good(n)))
+        if n < len(BAD_LINES):
+            lines.append(BAD_LINES[n][0])
+            expected_bad[len(lines)] = BAD_LINES[n][1]
+    data = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+
+    ran = await run_cli(
+        "update", str(data), "--out", str(out), "--base-url", sandbox.base_url, "--rate", FAST
+    )
+
+    assert ran.status == 1, ran.stderr
+    journal = journal_lines(out)
+    assert sorted(o["line"] for o in journal) == list(range(1, len(lines) + 1))
+    for outcome in journal:
+        assert list(outcome) == JOURNAL_KEYS
+        if outcome["line"] in expected_bad:
+            assert outcome["status"] == "rejected"
+            assert outcome["attempts"] == 0
+            assert outcome["httpStatus"] is None
+            assert outcome["error"].startswith(f"line {outcome['line']}: ")
+            assert expected_bad[outcome["line"]] in outcome["error"]
+        else:
+            assert outcome["status"] == "updated", outcome
+            assert (outcome["httpStatus"], outcome["attempts"], outcome["error"]) == (200, 1, None)
+    for n in range(30):
+        assert sandbox.contacts[f"good{n:04d}"]["firstName"] == f"First{n}"
+    assert sandbox.stats()["requests"] == 30
+    assert "updated" in ran.stdout
+    assert "rejected" in ran.stdout
+    assert str(out) in ran.stdout
+    assert_no_token(ran, out)
+
+
+async def test_csv_end_to_end(start_sandbox: StartSandbox, tmp_path: Path) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    csv_text = (
+        "\ufeffcontactId,firstName,email,tags,dndSettings.SMS.status,customFields.tier,country\n"
+        'csv0001,Ada,ada@example.com,"vip, newsletter",active,gold,GB\n'
+        "csv0002,,grace@example.com,,,,\n"
+        "csv0003,Alan,,trial,inactive,,XX\n"
+    )
+    data = tmp_path / "in.csv"
+    data.write_text(csv_text, encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+
+    ran = await run_cli(
+        "update", str(data), "--out", str(out), "--base-url", sandbox.base_url, "--rate", FAST
+    )
+
+    assert ran.status == 1, ran.stderr
+    by_line = {o["line"]: o for o in journal_lines(out)}
+    assert by_line[2]["status"] == by_line[3]["status"] == "updated"
+    assert by_line[4]["status"] == "rejected"
+    assert "line 4:" in by_line[4]["error"]
+    assert "$.country" in by_line[4]["error"]
+    ada = sandbox.contacts["csv0001"]
+    assert ada["firstName"] == "Ada"
+    assert ada["tags"] == ["vip", "newsletter"]
+    assert ada["country"] == "GB"
+    assert ada["dndSettings"]["SMS"]["status"] == "active"
+    # An empty cell leaves the field unchanged: only the email was sent for csv0002.
+    assert sandbox.history["csv0002"] == [{"email": "grace@example.com"}]
+    assert "csv0003" not in sandbox.contacts
+    assert_no_token(ran, out)
+
+
+async def test_all_updated_exits_0_and_stdin_input(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    out = tmp_path / "out.jsonl"
+    data = "".join(json.dumps(good(n)) + "\n" for n in range(5)).encode()
+
+    ran = await run_cli(
+        "update", "-", "--out", str(out), "--base-url", sandbox.base_url, "--rate", FAST, data=data
+    )
+
+    assert ran.status == 0, ran.stderr
+    assert [o["status"] for o in journal_lines(out)] == ["updated"] * 5
+    assert "Traceback" not in ran.stderr
+    assert_no_token(ran, out)
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("no token", "GROWTHHUB_TOKEN"),
+        ("unreadable input", "cannot read input"),
+        ("journal exists", "--resume"),
+        ("bad rate", "--rate"),
+        ("insecure base url", "https"),
+        ("unknown input kind", "in.txt"),
+    ],
+)
+async def test_fatal_errors_exit_2_with_one_clear_line(
+    start_sandbox: StartSandbox, tmp_path: Path, case: str, needle: str
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", [good(1)])
+    out = tmp_path / "out.jsonl"
+    args = ["update", str(data), "--out", str(out), "--base-url", sandbox.base_url]
+    token: str | None = SECRET_TOKEN
+    if case == "no token":
+        token = None
+    elif case == "unreadable input":
+        args[1] = str(tmp_path / "missing.jsonl")
+    elif case == "journal exists":
+        out.write_text('{"line":1}\n')
+    elif case == "bad rate":
+        args += ["--rate", "fast please"]
+    elif case == "insecure base url":
+        args[-1] = "http://example.com"
+    elif case == "unknown input kind":
+        args[1] = str(tmp_path / "in.txt")
+        (tmp_path / "in.txt").write_text("x\n")
+
+    ran = await run_cli(*args, token=token)
+
+    assert ran.status == 2
+    assert needle in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert ran.stderr.strip().splitlines()[-1].startswith("growthhub-async update: error:")
+    assert sandbox.stats()["requests"] == 0
+    if case == "journal exists":
+        assert out.read_text() == '{"line":1}\n'  # never overwritten
+    assert_no_token(ran, out)
+
+
+async def test_dry_run_counts_sends_nothing_needs_no_token(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(
+        tmp_path / "in.jsonl", [json.dumps(good(n)) for n in range(12)] + [BAD_LINES[4][0]]
+    )
+    out = tmp_path / "out.jsonl"
+    args = ["update", str(data), "--out", str(out), "--base-url", sandbox.base_url]
+
+    ran = await run_cli(*args, "--dry-run", "--rate", "4/1s", token=None)
+
+    assert ran.status == 1
+    assert "valid (would be sent)       12" in ran.stdout
+    assert "rejected                     1" in ran.stdout
+    assert "3.0s for 12 requests" in ran.stdout  # 12 records at 4 per second
+    assert "unknown field `gender`" in ran.stderr
+    assert sandbox.stats()["requests"] == 0
+    assert not out.exists()
+
+    write_jsonl(data, [good(n) for n in range(3)])
+    ran = await run_cli(*args, "--dry-run", token=None)
+    assert ran.status == 0
+    assert sandbox.stats()["requests"] == 0
+
+
+async def test_resume_skips_final_outcomes_and_sends_the_rest(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(1, 7)])
+    out = tmp_path / "out.jsonl"
+    earlier = [
+        {"line": 1, "contactId": "good0001", "status": "updated"},
+        {"line": 2, "contactId": "good0002", "status": "not_found"},
+        {"line": 3, "contactId": "good0003", "status": "failed"},
+        {"line": 4, "contactId": "good0004", "status": "unauthorized"},
+        # line 5 never finished; line 6 is final, but for another contact: the input changed
+        {"line": 6, "contactId": "someoneElse", "status": "updated"},
+    ]
+    out.write_text(
+        "".join(
+            json.dumps({**o, "httpStatus": None, "attempts": 1, "error": None}) + "\n"
+            for o in earlier
+        )
+        + '{"line": 5, "contactI'  # torn by a kill
+    )
+
+    ran = await run_cli(
+        "update",
+        str(data),
+        "--out",
+        str(out),
+        "--resume",
+        "--base-url",
+        sandbox.base_url,
+        "--rate",
+        FAST,
+    )
+
+    assert ran.status == 0, ran.stderr
+    assert sorted(sandbox.stats()["attempts"]) == ["good0003", "good0004", "good0005", "good0006"]
+    journal = journal_lines(out)
+    assert out.read_bytes().endswith(b"\n")
+    last = {o["line"]: o for o in journal}
+    assert all(last[n]["status"] in FINAL_STATUSES for n in range(1, 7))
+    assert "skipped 2 records" in ran.stdout
+    assert "torn" in ran.stderr
+    assert "input changed" in ran.stderr
+
+
+async def test_sigterm_finishes_in_flight_and_prints_the_resume_command(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox, faults=Faults(latency=0.05))
+    data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(150)])
+    out = tmp_path / "out.jsonl"
+    args = [
+        "update",
+        str(data),
+        "--out",
+        str(out),
+        "--base-url",
+        sandbox.base_url,
+        "--rate",
+        "50/1s",
+        "--concurrency",
+        "4",
+        "--no-progress",
+    ]
+    proc = await start_cli(*args)
+    await wait_for_lines(out, 10, proc)
+
+    proc.send_signal(signal.SIGTERM)
+    ran = await finish(proc, limit=15)
+
+    assert ran.status == 1
+    assert "SIGTERM" in ran.stderr
+    assert "to resume, run:" in ran.stderr
+    resume_line = ran.stderr.split("to resume, run:\n", 1)[1].splitlines()[0].strip()
+    assert resume_line.startswith("growthhub-async update ")
+    assert "--resume" in resume_line
+    assert f"--out {out}" in resume_line
+    raw = out.read_bytes()
+    assert raw.endswith(b"\n")
+    journal = journal_lines(out)
+    assert 10 <= len(journal) < 150
+    # The records taken before the stop finished normally: none was cut off.
+    assert all(o["status"] == "updated" for o in journal)
+    assert len(journal) == sandbox.stats()["requests"]
+    assert_no_token(ran, out)
+
+    ran = await run_cli(*resume_line.split()[1:], limit=30)
+    assert ran.status == 0, ran.stderr
+    assert {o["line"] for o in journal_lines(out)} == set(range(1, 151))
+    assert f"skipped {len(journal)} records" in ran.stdout
+
+
+async def test_progress_bar_and_line_in_process(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(60)])
+
+    for mode, every in (("bar", 5.0), ("line", 0.1)):
+        out, err = io.StringIO(), io.StringIO()
+        settings = JobSettings(
+            input=str(data),
+            out=str(tmp_path / f"{mode}.jsonl"),
+            base_url=sandbox.base_url,
+            rate=Rate(200, 1.0),
+            progress=mode,  # type: ignore[arg-type]
+            progress_every=every,
+            handle_signals=False,
+        )
+        result = await run_job(settings, token=SECRET_TOKEN, stdout=out, stderr=err)
+        assert result.exit_status == 0
+        assert result.summary.records == 60
+        if mode == "bar":
+            assert "\r\x1b[K[" in err.getvalue()
+            assert "60/60 100.0%" in err.getvalue()
+        else:
+            assert "progress: " in err.getvalue()
+            assert "/60 records" in err.getvalue()
+            assert "\r" not in err.getvalue()
+        assert "outcomes: " in out.getvalue()
+        assert "of a limit of 200.0 req/s" in out.getvalue()
+
+
+async def test_token_is_not_accepted_from_argv(tmp_path: Path) -> None:
+    ran = await run_cli("update", "x.jsonl", "--out", "o.jsonl", "--token", "abc", token=None)
+    assert ran.status == 2
+    assert "unrecognized arguments: --token" in ran.stderr
+
+
+async def test_help_lists_the_documented_options() -> None:
+    ran = await run_cli("update", "--help")
+    assert ran.status == 0
+    for option in (
+        "--out",
+        "--base-url",
+        "--rate",
+        "--concurrency",
+        "--resume",
+        "--dry-run",
+        "--no-progress",
+        "--value-key",
+        "GROWTHHUB_TOKEN",
+    ):
+        assert option in ran.stdout
+
+
+def test_update_defaults() -> None:
+    args = build_parser().parse_args(["update", "in.jsonl", "--out", "o.jsonl"])
+    assert str(args.rate) == "100/10s"
+    assert args.concurrency == 10
+    assert args.base_url == "https://services.leadconnectorhq.com"
+    assert args.value_key == "field_value"
