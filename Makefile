@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck demo clean
+.PHONY: install test lint typecheck demo soak clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# The full soak (20,000 records under faults, about a minute); `make test` runs a short one.
+soak: $(STAMP)
+	$(BIN)/pytest -m slow tests/test_soak.py
 
 demo: $(STAMP)
 	$(BIN)/growthhub-async demo
