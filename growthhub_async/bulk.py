@@ -79,8 +79,12 @@ class Lane(Protocol):
     async def request(self, contact_id: str, body: bytes, *, sent_at: float) -> tuple[int, Any]:
         """Send one PUT; return ``(status, decoded)`` or raise a typed error."""
 
-    async def refresh(self) -> bool:
-        """Refresh the token once after a 401; ``False`` when no refresher is configured."""
+    async def refresh(self, error: HTTPStatusError) -> bool:
+        """After the 401 ``error``: ``True`` when a newer token is ready to send again with.
+
+        ``False`` when nothing can be refreshed (no refresher, a scope 401); raises an
+        ``HTTPStatusError`` (``TokenRefreshFailed``) when the refresh failed: the record's error.
+        """
 
     def pause_remaining(self, now: float) -> float:
         """Seconds left of the token's 429 pause."""
@@ -383,9 +387,13 @@ class Engine:
             job.http_status, _ = await job.lane.request(job.contact_id, job.body, sent_at=sent_at)
         except HTTPStatusError as exc:
             job.http_status = exc.status_code
-            if exc.status_code == 401 and not job.refreshed and await job.lane.refresh():
-                job.refreshed = True
-                return _REFRESHED
+            if exc.status_code == 401 and not job.refreshed:
+                try:
+                    if await job.lane.refresh(exc):
+                        job.refreshed = True
+                        return _REFRESHED
+                except HTTPStatusError as failed:  # the refresh failed: its reason is ours
+                    return failed
             return exc
         except (TransportError, ResponseError) as exc:
             job.http_status = exc.status_code if isinstance(exc, ResponseError) else None

@@ -53,6 +53,7 @@ import aiohttp
 import msgspec
 import yarl
 
+from growthhub_async.auth import FixedToken, TokenProvider, is_scope_error
 from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
@@ -62,6 +63,8 @@ from growthhub_async.errors import (
     RateLimited,
     RequestTimeout,
     ResponseError,
+    TokenRefreshFailed,
+    Unauthorized,
     error_for_status,
 )
 from growthhub_async.events import Event, Hook, Paused, TokenStopped
@@ -128,14 +131,31 @@ def check_base_url(url: str, *, allow_insecure: bool = False) -> yarl.URL:
     return parsed.with_path(parsed.path.rstrip("/"))
 
 
-def _check_token(key: str, token: str) -> None:
+def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
     # The message names the key, never the token.
     if not isinstance(key, str) or not key:
         raise ConfigurationError("token keys must be non-empty strings")
+    if isinstance(token, TokenProvider):
+        return token
     if not isinstance(token, str) or not token:
         raise ConfigurationError(f"token {key!r} is empty")
     if any(c.isspace() or not c.isprintable() for c in token):
         raise ConfigurationError(f"token {key!r} contains whitespace or control characters")
+    return FixedToken(token)
+
+
+class _RejectedToken(Unauthorized):
+    """A 401 that a refresh may cure, with the generation of the token that got it.
+
+    Raised only where the token's provider can refresh; the generation (never the token)
+    lets :meth:`_Lane.refresh` tell "refresh now" from "someone already did".
+    """
+
+    def __init__(self, error: HTTPStatusError, generation: int) -> None:
+        super().__init__(
+            error.status_code, error.messages, headers=error.headers, trace_id=error.trace_id
+        )
+        self.generation = generation
 
 
 @contextmanager
@@ -201,7 +221,7 @@ class _Lane:
     def __init__(
         self,
         key: str,
-        token: str,
+        provider: TokenProvider,
         budget: Budget,
         *,
         unauthorized_limit: int,
@@ -209,7 +229,7 @@ class _Lane:
     ) -> None:
         self.key = key
         self.budget = budget
-        self._token = token
+        self.provider = provider
         self._client = client
         self._unauthorized_limit = unauthorized_limit
         self._unauthorized = 0
@@ -227,8 +247,8 @@ class _Lane:
             connector=connector,
             connector_owner=False,
             timeout=timeout,
+            # Authorization goes per request: an OAuth token changes under the session.
             headers={
-                "Authorization": f"Bearer {self._token}",
                 "Version": API_VERSION,
                 "Accept": "application/json",
                 "Content-Type": "application/json",
@@ -247,6 +267,7 @@ class _Lane:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.provider.aclose()
 
     def pause_remaining(self, now: float) -> float:
         return max(0.0, self.budget.paused_until - now)
@@ -256,14 +277,33 @@ class _Lane:
         assert self._pacer is not None
         return await self._pacer.acquire()
 
-    async def refresh(self) -> bool:
-        """Seam for a token refresher (OAuth, a later issue): swap the token once, say if done.
+    async def refresh(self, error: HTTPStatusError) -> bool:
+        """After a 401: ``True`` when a newer token is ready (send again once), else ``False``.
 
-        Without a refresher a 401 is final, so this returns ``False``. A refresher will replace
-        the session's ``Authorization`` header under a lock and return ``True``; the engine then
-        sends the record again once, without counting it as a retry.
+        Only a 401 that means "expired or invalid token", from a provider that can refresh,
+        gets here as :class:`_RejectedToken`; the provider refreshes once for every caller
+        (single flight) or, if the token was already replaced, not at all. A refused refresh
+        stops the token (its records end ``unauthorized`` with the server's reason) and raises
+        :class:`~growthhub_async.errors.TokenRefreshFailed`, the record's own error.
         """
-        return False
+        if not isinstance(error, _RejectedToken):
+            return False
+        try:
+            renewed = await self.provider.rejected(error.generation)
+        except TokenRefreshFailed as exc:
+            self.stop(Status.UNAUTHORIZED, str(exc))
+            raise
+        if not renewed:
+            self._count_unauthorized()
+        return renewed
+
+    def _count_unauthorized(self) -> None:
+        self._unauthorized += 1
+        if self._unauthorized >= self._unauthorized_limit:
+            self.stop(
+                Status.UNAUTHORIZED,
+                f"not sent: the token was refused (401) {self._unauthorized} times",
+            )
 
     def stop(self, status: Status, reason: str) -> None:
         if self.stopped is None:
@@ -276,8 +316,14 @@ class _Lane:
         """Send one PUT (already paced); returns ``(status, body)`` or raises the typed error."""
         assert self._session is not None
         url = self._client.base_url.joinpath("contacts", contact_id)
+        try:
+            credential = await self.provider.token()
+        except TokenRefreshFailed as exc:
+            self.stop(Status.UNAUTHORIZED, str(exc))
+            raise
+        auth = {"Authorization": f"Bearer {credential.value}"}
         with map_exceptions():
-            async with self._session.put(url, data=body) as resp:
+            async with self._session.put(url, data=body, headers=auth) as resp:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
@@ -296,19 +342,20 @@ class _Lane:
             raise
         except HTTPStatusError as exc:
             if exc.status_code == 401:
-                self._unauthorized += 1
-                if self._unauthorized >= self._unauthorized_limit:
-                    self.stop(
-                        Status.UNAUTHORIZED,
-                        f"not sent: the token was refused (401) {self._unauthorized} times",
-                    )
+                if self.provider.refreshable and not is_scope_error(exc):
+                    # Counted by refresh() only if no newer token cures it.
+                    raise _RejectedToken(exc, credential.generation) from None
+                self._count_unauthorized()
             else:
                 self._unauthorized = 0
+                if exc.status_code != 403 and exc.status_code < 500 and exc.status_code != 429:
+                    self.provider.accepted(credential.generation)  # got past auth
             raise
         finally:
             if self.budget.daily_exhausted:
                 self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
         self._unauthorized = 0
+        self.provider.accepted(credential.generation)
         return status, result
 
 
@@ -334,9 +381,9 @@ class GrowthHubClient:
 
     def __init__(
         self,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
         *,
-        tokens: Mapping[str, str] | None = None,
+        tokens: Mapping[str, str | TokenProvider] | None = None,
         base_url: str = DEFAULT_BASE_URL,
         rate: str | Rate | None = "100/10s",
         concurrency: int = 10,
@@ -355,8 +402,7 @@ class GrowthHubClient:
         named = {DEFAULT_TOKEN_KEY: token} if token is not None else dict(tokens or {})
         if not named:
             raise ConfigurationError("tokens= must name at least one token")
-        for key, value in named.items():
-            _check_token(key, value)
+        providers = {key: _check_token(key, value) for key, value in named.items()}
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError("concurrency must be a positive integer")
         if not timeout > 0:
@@ -382,7 +428,7 @@ class GrowthHubClient:
                 unauthorized_limit=unauthorized_limit,
                 client=self,
             )
-            for key, value in named.items()
+            for key, value in providers.items()
         }
         self.default_token_key = next(iter(self._lanes)) if len(self._lanes) == 1 else None
         self._connector: aiohttp.TCPConnector | None = None
@@ -499,7 +545,14 @@ class GrowthHubClient:
         body = self._codec.encode(update)
         self._open()
         sent_at = await lane.acquire()
-        _, response = await lane.request(contact_id, body, sent_at=sent_at)
+        try:
+            _, response = await lane.request(contact_id, body, sent_at=sent_at)
+        except Unauthorized as exc:
+            # An expired OAuth token: refreshed once for every caller, then one more try.
+            if exc.status_code != 401 or not await lane.refresh(exc):
+                raise
+            sent_at = await lane.acquire()
+            _, response = await lane.request(contact_id, body, sent_at=sent_at)
         return response
 
     def update_contacts(

@@ -12,7 +12,8 @@
     └── HTTPStatusError             the server answered with an error status
         ├── BadRequest              400
         ├── Unauthorized            401 (and 403 as its subclass Forbidden)
-        │   └── Forbidden           403
+        │   ├── Forbidden           403
+        │   └── TokenRefreshFailed  an OAuth refresh failed: the token can send nothing more
         ├── NotFound                404
         ├── UnprocessableEntity     422
         ├── RateLimited             429, with `retry_after` when the server gave one
@@ -41,6 +42,7 @@ __all__ = [
     "RequestTimeout",
     "ResponseError",
     "ServerError",
+    "TokenRefreshFailed",
     "TransportError",
     "Unauthorized",
     "UnprocessableEntity",
@@ -131,6 +133,38 @@ class Unauthorized(HTTPStatusError):
 
 class Forbidden(Unauthorized):
     """403: the token has no access to this location."""
+
+
+class TokenRefreshFailed(Unauthorized):
+    """The OAuth token endpoint refused to refresh (``invalid_grant``...) or could not be reached.
+
+    It counts as a 401 (records end ``unauthorized``); ``str(exc)`` is ``token refresh failed:``
+    and the reason. ``refresh_status`` is the token endpoint's HTTP status (``None`` when it
+    gave no answer), ``error_code`` the OAuth ``error`` field when it sent one. Never holds a
+    token or the client secret.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        refresh_status: int | None = None,
+        error_code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        super().__init__(401, [reason], headers=headers, trace_id=trace_id)
+        self.reason = reason
+        self.refresh_status = refresh_status
+        self.error_code = error_code
+        self.args = (f"token refresh failed: {reason}",)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (self.reason,),
+            {"refresh_status": self.refresh_status, "error_code": self.error_code},
+        )
 
 
 class NotFound(HTTPStatusError):

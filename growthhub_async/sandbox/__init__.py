@@ -11,11 +11,13 @@ a client did from the server's side.
 
 from growthhub_async.sandbox.app import API_VERSION, Sandbox, create_app, run_sandbox
 from growthhub_async.sandbox.config import DEFAULT_TOKEN, Faults, SandboxConfig
+from growthhub_async.sandbox.oauth import OAuthConfig
 
 __all__ = [
     "API_VERSION",
     "DEFAULT_TOKEN",
     "Faults",
+    "OAuthConfig",
     "Sandbox",
     "SandboxConfig",
     "create_app",

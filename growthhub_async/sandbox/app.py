@@ -27,6 +27,7 @@ from aiohttp import web
 from growthhub_async.sandbox import hostile
 from growthhub_async.sandbox.config import Faults, SandboxConfig
 from growthhub_async.sandbox.faults import Fate, FaultInjector, canned_body
+from growthhub_async.sandbox.oauth import OAuthServer, read_form
 from growthhub_async.sandbox.ratelimit import ArrivalMeter, Budget, Decision, retry_after_header
 from growthhub_async.sandbox.store import apply_update, new_contact
 from growthhub_async.sandbox.validation import validate_update
@@ -82,6 +83,7 @@ class _State:
         self.rate_limited = 0
         self.attempts: dict[str, int] = {}
         self.writes: dict[str, int] = {}
+        self.oauth = OAuthServer(config.oauth) if config.oauth is not None else None
         self.reset()
 
     def reset(self) -> None:
@@ -99,12 +101,14 @@ class _State:
         self.attempts.clear()
         self.writes.clear()
         self.injector.restart()
+        if self.oauth is not None:
+            self.oauth.reset()
 
     def set_faults(self, faults: Faults) -> None:
         self.injector = FaultInjector(faults)
 
     def stats(self) -> dict[str, Any]:
-        return {
+        stats = {
             "requests": self.requests,
             "byStatus": dict(self.by_status),
             "rateLimited": self.rate_limited,
@@ -112,6 +116,22 @@ class _State:
             "attempts": dict(self.attempts),
             "writes": dict(self.writes),
         }
+        if self.oauth is not None:  # only with an OAuth app, so the plain shape stays as it was
+            stats["oauth"] = self.oauth.stats()
+        return stats
+
+    def authenticate(self, token: str | None, now: float) -> tuple[str | None, bytes]:
+        """``(budget key, b"")`` for a token that may write, else ``(None, the 401 body)``.
+
+        Fixed tokens are their own budget key; OAuth access tokens share their location's.
+        """
+        if token is None:
+            return None, _UNAUTHORIZED
+        if token in self.config.tokens:
+            return token, b""
+        if self.oauth is not None:
+            return self.oauth.authenticate(token, now)
+        return None, _UNAUTHORIZED
 
     def budget(self, token: str) -> Budget:
         budget = self.budgets.get(token)
@@ -187,8 +207,8 @@ async def _put_contact(request: web.Request) -> web.StreamResponse:
     fate = state.injector.fate(contact_id)
     if fate.delay:
         await asyncio.sleep(fate.delay)
-    if token is not None and token not in state.config.tokens:
-        token = None
+    # From here on ``token`` is the budget key (an OAuth token's is its location's), or None.
+    token, denied = state.authenticate(token, loop.time())
     if fate.kind == "hostile":
         spoiled = await hostile.answer(request, fate.mode)
         if spoiled is not None:
@@ -197,7 +217,7 @@ async def _put_contact(request: web.Request) -> web.StreamResponse:
     elif fate.kind != "normal":
         return _faulted(request, state, fate, token)
     if token is None:
-        return _respond(state, 401, _UNAUTHORIZED, state.headers(None))
+        return _respond(state, 401, denied, state.headers(None))
     decision = state.budget(token).acquire(loop.time())
     headers = state.headers(decision)
     if not decision.allowed:
@@ -260,16 +280,27 @@ async def _get_contact(request: web.Request) -> web.Response:
     # A verification aid: authenticated like a PUT, but it uses no rate budget (so checking
     # what was written does not disturb the pacing under test) and needs no Version header.
     state = request.app[_STATE]
-    token = _token(request)
-    if token is None or token not in state.config.tokens:
+    now = asyncio.get_running_loop().time()
+    budget_key, denied = state.authenticate(_token(request), now)
+    if budget_key is None:
         return web.Response(
-            body=_UNAUTHORIZED, status=401, headers=state.headers(None), content_type=_JSON
+            body=denied, status=401, headers=state.headers(None), content_type=_JSON
         )
-    headers = state.headers(state.budget(token).peek(asyncio.get_running_loop().time()))
+    headers = state.headers(state.budget(budget_key).peek(now))
     contact = state.contacts.get(request.match_info["contactId"])
     if contact is None:
         return web.Response(body=_NOT_FOUND, status=404, headers=headers, content_type=_JSON)
     return web.Response(body=_encode({"contact": contact}), headers=headers, content_type=_JSON)
+
+
+async def _oauth_token(request: web.Request) -> web.Response:
+    # POST /oauth/token (see sandbox/oauth.py); 404 when the sandbox has no OAuth app.
+    oauth = request.app[_STATE].oauth
+    if oauth is None:
+        raise web.HTTPNotFound
+    form = await read_form(request)
+    status, body = oauth.answer(form, asyncio.get_running_loop().time())
+    return web.Response(body=body, status=status, content_type=_JSON)
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -288,6 +319,7 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
     hostile.install(app)
     app.router.add_put("/contacts/{contactId}", _put_contact)
     app.router.add_get("/contacts/{contactId}", _get_contact)
+    app.router.add_post("/oauth/token", _oauth_token)
     app.router.add_get("/__sandbox/stats", _stats)
     app.router.add_post("/__sandbox/reset", _reset)
     return app
@@ -318,6 +350,11 @@ class Sandbox:
     def contacts(self) -> dict[str, dict[str, Any]]:
         """The stored contacts, by id, in the API's contact JSON shape (live, not a copy)."""
         return self._state.contacts
+
+    @property
+    def oauth(self) -> OAuthServer | None:
+        """The token endpoint's state (live refresh tokens, counters), if OAuth is configured."""
+        return self._state.oauth
 
     @property
     def history(self) -> dict[str, list[dict[str, Any]]]:

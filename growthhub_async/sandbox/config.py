@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
 from growthhub_async.sandbox.hostile import HOSTILE_MODES
+from growthhub_async.sandbox.oauth import OAuthConfig
 
 __all__ = [
     "DEFAULT_TOKEN",
     "Faults",
+    "OAuthConfig",
     "SandboxConfig",
     "ScriptStep",
     "WindowMode",
@@ -147,6 +149,8 @@ class SandboxConfig:
     location_id: str = "sandboxLocation0000001"
     day_length: float = 86_400.0
     """Seconds in the daily limit's window; tests scale it down like ``rate_window``."""
+    oauth: OAuthConfig | None = None
+    """An OAuth app: enables ``POST /oauth/token`` and the access tokens it issues."""
 
     def __post_init__(self) -> None:
         if isinstance(self.tokens, str):
@@ -175,5 +179,5 @@ class SandboxConfig:
             f"rate_window={self.rate_window}, window={self.window!r}, "
             f"daily_limit={self.daily_limit}, retry_after={self.retry_after}, "
             f"contacts={'None' if self.contacts is None else len(self.contacts)}, "
-            f"faults={self.faults!r})"
+            f"faults={self.faults!r}, oauth={self.oauth!r})"
         )
