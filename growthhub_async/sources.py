@@ -142,6 +142,7 @@ def _reject(line: int, message: str, contact_id: str | None = None) -> Outcome:
 
 
 _TOO_LONG: Final = f"longer than {MAX_LINE_BYTES // (1 << 20)} MiB"
+_TOO_DEEP: Final = "malformed JSON: nested too deeply"
 
 
 def _invalid_utf8(exc: UnicodeDecodeError) -> str:
@@ -196,6 +197,10 @@ def read_jsonl(
             if not raw.strip():
                 continue
             yield _reject(lineno, f"malformed JSON: {_without_prefix(exc)}")
+            continue
+        except RecursionError:
+            # msgspec raises this, not a DecodeError, for nesting deeper than Python's stack.
+            yield _reject(lineno, _TOO_DEEP)
             continue
         if type(obj) is not dict:
             yield _reject(lineno, f"not a JSON object (got {_json_type(obj)})")
@@ -481,6 +486,8 @@ def _json_cell(text: str, name: str) -> Any:
         return msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise _CellError(f"malformed JSON in column `{name}`: {_without_prefix(exc)}") from None
+    except RecursionError:
+        raise _CellError(f"{_TOO_DEEP} in column `{name}`") from None
 
 
 def _safe(contact_id: str) -> str | None:
