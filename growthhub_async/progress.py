@@ -40,8 +40,12 @@ def _counts(summary: Summary) -> str:
     )
 
 
-def render_bar(summary: Summary, total: int | None) -> str:
-    """The live terminal line: bar, done/total, rate, counts, ETA (no newline)."""
+def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
+    """The live terminal line, at most ``width`` characters (no newline).
+
+    Pieces go in order of use until the width is spent: bar and done/total, ETA, rate, then the
+    counts, so an 80-column terminal still shows how far and how long.
+    """
     done = summary.records
     if total:
         filled = min(_BAR_WIDTH, done * _BAR_WIDTH // total)
@@ -49,10 +53,15 @@ def render_bar(summary: Summary, total: int | None) -> str:
         head = f"[{bar}] {done}/{total} {100 * done / total:5.1f}%"
     else:
         head = f"{done} records"
-    return (
-        f"{head}  {summary.rate:6.1f} req/s  {_counts(summary)}  "
-        f"ETA {_eta(done, total, summary.elapsed)}"
-    )
+    line = head[:width]
+    for piece in (
+        f"ETA {_eta(done, total, summary.elapsed)}",
+        f"{summary.rate:.1f} req/s",
+        _counts(summary),
+    ):
+        if len(line) + 2 + len(piece) <= width:
+            line += "  " + piece
+    return line
 
 
 def render_line(summary: Summary, total: int | None) -> str:

@@ -30,16 +30,22 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 def test_bar_shows_done_of_total_rate_counts_and_eta() -> None:
     line = render_bar(make_summary(40, 10, 5.0), total=100)
-    assert "[############------------] 50/100  50.0%" in line
+    assert line.startswith("[############------------] 50/100  50.0%  ETA 5.0s")
     assert "14.0 req/s" in line  # 40 + 30 requests in 5 s
-    assert "updated 40  not updated 10  retries 20  429s 1" in line
-    assert line.endswith("ETA 5.0s")
+    assert line.endswith("updated 40  not updated 10  retries 20  429s 1")
+
+
+def test_bar_fits_the_terminal_keeping_progress_and_eta_first() -> None:
+    summary = make_summary(40, 10, 5.0)
+    narrow = render_bar(summary, total=100, width=79)
+    assert len(narrow) <= 79
+    assert narrow == "[############------------] 50/100  50.0%  ETA 5.0s  14.0 req/s"
+    assert len(render_bar(summary, total=100, width=30)) <= 30
 
 
 def test_bar_without_a_known_total() -> None:
     line = render_bar(make_summary(3, 0, 1.0), total=None)
-    assert line.startswith("3 records")
-    assert line.endswith("ETA --")
+    assert line.startswith("3 records  ETA --")
 
 
 def test_plain_line_has_no_control_characters() -> None:
