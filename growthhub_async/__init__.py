@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; every other name is private.
 """
 
+from growthhub_async.auth import FixedToken, OAuthProvider, TokenProvider, TokenSet
 from growthhub_async.bulk import OutcomeStream
 from growthhub_async.client import GrowthHubClient, TokenView
 from growthhub_async.errors import (
@@ -18,6 +19,7 @@ from growthhub_async.errors import (
     RequestTimeout,
     ResponseError,
     ServerError,
+    TokenRefreshFailed,
     TransportError,
     Unauthorized,
     UnprocessableEntity,
@@ -62,6 +64,7 @@ __all__ = [
     "DndSettings",
     "ErrorBody",
     "Event",
+    "FixedToken",
     "Forbidden",
     "GrowthHubClient",
     "GrowthHubError",
@@ -71,6 +74,7 @@ __all__ = [
     "InboundDndSettings",
     "InvalidContactId",
     "NotFound",
+    "OAuthProvider",
     "Outcome",
     "OutcomeStream",
     "Paused",
@@ -86,6 +90,9 @@ __all__ = [
     "ServerError",
     "Status",
     "Summary",
+    "TokenProvider",
+    "TokenRefreshFailed",
+    "TokenSet",
     "TokenStopped",
     "TokenView",
     "TransportError",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from growthhub_async import __version__, demo
+from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
 from growthhub_async.errors import GrowthHubError
 from growthhub_async.job import (
@@ -75,6 +76,10 @@ their API names), .csv (a header row with a contactId column and API field names
 leaves the field unchanged), or - for JSONL on standard input.
 
 The token is read from the {TOKEN_ENV} environment variable, never from the command line.
+With --oauth FILE, an OAuth app's tokens come from FILE instead (JSON: client_id,
+client_secret, refresh_token, optionally access_token, expires_at, token_url): the access token
+is refreshed when due or refused, and FILE is rewritten atomically (mode 0600) with the
+rotated tokens before they are used, so keep it where only you can read it.
 Exit status: 0 every record updated (with --dry-run: every record valid), 1 some record not
 (or interrupted), 2 usage or fatal error."""
 
@@ -134,6 +139,11 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(no token needed)",
     )
     parser.add_argument(
+        "--oauth",
+        metavar="FILE",
+        help=f"an OAuth token file to use instead of {TOKEN_ENV}; rewritten on each rotation",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
@@ -142,8 +152,11 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def acquire_token(args: argparse.Namespace) -> str:
-    """The token for ``update`` (from ``GROWTHHUB_TOKEN``); ``ConfigurationError`` if none."""
+def acquire_token(args: argparse.Namespace) -> str | TokenProvider:
+    """The token for ``update``: an OAuth provider over ``--oauth FILE`` (which it rewrites on
+    each rotation), else ``GROWTHHUB_TOKEN``; ``ConfigurationError`` if neither works."""
+    if getattr(args, "oauth", None):
+        return OAuthProvider.from_file(args.oauth)
     return token_from_environment()
 
 
@@ -159,6 +172,8 @@ def resume_command(args: argparse.Namespace) -> str:
         words += ["--concurrency", str(args.concurrency)]
     if args.value_key != "field_value":
         words += ["--value-key", args.value_key]
+    if getattr(args, "oauth", None):
+        words += ["--oauth", args.oauth]
     if args.no_progress:
         words.append("--no-progress")
     return shlex.join(words)

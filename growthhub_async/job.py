@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TextIO, TypeAlias
 
+from growthhub_async.auth import TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.errors import ConfigurationError, GrowthHubError
 from growthhub_async.events import Event, RecordFinished
@@ -180,14 +181,15 @@ def _isatty(stream: TextIO) -> bool:
 async def run_job(
     settings: JobSettings,
     *,
-    token: str | None,
+    token: str | TokenProvider | None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     client_options: Mapping[str, Any] | None = None,
 ) -> JobResult:
     """Run one bulk job; print progress on ``stderr`` and the summary on ``stdout``.
 
-    ``token`` may be ``None`` only for a dry run. ``client_options`` are passed on to
+    ``token`` (a string or a :class:`~growthhub_async.auth.TokenProvider`, such as an OAuth
+    provider) may be ``None`` only for a dry run. ``client_options`` are passed on to
     :class:`GrowthHubClient` (for instance ``tokens=`` or a retry policy). Raises
     :class:`~growthhub_async.errors.GrowthHubError` (input, journal or configuration problems)
     before any request is sent.

@@ -39,6 +39,7 @@ from growthhub_async.errors import (
 from growthhub_async.events import Event
 from growthhub_async.retry import RetryPolicy
 from growthhub_async.sandbox import Faults, OAuthConfig, Sandbox
+from tests.cli_helpers import journal_lines, run_cli, write_jsonl
 from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
 
 CLIENT_ID = "client-id-7f3a"
@@ -496,3 +497,68 @@ async def test_no_secret_in_logs_errors_events_or_outcomes(
     text = "\n".join(seen)
     for secret in (CLIENT_SECRET, REFRESH, STALE_ACCESS, *issued):
         assert secret not in text
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def oauth_file(tmp_path: Path, sb: Sandbox, refresh_token: str = REFRESH) -> Path:
+    path = tmp_path / "oauth.json"
+    path.write_text(
+        json.dumps(
+            {
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "refresh_token": refresh_token,
+                "access_token": STALE_ACCESS,
+                "token_url": f"{sb.base_url}/oauth/token",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+async def test_cli_update_with_oauth_file(start_sandbox: StartSandbox, tmp_path: Path) -> None:
+    sb = await start_sandbox(oauth_sandbox_config())
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [{"contactId": f"c{n:03d}", "firstName": "Ada"} for n in range(30)])
+    path = oauth_file(tmp_path, sb)
+    out = tmp_path / "out.jsonl"
+    common = ["--base-url", sb.base_url, "--rate", "1000/1s", "--no-progress"]
+    ran = await run_cli(
+        "update", str(source), "--out", str(out), "--oauth", str(path), *common, token=None
+    )
+    assert ran.status == 0, ran.stderr
+    assert {line["status"] for line in journal_lines(out)} == {"updated"}
+    assert oauth_stats(sb)["requests"] == 1
+    saved = json.loads(path.read_text())
+    assert saved["refresh_token"] == live_refresh_token(sb)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    issued = (saved["access_token"], saved["refresh_token"])
+    for secret in (CLIENT_SECRET, REFRESH, STALE_ACCESS, *issued):
+        assert secret not in ran.stdout + ran.stderr
+        assert secret not in out.read_text()
+
+    # A revoked refresh token: every record unauthorized with the server's reason, one try.
+    path = oauth_file(tmp_path, sb, refresh_token="revoked-Hh31")
+    saved = json.loads(path.read_text())
+    out2 = tmp_path / "out2.jsonl"
+    ran = await run_cli(
+        "update", str(source), "--out", str(out2), "--oauth", str(path), *common, token=None
+    )
+    assert ran.status == 1
+    lines = journal_lines(out2)
+    assert len(lines) == 30
+    assert {line["status"] for line in lines} == {"unauthorized"}
+    assert all("invalid_grant" in line["error"] for line in lines)
+    assert oauth_stats(sb)["requests"] == 2  # one attempt for the whole run
+    assert json.loads(path.read_text()) == saved  # nothing rotated, file untouched
+
+    # A missing file is a usage problem, exit 2, before anything is sent.
+    ran = await run_cli(
+        "update", str(source), "--out", str(tmp_path / "o3.jsonl"), "--oauth",
+        str(tmp_path / "missing.json"), *common, token=None,
+    )  # fmt: skip
+    assert ran.status == 2
+    assert "cannot read the token file" in ran.stderr
