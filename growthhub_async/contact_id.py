@@ -10,12 +10,17 @@ so the rule can be strict without refusing real ones:
 - not ``.`` and no ``..`` anywhere (URL normalisation would resolve them as path segments);
 - no whitespace and no control characters (C0, DEL, C1), which could split or smuggle a header
   line, and none of the invisible formatting characters (zero-width spaces and joiners,
-  bidirectional overrides, the byte order mark), which would make an id differ from how it looks.
+  bidirectional overrides, the byte order mark), which would make an id differ from how it looks;
+- no slash look-alikes (division, fraction and fullwidth slashes...), nothing that Unicode
+  compatibility normalisation (NFKC, which some servers apply) turns into one of ``/ ? # % \\``
+  or ``..`` (U+FF0F FULLWIDTH SOLIDUS, U+2025 TWO DOT LEADER...), and no lone surrogates (they
+  cannot be encoded in a URL at all).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Final
 
 from growthhub_async.errors import InvalidContactId
@@ -29,8 +34,11 @@ MAX_LENGTH: Final = 128
 # Unicode whitespace too (NBSP, U+2028, ...); C0, DEL and C1 are the control characters; then
 # soft hyphen, zero-width and bidi marks, word joiners and invisible operators, and the BOM.
 _UNSAFE: Final = re.compile(
-    r"[/?#%\\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]|\.\."
+    r"[/?#%\\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff"
+    r"\u2044\u2215\u2216\u29f5\u29f8\u29f9\ud800-\udfff]|\.\."
 )
+# What an id must not turn into once NFKC-normalised (U+FF0F FULLWIDTH SOLIDUS becomes "/").
+_UNSAFE_FOLDED: Final = re.compile(r"[/?#%\\]|\.\.")
 
 
 def check_contact_id(value: str) -> None:
@@ -59,4 +67,10 @@ def check_contact_id(value: str) -> None:
         raise InvalidContactId(
             f"unsafe contact id {value!r}: contains {what} at position {m.start()}"
             " (ids must not contain / ? # % \\ .. whitespace, control or invisible characters)"
+        )
+    folded = unicodedata.normalize("NFKC", value)
+    if m := _UNSAFE_FOLDED.search(folded):
+        raise InvalidContactId(
+            f"unsafe contact id {value!r}: reads as {folded!r} once Unicode-normalised (NFKC),"
+            f" which contains {m.group()!r}"
         )
