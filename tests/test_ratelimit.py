@@ -101,10 +101,12 @@ def _drive(budget: Budget, until: float, step: float = 0.001) -> list[float]:
 
 
 def _max_in_window(times: list[float], window: float) -> int:
+    # A send exactly one span after another is outside its window; `t - window` can land an ulp
+    # below the earlier time, so compare with a tolerance far below the margin (milliseconds).
     best = 0
     j = 0
     for i, t in enumerate(times):
-        while times[j] <= t - window:
+        while times[j] <= t - window + 1e-9:
             j += 1
         best = max(best, i - j + 1)
     return best
@@ -196,7 +198,7 @@ def test_budget_rejects_negative_margin() -> None:
         Budget(Rate(1, 1.0), margin=-1.0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     n=st.integers(1, 30),
     window=st.floats(0.05, 20.0),
