@@ -158,7 +158,7 @@ class _Progress:
         if self.mode == "bar":
             width = shutil.get_terminal_size((100, 24)).columns - 1
             # \r and "erase to end of line": one line redrawn in place, never wrapped.
-            self.stream.write("\r\x1b[K" + render_bar(summary, self.total)[:width])
+            self.stream.write("\r\x1b[K" + render_bar(summary, self.total, width))
             self._drawn = True
         elif self.mode == "line":
             self.stream.write(render_line(summary, self.total) + "\n")
