@@ -14,7 +14,8 @@ monotonic clock):
    sliding window; it is not used that way. :class:`Pacer` uses an ``AsyncLimiter(1, g)``, a
    bucket of capacity one, as a smoother: requests go at least ``g = 0.9 W / N`` apart. The
    spacing is slightly tighter than ``W / N`` so that timer latency does not accumulate into a
-   slower pace; rule 1 still caps every window.
+   slower pace; rule 1 still caps every window. A gap under :data:`MIN_SMOOTHING_GAP` (1 ms,
+   the event loop's timer resolution) is not smoothed at all: timers cannot space it, only spin.
 3. **The server's headers steer the pace.** ``X-RateLimit-Remaining`` says how much of the
    window's budget is left; ``limit - remaining`` is what the server counted, and whatever our
    own log does not explain was spent by someone else (another client with the same
@@ -55,6 +56,9 @@ __all__ = [
 
 SMOOTHING: Final = 0.9
 """The smoother's gap between two requests, as a fraction of ``W / N`` (rule 2)."""
+
+MIN_SMOOTHING_GAP: Final = 0.001
+"""Seconds: a smoother gap shorter than this (rates above about 900 per second) is not used."""
 
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*s\s*", re.ASCII)
 
@@ -251,9 +255,12 @@ class Pacer:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         rate = budget.rate
-        self._smoother = (
-            AsyncLimiter(1, SMOOTHING * rate.window / rate.requests) if rate is not None else None
-        )
+        gap = SMOOTHING * rate.window / rate.requests if rate is not None else 0.0
+        # Below the event loop's timer resolution the smoother cannot space anything: it only
+        # spins (uvloop's clock ticks in whole milliseconds, so aiolimiter re-arms a timer that
+        # fires at once until the tick, capping a run near 1,000 requests/s at 100 % CPU).
+        # Rule 1's log still caps every window.
+        self._smoother = AsyncLimiter(1, gap) if gap >= MIN_SMOOTHING_GAP else None
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> float:
