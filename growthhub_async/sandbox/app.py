@@ -317,8 +317,9 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
     app = web.Application()
     app[_STATE] = _State(config or SandboxConfig())
     hostile.install(app)
-    app.router.add_put("/contacts/{contactId}", _put_contact)
-    app.router.add_get("/contacts/{contactId}", _get_contact)
+    # Any one path segment is an id, braces included (aiohttp's default pattern excludes them).
+    app.router.add_put("/contacts/{contactId:[^/]+}", _put_contact)
+    app.router.add_get("/contacts/{contactId:[^/]+}", _get_contact)
     app.router.add_post("/oauth/token", _oauth_token)
     app.router.add_get("/__sandbox/stats", _stats)
     app.router.add_post("/__sandbox/reset", _reset)
