@@ -2,10 +2,10 @@
 
 The sandbox injects 5% 5xx (HTML and JSON), 1% dropped connections and 50 ms +/- 10 ms of
 latency on every PUT, and a background task switches on bursts of forced 429s (half of all
-PUTs for a quarter of a second, every 1.5 s; each says ``Retry-After: 1``, so each burst
-pauses the token for about a second). The window is scaled down to 400 requests per 0.5 s so
-that the run is quick. Input goes through the real JSONL reader, with a few bad lines
-among the records. Afterwards:
+PUTs for a quarter of a second, every 1.5 s in the short run and every 5 s in the long one;
+each says ``Retry-After: 1``, so each burst pauses the token for about a second). The window
+is scaled down to 400 requests per 0.5 s so that the run is quick. Input goes through the
+real JSONL reader, with a few bad lines among the records. Afterwards:
 
 - one final outcome per input line: ``updated`` for every good record, ``rejected`` for the
   bad lines, nothing else;
@@ -81,12 +81,12 @@ def make_input(records: int, seed: int) -> tuple[bytes, dict[str, list[dict[str,
     return b"".join(lines), expected
 
 
-async def burst_429s(sandbox: Sandbox, stop: asyncio.Event) -> int:
-    """Every 1.5 s, force a 429 on half the PUTs for 0.25 s; returns the number of bursts."""
+async def burst_429s(sandbox: Sandbox, stop: asyncio.Event, every: float) -> int:
+    """Every ``every`` s, force a 429 on half the PUTs for 0.25 s; returns how many bursts."""
     bursts = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.25)
+            await asyncio.wait_for(stop.wait(), every - 0.25)
             break
         bursts += 1
         # A new seed each time, so that bursts do not replay the same faults.
@@ -97,14 +97,14 @@ async def burst_429s(sandbox: Sandbox, stop: asyncio.Event) -> int:
     return bursts
 
 
-async def soak(start_sandbox: StartSandbox, records: int, *, seed: int) -> None:
+async def soak(start_sandbox: StartSandbox, records: int, *, seed: int, burst_every: float) -> None:
     data, expected = make_input(records, seed)
     sandbox = await start_sandbox(
         sandbox_config(rate_limit=LIMIT, rate_window=WINDOW, faults=FAULTS)
     )
     policy = RetryPolicy(max_tries=40, max_time=60.0, base_delay=0.05, max_delay=0.5)
     stop = asyncio.Event()
-    bursts = asyncio.create_task(burst_429s(sandbox, stop))
+    bursts = asyncio.create_task(burst_429s(sandbox, stop, burst_every))
     outcomes: list[Outcome] = []
     try:
         async with (
@@ -159,10 +159,10 @@ async def soak(start_sandbox: StartSandbox, records: int, *, seed: int) -> None:
 
 async def test_soak_short(start_sandbox: StartSandbox) -> None:
     """2,000 records with every fault: the short soak of ``make test``."""
-    await soak(start_sandbox, 2_000, seed=1)
+    await soak(start_sandbox, 2_000, seed=1, burst_every=1.5)
 
 
 @pytest.mark.slow
 async def test_soak_full(start_sandbox: StartSandbox) -> None:
     """20,000 records with every fault (``make soak``)."""
-    await soak(start_sandbox, 20_000, seed=2)
+    await soak(start_sandbox, 20_000, seed=2, burst_every=5.0)
