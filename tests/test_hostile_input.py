@@ -35,6 +35,7 @@ from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import InputError
 from growthhub_async.models import UpdateContact, UpdateContactCodec
 from growthhub_async.outcomes import Outcome, Status
+from growthhub_async.sandbox.validation import validate_update
 from growthhub_async.sources import (
     MAX_LINE_BYTES,
     Item,
@@ -59,6 +60,8 @@ def check_items(items: list[Item], data: bytes, *, jsonl: bool) -> None:
             check_contact_id(item.contact_id)
             body = msgspec.json.decode(CODEC.encode(item.update))
             assert isinstance(body, dict)
+            # A valid request: the sandbox's validator (the spec's rules) finds nothing wrong.
+            assert validate_update(body) == [], (item, validate_update(body))
         else:
             assert isinstance(item, Outcome), item
             assert item.status is Status.REJECTED
