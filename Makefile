@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck demo soak clean
+.PHONY: install test lint typecheck demo soak bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test: lint typecheck
 # The full soak (20,000 records under faults, about a minute); `make test` runs a short one.
 soak: $(STAMP)
 	$(BIN)/pytest -m slow tests/test_soak.py
+
+# The benchmark suite (about 10 minutes: the memory run streams 1,000,000 records); writes
+# benchmarks/results/*.json and the table in benchmarks/README.md. uvloop figures need the
+# `speed` extra: $(BIN)/pip install -e '.[speed]'.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
 
 demo: $(STAMP)
 	$(BIN)/growthhub-async demo

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the result file (default results/NAME.json)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.limit, args.window, args.seconds = 40, 0.5, 1.0
+        args.limit, args.window, args.seconds = 20, 0.25, 0.5
     busy = busy_cpus()
     results = asyncio.run(measure(args.limit, args.window, args.seconds, args.concurrency))
     limit_per_second = args.limit / args.window

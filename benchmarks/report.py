@@ -1,0 +1,135 @@
+"""The README's table of figures, rendered from the JSON results.
+
+    .venv/bin/python -m benchmarks.report
+
+Rewrites the part of benchmarks/README.md between the ``figures:start`` and ``figures:end``
+markers with one row per result file (benchmark, command, result, goal, met) and the machine
+line of the latest run, so that the table always shows what the files hold.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS, machine_line
+
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def _cpu(r: dict[str, Any]) -> tuple[str, str, str]:
+    parts = []
+    for loop, f in r["loops"].items():
+        parts.append(
+            f"{loop}: **{f['cpuRatio']:.2f}x** ({f['ours']['cpuMicrosecondsPerRecord']:.0f} vs "
+            f"{f['raw']['cpuMicrosecondsPerRecord']:.0f} µs CPU/record; "
+            f"{f['ours']['recordsPerSecond']:,} vs {f['raw']['recordsPerSecond']:,} records/s)"
+        )
+    server = max(f[w]["serverCpuShareMax"] for f in r["loops"].values() for w in ("ours", "raw"))
+    parts.append(f"server ≤ {server:.0%} of its core")
+    return "<br>".join(parts), "≤ 1.2x", _yes(r["met"])
+
+
+def _rate(r: dict[str, Any]) -> tuple[str, str, str]:
+    rows = []
+    for name in ("sliding", "fixed", "sharedWithPlainSender", "sharedTwoClients"):
+        f = r.get(name)
+        if f is None:
+            continue
+        share = f"{f['rateLimitedShare']:.2%} of requests" if name.startswith("shared") else ""
+        rows.append(
+            f"{name}: **{f['ofLimit']:.3f}** of {r['limit']}, {f['rateLimited']} x 429 {share}"
+        )
+    return "<br>".join(rows), "≥ 0.98, no 429 (shared: 429 < 1 %)", _yes(r["met"])
+
+
+def _memory(r: dict[str, Any]) -> tuple[str, str, str]:
+    s, big = r["small"], r["large"]
+    return (
+        f"{s['records']:,}: {s['peakRssMiB']} MiB; {big['records']:,}: {big['peakRssMiB']} MiB "
+        f"(**{r['rssRatio']:.2f}x**; large run {big['seconds']:.0f} s, "
+        f"{big['recordsPerSecond']:,} records/s)",
+        "< 1.25x",
+        _yes(r["met"]),
+    )
+
+
+def _latency(r: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        f"**{r['recordsPerSecond']:,.0f} records/s** = {r['ofCeiling']:.3f} of "
+        f"C/latency = {r['ceiling']:,.0f} (C={r['concurrency']}, {r['latencySeconds']:g} s)",
+        "≥ 0.9 x C / latency",
+        _yes(r["met"]),
+    )
+
+
+def _encoding(r: dict[str, Any]) -> tuple[str, str, str]:
+    us = r["microsecondsPerRecord"]
+    return (
+        f"ours {us['oursDecodeValidateEncode']:.1f} µs vs stdlib {us['stdlibBuildDictDumps']:.1f}"
+        f" µs: **{r['ratioOursToStdlib']:.2f}x** (stdlib loads+dumps "
+        f"{us['stdlibLoadsDumps']:.1f} µs; our encode alone {us['oursEncodeOnly']:.1f} µs)",
+        "report",
+        "—",
+    )
+
+
+def _throughput(r: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        f"**{r['requestsPerSecond']:,} requests/s** on one core",
+        f"≥ {r['target']:,}",
+        _yes(r["requestsPerSecond"] >= r["target"]),
+    )
+
+
+ROWS = {
+    "cpu_per_record": ("Client CPU per record (ours / raw aiohttp loop)", _cpu),
+    "rate_utilisation": ("Rate-limit utilisation", _rate),
+    "memory": ("Memory (peak RSS, streaming)", _memory),
+    "latency": ("Latency-bound throughput", _latency),
+    "encoding": ("Encoding (full body, per record)", _encoding),
+    "sandbox_throughput": ("Sandbox throughput", _throughput),
+}
+
+
+def table() -> str:
+    """The Markdown table and the machine line."""
+    lines = ["| Benchmark | Command | Result | Goal | Met |", "|---|---|---|---|---|"]
+    machines = []
+    for name, (title, render) in ROWS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text(encoding="utf-8"))
+        result, goal, met = render(r)
+        command = r.get("command", f"python benchmarks/{name}.py")
+        lines.append(f"| {title} | `{command}` | {result} | {goal} | {met} |")
+        if "machine" in r:
+            machines.append((r["date"], r["machine"]))
+    if machines:
+        date, m = max(machines, key=lambda dm: dm[0])
+        lines += ["", f"Machine (latest run, {date}): {machine_line(m)}."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Rewrite the README's table."""
+    text = README.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise SystemExit(f"{README} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{table()}\n{END}{tail}", encoding="utf-8")
+    print(f"table written to {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
