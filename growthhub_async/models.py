@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
@@ -79,6 +79,10 @@ COUNTRY_CODES: Final[frozenset[str]] = frozenset(Country.__args__)  # type: igno
 DndStatus: TypeAlias = Literal["active", "inactive", "permanent"]
 InboundDndStatus: TypeAlias = Literal["active", "inactive"]
 
+# The API is JavaScript: a JSON integer beyond 2**53 - 1 would be rounded on arrival, silently
+# storing another number. Refusing it here keeps the value the caller meant or says why not.
+SafeInt: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**53 - 1), le=2**53 - 1)]
+
 
 class _Request(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """Base of request structs: unknown fields are errors (the API answers them with 422)."""
@@ -123,7 +127,7 @@ class UploadedFileMeta(_Request, rename="camel"):
     originalname: str | UnsetType = UNSET
     encoding: str | UnsetType = UNSET
     mimetype: str | UnsetType = UNSET
-    size: int | UnsetType = UNSET
+    size: SafeInt | UnsetType = UNSET
     uuid: str | UnsetType = UNSET
 
 
@@ -137,7 +141,7 @@ class UploadedFile(_Request, rename="camel"):
 
 # Text, large text, single select, radio: str. Numeric, monetary: a number. Checkbox, multi
 # select: a list of strings. File: {uuid: UploadedFile}.
-CustomFieldValue: TypeAlias = str | int | float | list[str] | dict[str, UploadedFile]
+CustomFieldValue: TypeAlias = str | SafeInt | float | list[str] | dict[str, UploadedFile]
 
 CustomFieldValueKey: TypeAlias = Literal["field_value", "fieldValue"]
 

@@ -207,14 +207,14 @@ uploaded = st.builds(
     UploadedFile,
     meta=st.one_of(
         st.just(msgspec.UNSET),
-        st.builds(UploadedFileMeta, originalname=text, size=st.integers(0, 2**40)),
+        st.builds(UploadedFileMeta, originalname=text, size=st.integers(0, 2**53 - 1)),
     ),
     url=st.one_of(st.just(msgspec.UNSET), text),
 )
 custom_value = st.one_of(
     st.just(msgspec.UNSET),
     text,
-    st.integers(-(2**53), 2**53),
+    st.integers(-(2**53 - 1), 2**53 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
     st.lists(text, max_size=3),
     st.dictionaries(text, uploaded, max_size=2),
