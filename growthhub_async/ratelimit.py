@@ -60,6 +60,8 @@ SMOOTHING: Final = 0.9
 MIN_SMOOTHING_GAP: Final = 0.001
 """Seconds: a smoother gap shorter than this (rates above about 900 per second) is not used."""
 
+_PRUNE_MIN: Final = 256  # the send-time log is never pruned below this length
+
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*s\s*", re.ASCII)
 
 
@@ -152,6 +154,7 @@ class Budget:
         self.paused_until = -math.inf
         """Monotonic time before which no request may go (a 429 pause)."""
         self._sent: list[float] = []  # our send times, ascending; two spans kept (see observe)
+        self._prune_at = _PRUNE_MIN
         self._server_limit: int | None = None
         self._server_window: float | None = None
         self._foreign = 0
@@ -204,9 +207,13 @@ class Budget:
             return
         self._sent.append(now)
         # Keep two spans: `observe` counts ours around a send time up to a span in the past.
-        horizon = now - 2 * self.span
-        if self._sent[0] <= horizon and len(self._sent) > 2 * self.rate.requests:
+        # Prune once the log has doubled since the last prune (amortised O(1) per request):
+        # never by the rate's N alone, or a generous rate (1000000/1s) kept every send time
+        # of a run, 1,000,000 records growing the process by ~30 MB.
+        if len(self._sent) >= self._prune_at:
+            horizon = now - 2 * self.span
             del self._sent[: bisect_right(self._sent, horizon)]
+            self._prune_at = max(_PRUNE_MIN, 2 * len(self._sent))
 
     def observe(self, headers: RateHeaders, *, sent_at: float, now: float) -> None:
         """Learn from the headers of the response to a request sent at ``sent_at``."""
