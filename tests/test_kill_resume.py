@@ -6,7 +6,10 @@ contact. After the kill (once some outcomes are in the journal), ``--resume`` fi
 
 from __future__ import annotations
 
+import asyncio
+import random
 import signal
+from collections import Counter
 from pathlib import Path
 
 from cli_helpers import (
@@ -95,3 +98,89 @@ async def test_sigkill_then_resume(start_sandbox: StartSandbox, tmp_path: Path) 
         assert SECRET_TOKEN not in ran.stdout
         assert SECRET_TOKEN not in ran.stderr
     assert SECRET_TOKEN.encode() not in out.read_bytes()
+
+
+async def test_repeated_sigkills_at_random_moments(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    """Issue 8: several SIGKILLs at random moments, each followed by ``--resume``.
+
+    Every record ends updated. The accounting is exact: per contact, the requests the sandbox
+    saw equal the attempts the journal reports plus those "lost" at kills (sent, but the record
+    had no outcome line yet), and each kill loses at most one record per worker.
+    """
+    rng = random.Random(20261124)
+    sandbox = await start_sandbox(
+        sandbox_config(
+            tokens=frozenset({SECRET_TOKEN}),
+            rate_limit=1000,
+            rate_window=1.0,
+            faults=Faults(latency=0.02, jitter=0.03, error_rate=0.02, seed=7),
+        )
+    )
+    records = [
+        {"contactId": f"rk{n:05d}", "lastName": f"L{n}", "tags": [f"r{n % 5}"]}
+        for n in range(1, RECORDS + 1)
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    args = [
+        "update",
+        str(data),
+        "--out",
+        str(out),
+        "--base-url",
+        sandbox.base_url,
+        "--rate",
+        "200/1s",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--no-progress",
+    ]
+
+    def journaled_attempts() -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for outcome in journal_lines(out):
+            counts[str(outcome["contactId"])] += int(str(outcome["attempts"]))
+        return counts
+
+    lost: Counter[str] = Counter()
+    for round_ in range(4):
+        proc = await start_cli(*args, *(["--resume"] if round_ else []))
+        target = len(journal_lines(out)) if out.exists() else 0
+        await wait_for_lines(out, target + rng.randint(15, 45), proc)
+        await asyncio.sleep(rng.uniform(0.0, 0.05))  # a random moment, not just after a line
+        proc.send_signal(signal.SIGKILL)
+        killed = await finish(proc, limit=10)
+        assert killed.status == -signal.SIGKILL
+        await asyncio.sleep(0.2)  # let the sandbox finish what the dead process had sent
+        sent = sandbox.stats()["attempts"]
+        reported = journaled_attempts()
+        now_lost = Counter({cid: n - reported[cid] for cid, n in sent.items()})
+        assert all(n >= 0 for n in now_lost.values()), "the journal reports unsent attempts"
+        caught = {cid for cid in now_lost if now_lost[cid] > lost[cid]}
+        assert len(caught) <= CONCURRENCY, caught  # at most one record in flight per worker
+        lost = now_lost
+
+    assert +lost, "no kill caught a record in flight: nothing was proved"
+
+    resumed = await run_cli(*args, "--resume", limit=60)
+    assert resumed.status == 0, resumed.stderr
+
+    last: dict[int, dict[str, object]] = {}
+    for outcome in journal_lines(out):
+        last[outcome["line"]] = outcome
+    assert sorted(last) == list(range(1, RECORDS + 1))
+    assert all(o["status"] == "updated" for o in last.values())
+    for record in records:
+        stored = sandbox.contacts[str(record["contactId"])]
+        assert stored["lastName"] == record["lastName"]
+        assert stored["tags"] == record["tags"]
+
+    attempts = sandbox.stats()["attempts"]
+    reported = journaled_attempts()
+    assert len(attempts) == RECORDS
+    for cid, n in attempts.items():
+        assert n == reported[cid] + lost[cid], (cid, n, reported[cid], lost[cid])
+    # Every record applied once, except those caught in flight by a kill.
+    assert all(n == 1 for cid, n in sandbox.stats()["writes"].items() if not lost[cid])
