@@ -51,7 +51,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "nproc": len(available_cpus()) or os.cpu_count(),
+        # The machine's CPUs, not this process's affinity (benchmarks pin themselves).
+        "nproc": os.cpu_count(),
         "cpuModel": model,
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
