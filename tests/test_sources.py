@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import tracemalloc
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +96,25 @@ def test_unsafe_contact_ids_raise_naming_the_problem(value: str, fragment: str) 
 
 
 _FORBIDDEN = re.compile(
-    r"[/?#%\\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+    r"[/?#%\\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff"
+    r"\u2044\u2215\u2216\u29f5\u29f8\u29f9\ud800-\udfff]"
 )
 
 
+def _folds_unsafe(value: str) -> bool:
+    folded = unicodedata.normalize("NFKC", value)
+    return ".." in folded or any(c in folded for c in "/?#%\\")
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=MAX_LENGTH + 2) | st.text("ab./?%# \t\u200b", max_size=6))
+@given(st.text(max_size=MAX_LENGTH + 2) | st.text("ab./?%# \t\u200b\u2025\uff0f\u2215", max_size=6))
 def test_contact_id_rule_holds_for_any_text(value: str) -> None:
     expected = (
         0 < len(value) <= MAX_LENGTH
         and value != "."
         and ".." not in value
         and not _FORBIDDEN.search(value)
+        and not _folds_unsafe(value)
     )
     try:
         check_contact_id(value)
@@ -362,7 +370,9 @@ _bodies = st.fixed_dictionaries(
                 {"id": _text.filter(bool)},
                 optional={
                     "key": _text,
-                    "field_value": _text | st.integers() | st.lists(_text, max_size=3),
+                    "field_value": _text
+                    | st.integers(-(2**53 - 1), 2**53 - 1)
+                    | st.lists(_text, max_size=3),
                 },
             ),
             max_size=3,
