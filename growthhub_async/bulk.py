@@ -37,7 +37,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, TypeAlias
 
@@ -106,6 +106,7 @@ class _Job:
     __slots__ = (
         "attempts",
         "body",
+        "cancel_requested",
         "contact_id",
         "http_status",
         "lane",
@@ -126,7 +127,9 @@ class _Job:
         self.attempts = 0
         self.http_status: int | None = None
         self.refreshed = False
-        self.task: asyncio.Task[Outcome] | None = None
+        self.cancel_requested = False
+        self.task: asyncio.Task[Any] | None = None
+        """The worker running this record (set only while its attempts are awaited)."""
 
     def outcome(self, status: Status, error: str | None) -> Outcome:
         return Outcome(
@@ -175,7 +178,9 @@ class Engine:
         self.default_token_key = default_token_key
         self.runs: set[OutcomeStream] = set()
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
-        self._active: dict[str, dict[str, deque[_Job]]] = {}
+        # Per token: the contacts with a record in flight, and their parked records (None until
+        # one is parked: most contacts never have one, and a deque per record costs).
+        self._active: dict[str, dict[str, deque[_Job] | None]] = {}
         self._workers: list[asyncio.Task[None]] = []
         self.closed = False
 
@@ -239,10 +244,16 @@ class Engine:
         queue.put_nowait(job)
 
     def cancel_job(self, job: _Job) -> None:
-        """End a job as ``failed`` (``"cancelled"``): at once if queued, via its task if running."""
+        """End a job as ``failed`` (``"cancelled"``): at once if queued, via its worker if running.
+
+        A running record is cancelled by cancelling the worker that runs it, once: the worker is
+        suspended inside that record's attempts (see :meth:`_run`), so the cancellation lands
+        there, and the worker takes it back (``uncancel``) and goes on with its next record.
+        """
         if job.state is _State.QUEUED:
             self._finish(job, job.outcome(Status.FAILED, CANCELLED))
-        elif job.state is _State.RUNNING and job.task is not None:
+        elif job.state is _State.RUNNING and job.task is not None and not job.cancel_requested:
+            job.cancel_requested = True
             job.task.cancel()
 
     async def submit(
@@ -278,18 +289,21 @@ class Engine:
             job = await queue.get()
             if job.state is not _State.QUEUED:
                 continue  # cancelled while queued: its outcome is out already
-            parked = active.get(job.contact_id)
-            if parked is not None:
+            contact_id = job.contact_id
+            if contact_id in active:
+                parked = active[contact_id]
+                if parked is None:
+                    parked = active[contact_id] = deque()
                 parked.append(job)  # the worker running this contact will take it next
                 continue
-            active[job.contact_id] = deque()
+            active[contact_id] = None
             current: _Job | None = job
             while current is not None:
                 await self._run(current)
                 current = self._next_parked(active, current.contact_id)
 
     @staticmethod
-    def _next_parked(active: dict[str, deque[_Job]], contact_id: str) -> _Job | None:
+    def _next_parked(active: dict[str, deque[_Job] | None], contact_id: str) -> _Job | None:
         parked = active[contact_id]
         while parked:
             job = parked.popleft()
@@ -299,25 +313,37 @@ class Engine:
         return None
 
     async def _run(self, job: _Job) -> None:
+        # The record runs inline in its worker: a task per record (and asyncio.wait on it) cost
+        # more CPU than the rest of the engine's own per-record work. Cancelling one record is
+        # cancelling the worker while it runs that record (cancel_job), which is only ever the
+        # case between the two assignments of `job.task` below, with no suspension point outside
+        # `_attempts`: the cancellation can only land in this record's attempts.
+        worker = asyncio.current_task()
+        assert worker is not None
         job.state = _State.RUNNING
-        task = job.task = asyncio.create_task(
-            self._attempts(job), name=f"growthhub-record-{job.line}"
-        )
+        job.task = worker
         try:
-            await asyncio.wait((task,))
+            outcome = await self._attempts(job)
         except asyncio.CancelledError:
-            # The engine is closing: end this record, then let the worker stop.
-            task.cancel()
-            await asyncio.wait((task,))
-            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
-            raise
-        if task.cancelled():
+            job.task = None
+            if job.cancel_requested:
+                worker.uncancel()  # ours, from cancel_job
+            if worker.cancelling() or self.closed:
+                # Someone else cancels the worker too (the engine is closing, or the loop is
+                # shutting down): end this record, then let the worker stop.
+                self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+                raise
             outcome = job.outcome(Status.FAILED, CANCELLED)
-        elif (exc := task.exception()) is not None:
-            log.error("internal error on line %d", job.line, exc_info=exc)
+        except Exception as exc:  # a bug of ours: this record fails, not the run
+            job.task = None
+            log.exception("internal error on line %d", job.line)
             outcome = job.outcome(Status.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         else:
-            outcome = task.result()
+            job.task = None
+            if job.cancel_requested and worker.cancelling():
+                # The attempts swallowed our cancellation and ended on their own: take it back,
+                # or it would hit the worker's next record.
+                worker.uncancel()
         self._finish(job, outcome)
 
     async def _attempts(self, job: _Job) -> Outcome:
@@ -420,7 +446,7 @@ class Engine:
                 if job.state is _State.QUEUED:
                     self._finish(job, job.outcome(Status.FAILED, CANCELLED))
             for parked in self._active[key].values():
-                for job in parked:
+                for job in parked or ():
                     if job.state is _State.QUEUED:
                         self._finish(job, job.outcome(Status.FAILED, CANCELLED))
             self._active[key].clear()
@@ -477,13 +503,7 @@ class _FeedDone:
         self.error = error
 
 
-async def _aiter(records: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    if isinstance(records, AsyncIterable):
-        async for item in records:
-            yield item
-    else:
-        for item in records:
-            yield item
+_END: Any = object()  # the end of the input (a sentinel no item can be)
 
 
 class OutcomeStream:
@@ -581,14 +601,21 @@ class OutcomeStream:
         error: BaseException | None = None
         try:
             position = 0
-            items = aiter(_aiter(self._records))
+            records = self._records
+            # A plain iterable is read directly: wrapping it in an async generator cost a
+            # coroutine step per record for nothing (reading it never waits).
+            items = iter(records) if not isinstance(records, AsyncIterable) else None
+            aitems = aiter(records) if isinstance(records, AsyncIterable) else None
             while True:
                 # A slot first, then the item: an item taken from the input always gets an
                 # outcome, even when the reader is cancelled while waiting for room.
                 await self._slots.acquire()
-                try:
-                    item = await anext(items)
-                except StopAsyncIteration:
+                if items is not None:
+                    item = next(items, _END)
+                else:
+                    assert aitems is not None
+                    item = await anext(aitems, _END)
+                if item is _END:
                     break
                 position += 1
                 self._outstanding += 1

@@ -276,10 +276,26 @@ class Pacer:
         # Rule 1's log still caps every window.
         self._smoother = AsyncLimiter(2, 2 * gap) if gap >= MIN_SMOOTHING_GAP else None
         self._lock = asyncio.Lock()
+        self._queued = 0  # acquirers in the slow path: holding the lock or waiting for it
 
     async def acquire(self) -> float:
         """Wait for the budget, record the request, and return its send time (``loop.time()``)."""
         loop = asyncio.get_running_loop()
+        if not self._queued and self._smoother is None:
+            # Nobody is ahead and nothing to smooth: when the budget lets a request go now, it
+            # goes without the lock (no await, so no one can slip in between the look and the
+            # record). Taking the lock per request cost more than the budget's own arithmetic.
+            now = loop.time()
+            if self.budget.delay(now) <= 0:
+                self.budget.record(now)
+                return now
+        self._queued += 1
+        try:
+            return await self._acquire_in_turn(loop)
+        finally:
+            self._queued -= 1
+
+    async def _acquire_in_turn(self, loop: asyncio.AbstractEventLoop) -> float:
         async with self._lock:
             smoothed = self._smoother is None
             while True:

@@ -494,6 +494,100 @@ async def test_cancelling_submit_leaves_the_pool_working() -> None:
     assert len(finished) == 7
 
 
+async def test_cancelling_submits_hits_only_the_records_meant() -> None:
+    """Cancels at random moments (in flight, queued, retrying, just answered, twice) on two
+    workers: a cancelled record ends ``cancelled`` or with its own outcome, every other one is
+    updated, each has one outcome, and no cancellation is left over on a worker."""
+    import random  # noqa: PLC0415
+
+    config = SandboxConfig(
+        tokens=frozenset({TOKEN}),
+        rate_limit=1_000_000,
+        faults=Faults(seed=5, error_rate=0.2, latency=0.001, jitter=0.004),
+    )
+    finished: list[Outcome] = []
+    progress = asyncio.Event()
+
+    def hook(event: Event) -> None:
+        if isinstance(event, RecordFinished):
+            finished.append(event.outcome)
+            progress.set()
+
+    rng = random.Random(7)
+    async with (
+        run_sandbox(config, shutdown_timeout=0.1) as sb,
+        GrowthHubClient(
+            TOKEN, base_url=sb.base_url, rate=None, concurrency=2, retry=FAST_RETRY, hooks=[hook]
+        ) as gh,
+    ):
+        tasks = [
+            asyncio.create_task(gh.submit(f"c{i % 30}", UpdateContact(first_name=f"v{i}")))
+            for i in range(300)
+        ]
+        doomed = set(rng.sample(range(300), 100))
+        async with asyncio.timeout(20):  # workers killed by a stray cancellation: a hang
+            for n in sorted(doomed):
+                # Catch up with the workers (about two records before this one finished), so
+                # that most cancellations hit a record in flight or one just answered.
+                while len(finished) < n - 2:
+                    progress.clear()
+                    await progress.wait()
+                await asyncio.sleep(rng.choice((0, 0, 0.001, 0.002, 0.004)))
+                tasks[n].cancel()
+                if rng.random() < 0.2:
+                    tasks[n].cancel()  # twice: still one cancellation of its record
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+        workers = [t for t in _growthhub_tasks() if "worker" in t.get_name()]
+        assert workers
+        assert all(t.cancelling() == 0 for t in workers)  # nothing left to hit a later record
+        again = await gh.submit("c1", UpdateContact(first_name="after"))
+        assert again.status is Status.UPDATED
+    by_line = {o.line: o for o in finished}
+    assert len(finished) == len(by_line) == 301
+    for n, result in enumerate(done):
+        outcome = by_line[n + 1]
+        if n in doomed:
+            # Cancelled while queued or in flight, or already answered: its own outcome.
+            assert isinstance(result, asyncio.CancelledError | Outcome)
+            assert outcome.error == "cancelled" or outcome.status is Status.UPDATED
+        else:
+            assert isinstance(result, Outcome)
+            assert result.status is Status.UPDATED, (n, result)
+            assert outcome == result
+    assert sum(o.error == "cancelled" and o.attempts > 0 for o in finished) > 10  # in flight
+
+
+class _BrokenPolicy(RetryPolicy):
+    """A retry policy with a bug: the engine's internal-error path."""
+
+    def next_delay(self, error: BaseException, **kwargs: Any) -> float | None:
+        raise RuntimeError("boom")
+
+
+async def test_an_internal_error_fails_one_record_not_its_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(scripts={"c1": ["503"]}))
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(
+            TOKEN, base_url=sb.base_url, rate=None, concurrency=1, retry=_BrokenPolicy()
+        ) as gh,
+    ):
+        outcomes = await _collect(
+            gh.update_contacts([(f"c{i}", UpdateContact(first_name="x")) for i in range(4)])
+        )
+        workers = [t for t in _growthhub_tasks() if "worker" in t.get_name()]
+        assert len(workers) == 1
+        assert not workers[0].done()
+    by_id = {o.contact_id: o for o in outcomes}
+    assert by_id["c1"].status is Status.FAILED
+    assert by_id["c1"].error == "internal error: RuntimeError: boom"
+    assert by_id["c1"].attempts == 1
+    assert all(by_id[f"c{i}"].status is Status.UPDATED for i in (0, 2, 3))
+    assert "internal error on line 2" in caplog.text
+
+
 async def test_leaving_the_stream_early_ends_every_record_read() -> None:
     config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(latency=0.02))
     pulled = 0
