@@ -313,7 +313,19 @@ class _Lane:
     async def request(
         self, contact_id: str, body: bytes, *, sent_at: float
     ) -> tuple[int, UpdateContactResponse]:
-        """Send one PUT (already paced); returns ``(status, body)`` or raises the typed error."""
+        """Send one PUT (already paced); returns ``(status, body)`` or raises the typed error.
+
+        Whatever happens, the budget learns when the request ended: it counts against the
+        window from then on (rule 1 of :mod:`~growthhub_async.ratelimit`).
+        """
+        try:
+            return await self._request(contact_id, body, sent_at=sent_at)
+        finally:
+            self.budget.complete(asyncio.get_running_loop().time())
+
+    async def _request(
+        self, contact_id: str, body: bytes, *, sent_at: float
+    ) -> tuple[int, UpdateContactResponse]:
         assert self._session is not None
         url = self._client.base_url.joinpath("contacts", contact_id)
         try:

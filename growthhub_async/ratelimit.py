@@ -3,12 +3,16 @@
 The rules (one :class:`Budget` per token; pure, every method takes ``now`` in seconds of a
 monotonic clock):
 
-1. **Never more than N requests in any window of W seconds**, sliding or fixed. A log of our own
-   send times is the hard guarantee: a request may go only when fewer than N of ours were sent in
-   the last ``W + margin`` seconds. The margin (1 % of W plus 5 ms, at most 0.2 s) absorbs the
-   jitter between our send time and the server's arrival time, so that the server, which counts
-   arrivals, never sees N + 1 in its window. The cost is the margin: the best achievable pace is
-   ``N / (W + margin)``: 0.985 of the limit for a 1 s window, 0.99 for 10 s.
+1. **Never more than N requests in any window of W seconds**, sliding or fixed. The server
+   counts a request when it *arrives*, which is after we send it and before we see its answer.
+   So a request may go only when fewer than N of ours are in flight or were *answered* (or
+   failed) in the last ``W + margin`` seconds: then the N-th request back arrived before its
+   answer, and this one arrives after it is sent, at least a window later. This holds whatever
+   the network latency and however long the event loop stalls between deciding and writing (a
+   log of send times alone cannot promise that: a loaded machine let it put N + 1 into a
+   server window). The margin (1 % of W plus 5 ms, at most 0.2 s) covers the server's clock
+   granularity. The cost is the round trip of the request N back: the best pace is
+   ``N / (W + margin + RTT)``, 0.98 of the limit for a 1 s window on loopback.
 2. **No bursts.** aiolimiter's default ``AsyncLimiter(N, W)`` lets N through at once after an
    idle spell and then refills continuously, which can put up to about 2N requests into one
    sliding window; it is not used that way. :class:`Pacer` uses an ``AsyncLimiter(2, 2g)``, a
@@ -38,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -64,6 +68,7 @@ MIN_SMOOTHING_GAP: Final = 0.001
 """Seconds: a smoother gap shorter than this (rates above about 900 per second) is not used."""
 
 _PRUNE_MIN: Final = 256  # the send-time log is never pruned below this length
+_POLL: Final = 0.005  # how often to look again while every slot of the window is in flight
 
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*s\s*", re.ASCII)
 
@@ -162,6 +167,9 @@ class Budget:
         """Monotonic time before which no request may go (a 429 pause)."""
         self._sent: list[float] = []  # our send times, ascending; two spans kept (see observe)
         self._prune_at = _PRUNE_MIN
+        self._answered: list[float] = []  # when our answers (or failures) came, ascending
+        self._answered_prune_at = _PRUNE_MIN
+        self._open = 0  # sent, not answered yet
         self._server_limit: int | None = None
         self._server_window: float | None = None
         self._foreign = 0
@@ -193,25 +201,37 @@ class Budget:
         """How many of our requests went in the interval ``(start, end]``."""
         return bisect_right(self._sent, end) - bisect_right(self._sent, start)
 
+    @property
+    def in_flight(self) -> int:
+        """Our requests sent (:meth:`record`) and not yet answered (:meth:`complete`)."""
+        return self._open
+
     def delay(self, now: float) -> float:
         """Seconds to wait before the next request may go; 0 when it may go now."""
         wait = self.paused_until - now
         limit = self.limit(now)
-        if limit is not None and self._sent:
+        if limit is not None:
             span = self.span
-            sent = self._sent
-            if self.sent_within(now - span, now) >= limit:
-                # The request `limit` places back must leave the span first (rule 1).
-                wait = max(wait, sent[-limit] + span - now)
-            if self.rate is not None and limit < self.rate.requests:
+            answered = self._answered
+            inside = self._open + len(answered) - bisect_right(answered, now - span)
+            if inside >= limit:
+                room = limit - self._open
+                if room > 0:
+                    # The `room`-th latest answer must leave the span first (rule 1).
+                    wait = max(wait, answered[-room] + span - now)
+                else:
+                    # Every slot is in flight: look again once an answer may have come.
+                    wait = max(wait, min(_POLL, span / limit))
+            if self._sent and self.rate is not None and limit < self.rate.requests:
                 # Shared budget: spread our smaller share evenly (rule 3).
-                wait = max(wait, sent[-1] + span / limit - now)
+                wait = max(wait, self._sent[-1] + span / limit - now)
         return wait if wait > 1e-9 else 0.0
 
     def record(self, now: float) -> None:
-        """Note that a request goes now."""
+        """Note that a request goes now; :meth:`complete` must follow when its answer comes."""
         if self.rate is None:
             return
+        self._open += 1
         self._sent.append(now)
         # Keep two spans: `observe` counts ours around a send time up to a span in the past.
         # Prune once the log has doubled since the last prune (amortised O(1) per request):
@@ -221,6 +241,18 @@ class Budget:
             horizon = now - 2 * self.span
             del self._sent[: bisect_right(self._sent, horizon)]
             self._prune_at = max(_PRUNE_MIN, 2 * len(self._sent))
+
+    def complete(self, now: float) -> None:
+        """Note that the answer to a recorded request came now (or that it failed, or was
+        abandoned): from here on it counts for one span, then frees its slot (rule 1)."""
+        if self.rate is None:
+            return
+        self._open = max(0, self._open - 1)
+        insort(self._answered, now)
+        if len(self._answered) >= self._answered_prune_at:
+            horizon = now - 2 * self.span
+            del self._answered[: bisect_right(self._answered, horizon)]
+            self._answered_prune_at = max(_PRUNE_MIN, 2 * len(self._answered))
 
     def observe(self, headers: RateHeaders, *, sent_at: float, now: float) -> None:
         """Learn from the headers of the response to a request sent at ``sent_at``."""

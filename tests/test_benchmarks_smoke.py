@@ -58,7 +58,11 @@ def test_rate_utilisation(tmp_path: Path) -> None:
     r = run_smoke("rate_utilisation", tmp_path)
     for name in ("sliding", "fixed", "sharedWithPlainSender", "sharedTwoClients"):
         figures = r[name]
-        assert figures["requests"] >= figures["ok"] > 0
+        assert figures["requests"] >= figures["ok"] >= 0
+        # Two of our clients on one token squeeze the smaller one (benchmarks/README.md): in a
+        # smoke-length run it may get nothing through, so only the others must have succeeded.
+        if name != "sharedTwoClients":
+            assert figures["ok"] > 0
         assert figures["rateLimited"] >= 0
         assert 0 < figures["ofLimit"] < 2
     png = tmp_path / r["plot"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from bisect import insort
 
 import pytest
 from hypothesis import given, settings
@@ -84,19 +85,26 @@ def test_parse_rate_headers(headers: dict[str, str], expected: RateHeaders) -> N
     assert parse_rate_headers(headers) == expected
 
 
-def _drive(budget: Budget, until: float, step: float = 0.001) -> list[float]:
-    """Send as early as the budget allows, on a simulated clock; returns the send times."""
+def _drive(
+    budget: Budget, until: float, step: float = 0.001, rtt: float = 0.0
+) -> list[tuple[float, float]]:
+    """Send as early as the budget allows, on a simulated clock, each request answered ``rtt``
+    later; returns ``(sent, answered)`` per request."""
     now = 0.0
-    sent: list[float] = []
+    done: list[tuple[float, float]] = []
+    pending: list[float] = []  # answer times to come, ascending
     while now < until:
+        while pending and pending[0] <= now:
+            budget.complete(pending.pop(0))
         wait = budget.delay(now)
         if wait > 0:
-            now += wait
+            now = min(now + wait, pending[0]) if pending else now + wait
             continue
         budget.record(now)
-        sent.append(now)
+        pending.append(now + rtt)
+        done.append((now, now + rtt))
         now += step
-    return sent
+    return done
 
 
 def _max_in_window(times: list[float], window: float) -> int:
@@ -111,12 +119,29 @@ def _max_in_window(times: list[float], window: float) -> int:
     return best
 
 
-def test_budget_never_more_than_n_in_any_window() -> None:
+@pytest.mark.parametrize("rtt", [0.0, 0.05, 0.4])
+def test_budget_never_more_than_n_in_any_window(rtt: float) -> None:
     budget = Budget(Rate(10, 1.0))
-    sent = _drive(budget, 10.0, step=0.0)
-    assert _max_in_window(sent, 1.0 + budget.margin) == 10
-    # the achievable pace: N per (W + margin)
-    assert len(sent) == pytest.approx(10 * 10.0 / (1.0 + budget.margin), abs=10)
+    sent = _drive(budget, 10.0, step=0.0, rtt=rtt)
+    # The server counts arrivals, somewhere between our send and our answer: both extremes.
+    assert _max_in_window([s for s, _ in sent], 1.0) == 10
+    assert _max_in_window([a for _, a in sent], 1.0) == 10
+    # the achievable pace: N per (W + margin + round trip)
+    expected = 10 * 10.0 / (1.0 + budget.margin + rtt)
+    assert len(sent) == pytest.approx(expected, abs=10)
+
+
+def test_budget_waits_while_every_slot_is_in_flight() -> None:
+    budget = Budget(Rate(3, 1.0), margin=0.0)
+    for t in (0.0, 0.1, 0.2):
+        budget.record(t)
+    assert budget.in_flight == 3
+    assert 0 < budget.delay(5.0) <= 0.01  # no answer yet, however late: look again soon
+    budget.complete(5.0)  # the first answer came at 5.0: it counts until 6.0
+    assert budget.delay(5.0) == pytest.approx(1.0)
+    budget.complete(5.5)
+    budget.complete(5.6)
+    assert budget.delay(6.0) == 0.0  # the answer at 5.0 has left the window: one slot free
 
 
 def test_budget_without_rate_never_waits() -> None:
@@ -202,35 +227,60 @@ def test_budget_rejects_negative_margin() -> None:
     n=st.integers(1, 30),
     window=st.floats(0.05, 20.0),
     gaps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=200),
+    rtts=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=200),
+    where=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=200),
     foreign=st.lists(st.integers(0, 40), max_size=200),
 )
 def test_budget_property_never_exceeds_limit(
-    n: int, window: float, gaps: list[float], foreign: list[int]
+    *,
+    n: int,
+    window: float,
+    gaps: list[float],
+    rtts: list[float],
+    where: list[float],
+    foreign: list[int],
 ) -> None:
-    """Whatever the arrival pattern and the server's reports, sends honour N per span."""
+    """Whatever the send pattern, round trips and the server's reports, the server never sees
+    more than N arrivals in a window, wherever between send and answer each one arrives."""
     budget = Budget(Rate(n, window))
     now = 0.0
-    sent: list[float] = []
+    requests: list[tuple[float, float]] = []
+    pending: list[float] = []
     for i, gap in enumerate(gaps):
         now += gap * window
-        wait = budget.delay(now)
-        assert wait >= 0
-        now += wait
-        assert budget.delay(now) == 0.0
+        while True:
+            while pending and pending[0] <= now:
+                budget.complete(pending.pop(0))
+            wait = budget.delay(now)
+            assert wait >= 0
+            if wait == 0:
+                break
+            now = min(now + wait, pending[0]) if pending else now + wait
         budget.record(now)
-        sent.append(now)
+        answered = now + rtts[i % len(rtts)] * window
+        insort(pending, answered)
+        requests.append((now, answered))
         if i < len(foreign):
             remaining = n - min(n, foreign[i] + budget.sent_within(now - budget.span, now))
             budget.observe(RateHeaders(limit=n, remaining=remaining), sent_at=now, now=now)
-    # strictly fewer than N+1 in any half-open window of the span
-    assert _max_in_window(sent, budget.span) <= n
+    for arrivals in (
+        [s for s, _ in requests],
+        [a for _, a in requests],
+        [s + (a - s) * where[i % len(where)] for i, (s, a) in enumerate(requests)],
+    ):
+        # strictly fewer than N+1 in any half-open window of W
+        assert _max_in_window(sorted(arrivals), window) <= n
 
 
 async def test_pacer_spaces_requests_and_caps_the_window() -> None:
     """The edge: real loop clock, a scaled-down window; no burst after idling."""
     budget = Budget(Rate(10, 0.2))
     pacer = Pacer(budget)
-    times = [await pacer.acquire() for _ in range(25)]
+    loop = asyncio.get_running_loop()
+    times = []
+    for _ in range(25):
+        times.append(await pacer.acquire())
+        budget.complete(loop.time())  # answered at once
     assert _max_in_window(times, 0.2) <= 10
     # The smoother: at most two requests together (its bucket holds two), never three within
     # one spacing, and one every 0.9 * W / N on average until the window's cap (10) binds.
