@@ -327,7 +327,7 @@ class _Lane:
         self, contact_id: str, body: bytes, *, sent_at: float
     ) -> tuple[int, UpdateContactResponse]:
         assert self._session is not None
-        url = self._client.base_url.joinpath("contacts", contact_id)
+        url = self._client.contact_url(contact_id)
         try:
             credential = await self.provider.token()
         except TokenRefreshFailed as exc:
@@ -424,6 +424,9 @@ class GrowthHubClient:
         from growthhub_async import __version__  # noqa: PLC0415 (the package imports us)
 
         self.base_url = check_base_url(base_url, allow_insecure=allow_insecure)
+        # The API's ids are ASCII letters and digits: nothing to quote, so the URL is the
+        # prefix plus the id, built without yarl's parsing (a few percent of a record's CPU).
+        self._contacts_prefix = str(self.base_url.joinpath("contacts")) + "/"
         self.rate = parse_rate(rate)
         self.concurrency = concurrency
         self.timeout = timeout
@@ -454,6 +457,12 @@ class GrowthHubClient:
             f"<GrowthHubClient {self.base_url} tokens={sorted(self._lanes)} "
             f"rate={self.rate} concurrency={self.concurrency} {state}>"
         )
+
+    def contact_url(self, contact_id: str) -> yarl.URL:
+        """``{base_url}/contacts/{contact_id}`` for an id that passed ``check_contact_id``."""
+        if contact_id.isascii() and contact_id.isalnum():
+            return yarl.URL(self._contacts_prefix + contact_id, encoded=True)
+        return self.base_url.joinpath("contacts", contact_id)  # quotes what needs it
 
     @property
     def token_keys(self) -> list[str]:

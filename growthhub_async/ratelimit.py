@@ -140,16 +140,30 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+_RATE_HEADERS: Final = (
+    "X-RateLimit-Max",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Interval-Milliseconds",
+    "X-RateLimit-Limit-Daily",
+    "X-RateLimit-Daily-Remaining",
+)
+
+
 def parse_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
     """Read the ``X-RateLimit-*`` headers (names case-insensitive, bad values ignored)."""
-    lower = {k.lower(): v for k, v in headers.items() if k[:12].lower() == "x-ratelimit-"}
-    interval_ms = _int(lower.get("x-ratelimit-interval-milliseconds"))
+    # aiohttp's headers look names up case-insensitively: five lookups, no copy per answer.
+    values = [headers.get(name) for name in _RATE_HEADERS]
+    if all(v is None for v in values):  # a plain mapping, perhaps with other capitalisation
+        lower = {k.lower(): v for k, v in headers.items() if k[:12].lower() == "x-ratelimit-"}
+        values = [lower.get(name.lower()) for name in _RATE_HEADERS]
+    limit, remaining, interval_text, daily_limit, daily_remaining = values
+    interval_ms = _int(interval_text)
     return RateHeaders(
-        limit=_int(lower.get("x-ratelimit-max")),
-        remaining=_int(lower.get("x-ratelimit-remaining")),
+        limit=_int(limit),
+        remaining=_int(remaining),
         interval=interval_ms / 1000 if interval_ms is not None and interval_ms > 0 else None,
-        daily_limit=_int(lower.get("x-ratelimit-limit-daily")),
-        daily_remaining=_int(lower.get("x-ratelimit-daily-remaining")),
+        daily_limit=_int(daily_limit),
+        daily_remaining=_int(daily_remaining),
     )
 
 

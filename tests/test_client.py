@@ -322,3 +322,13 @@ async def test_closed_client_refuses_work(sandbox: Sandbox) -> None:
     await gh.close()  # idempotent
     with pytest.raises(RuntimeError):
         await gh.update_contact("c1", UpdateContact(first_name="X"))
+
+
+@pytest.mark.parametrize(
+    "contact_id", ["ocQHyuzHvysMo5N5VsXc", "abc", "ab\u00e9", "\u6f22\u5b57", "a-b_c.d"]
+)
+def test_contact_url_fast_path_equals_yarl_join(contact_id: str) -> None:
+    gh = GrowthHubClient(token="t", base_url="http://127.0.0.1:1/api/")
+    expected = gh.base_url.joinpath("contacts", contact_id)
+    assert gh.contact_url(contact_id) == expected
+    assert str(gh.contact_url(contact_id)) == str(expected)

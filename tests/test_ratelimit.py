@@ -8,6 +8,7 @@ from bisect import insort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from growthhub_async.errors import ConfigurationError
 from growthhub_async.ratelimit import (
@@ -297,3 +298,21 @@ async def test_pacer_pause_holds_every_acquirer() -> None:
     budget.pause(start + 0.1)
     times = await asyncio.gather(*(pacer.acquire() for _ in range(5)))
     assert min(times) >= start + 0.1
+
+
+def test_rate_headers_from_aiohttp_headers_in_any_case() -> None:
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            {
+                "x-ratelimit-max": "100",
+                "X-RATELIMIT-REMAINING": "7",
+                "X-RateLimit-Interval-Milliseconds": "10000",
+                "x-ratelimit-limit-daily": "200000",
+                "X-RateLimit-Daily-Remaining": "oops",
+            }
+        )
+    )
+    assert parse_rate_headers(headers) == RateHeaders(
+        limit=100, remaining=7, interval=10.0, daily_limit=200000, daily_remaining=None
+    )
+    assert parse_rate_headers({"x-ratelimit-remaining": "3"}) == RateHeaders(remaining=3)
