@@ -87,6 +87,7 @@ __all__ = [
     "GrowthHubClient",
     "TokenView",
     "check_base_url",
+    "is_loopback",
     "map_exceptions",
     "read_response",
 ]
@@ -99,13 +100,14 @@ DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
 DAILY_LIMIT_REACHED: Final = "daily limit reached"
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names the loopback interface only (``localhost``, 127.0.0.0/8, ``::1``)."""
     if host is None:
         return False
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
@@ -124,7 +126,7 @@ def check_base_url(url: str, *, allow_insecure: bool = False) -> yarl.URL:
         raise ConfigurationError(f"base_url must be an http(s) URL with a host, not {url!r}")
     if parsed.user or parsed.password or parsed.query_string or parsed.fragment:
         raise ConfigurationError("base_url must not hold credentials, a query or a fragment")
-    if parsed.scheme == "http" and not (allow_insecure or _is_loopback(parsed.host)):
+    if parsed.scheme == "http" and not (allow_insecure or is_loopback(parsed.host)):
         raise ConfigurationError(
             f"base_url must use https (plain http is allowed to loopback hosts only): {url!r}"
         )

@@ -70,7 +70,8 @@ MIN_SMOOTHING_GAP: Final = 0.001
 _PRUNE_MIN: Final = 256  # the send-time log is never pruned below this length
 _POLL: Final = 0.005  # how often to look again while every slot of the window is in flight
 
-_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*s\s*", re.ASCII)
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*(ms|s|m|h)\s*", re.ASCII)
+_UNIT: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,9 @@ class Rate:
 
 
 def parse_rate(value: str | Rate | None) -> Rate | None:
-    """Parse ``"N/Ws"`` (``"100/10s"``, ``"50/1s"``, ``"50/s"``, ``"20/0.5s"``); ``None`` stays.
+    """Parse ``"N/W<unit>"`` (``"100/10s"``, ``"50/s"``, ``"20/0.5s"``, ``"25/500ms"``,
+    ``"6/1m"``, ``"1000/h"``); ``None`` stays. The command line's ``--rate`` options (``update``
+    and ``sandbox``) read the same grammar.
 
     Raises :class:`~growthhub_async.errors.ConfigurationError` for anything else.
     """
@@ -100,9 +103,10 @@ def parse_rate(value: str | Rate | None) -> Rate | None:
     m = _RATE.fullmatch(value) if isinstance(value, str) else None
     if m is None:
         raise ConfigurationError(
-            f"rate must look like '100/10s' (N requests per W seconds), not {value!r}"
+            f"rate must look like '100/10s' (N requests per duration in ms, s, m or h),"
+            f" not {value!r}"
         )
-    window = float(m.group(2)) if m.group(2) else 1.0
+    window = float(m.group(2) or 1) * _UNIT[m.group(3)]
     return Rate(int(m.group(1)), window)
 
 

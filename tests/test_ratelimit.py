@@ -32,6 +32,10 @@ from growthhub_async.ratelimit import (
         ("20/0.5s", Rate(20, 0.5)),
         ("20/.5s", Rate(20, 0.5)),
         (" 7 / 3s ", Rate(7, 3.0)),
+        ("25/500ms", Rate(25, 0.5)),
+        ("6/1m", Rate(6, 60.0)),
+        ("100/10m", Rate(100, 600.0)),
+        ("1000/h", Rate(1000, 3600.0)),
         (None, None),
     ],
 )
@@ -41,7 +45,19 @@ def test_parse_rate(text: str | None, expected: Rate | None) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "100", "100/10", "100/10m", "0/10s", "10/0s", "-1/10s", "a/10s", "1e3/1s", "10/s/s"],
+    [
+        "",
+        "100",
+        "100/10",
+        "10/10d",
+        "0/10s",
+        "10/0s",
+        "10/0ms",
+        "-1/10s",
+        "a/10s",
+        "1e3/1s",
+        "10/s/s",
+    ],
 )
 def test_parse_rate_rejects(text: str) -> None:
     with pytest.raises(ConfigurationError):

@@ -11,49 +11,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import os
-import re
 import signal
 import sys
 from typing import Any
 
+from growthhub_async.client import is_loopback
+from growthhub_async.ratelimit import parse_rate
 from growthhub_async.sandbox.app import run_sandbox
 from growthhub_async.sandbox.config import DEFAULT_TOKEN, Faults, SandboxConfig
 
-__all__ = ["add_parser", "is_loopback", "parse_rate", "run"]
-
-_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_rate(text: str) -> tuple[int, float]:
-    """``"100/10s"`` -> ``(100, 10.0)``; also ``"25/500ms"``, ``"100/s"``, ``"6/1m"``."""
-    m = _RATE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"rate {text!r}: expected N/DURATION such as 100/10s or 20/500ms")
-    count = int(m.group(1))
-    seconds = float(m.group(2) or 1) * _UNIT[m.group(3) or "s"]
-    if count < 1 or seconds <= 0:
-        raise ValueError(f"rate {text!r}: the count and the duration must be positive")
-    return count, seconds
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names the loopback interface only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["add_parser", "run"]
 
 
 def _rate_arg(text: str) -> tuple[int, float]:
     try:
-        return parse_rate(text)
-    except ValueError as exc:
+        rate = parse_rate(text)
+    except ValueError as exc:  # ConfigurationError is one
         raise argparse.ArgumentTypeError(str(exc)) from None
+    assert rate is not None
+    return rate.requests, rate.window
 
 
 def _probability(text: str) -> float:
