@@ -6,7 +6,7 @@ aiohttp sessions each holding keep-alive connections. Every request is a valid U
 PUT answered 200. The rate limit is set out of reach: the server's speed is measured, not the
 limiter's.
 
-    .venv/bin/python benchmarks/sandbox_throughput.py [--seconds 5] [--clients 4] [--concurrency 16]
+    .venv/bin/python -m benchmarks.sandbox_throughput [--seconds 5] [--clients 4] [--concurrency 16]
 
 Prints the figure and writes benchmarks/results/sandbox_throughput.json.
 """
@@ -16,33 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-RESULTS = Path(__file__).parent / "results" / "sandbox_throughput.json"
-TOKEN = "bench-token"
-SERVER = """
-import asyncio, os, signal, sys
-from growthhub_async.sandbox import SandboxConfig, run_sandbox
-
-async def main():
-    config = SandboxConfig(tokens=frozenset({os.environ["GROWTHHUB_TOKEN"]}),
-                           rate_limit=10**9, daily_limit=10**12)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with run_sandbox(config) as sb:
-        print(sb.base_url, flush=True)
-        await stop.wait()
-
-asyncio.run(main())
-"""
+from benchmarks._common import TOKEN, pin, sandbox_process, split_cpus, write_result
 
 BODY = json.dumps(
     {
@@ -105,50 +85,41 @@ async def drive(base_url: str, seconds: float, clients: int, concurrency: int) -
     return {"requests": total, "seconds": round(elapsed, 3), "byStatus": counts}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 1 if any answer was not 200."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=4, help="client sessions")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight each")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="a tiny run (for the tests)")
+    parser.add_argument("--out", type=Path, help="the result file (default results/NAME.json)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.clients, args.concurrency = 0.5, 1, 4
 
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    server_cpu = cpus[0] if cpus else None
-    env = {**os.environ, "GROWTHHUB_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], env=env, stdout=-1, text=True)
-    try:
-        if server_cpu is not None:
-            os.sched_setaffinity(proc.pid, {server_cpu})
-            if len(cpus) > 1:
-                os.sched_setaffinity(0, set(cpus[1:]))
-        assert proc.stdout is not None
-        base_url = proc.stdout.readline().strip()
-        if not re.fullmatch(r"http://127\.0\.0\.1:\d+", base_url):
-            raise SystemExit(f"the sandbox did not start: {base_url!r}")
-        result = asyncio.run(drive(base_url, args.seconds, args.clients, args.concurrency))
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    server_cpus, client_cpus = split_cpus()
+    with sandbox_process(server_cpus, rate_limit=10**9, daily_limit=10**12) as server:
+        pin(0, client_cpus)
+        result = asyncio.run(drive(server.base_url, args.seconds, args.clients, args.concurrency))
 
     rps = result["requests"] / result["seconds"]
-    report = {
-        "benchmark": "sandbox_throughput",
-        "requestsPerSecond": round(rps),
-        "target": 2000,
-        "serverCpus": 1 if server_cpu is not None else None,
-        "machineCpus": os.cpu_count(),
-        "clients": args.clients,
-        "concurrencyPerClient": args.concurrency,
-        "python": platform.python_version(),
-        **result,
-    }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    path = write_result(
+        "sandbox_throughput",
+        {
+            "requestsPerSecond": round(rps),
+            "target": 2000,
+            "serverCpus": 1 if server_cpus else None,
+            "clients": args.clients,
+            "concurrencyPerClient": args.concurrency,
+            **result,
+        },
+        args.out,
+    )
     print(
         f"sandbox: {rps:,.0f} requests/s on one core "
         f"({result['requests']} in {result['seconds']} s, statuses {result['byStatus']})"
     )
-    print(f"written to {RESULTS}")
+    print(f"written to {path}")
     return 0 if result["byStatus"].keys() == {200} else 1
 
 

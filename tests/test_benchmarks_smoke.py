@@ -103,3 +103,10 @@ def test_report_table_renders_every_result(tmp_path: Path, monkeypatch: pytest.M
     assert text.count("\n| ") == 1  # the encoding row (the separator starts "|-")
     assert "| Encoding (full body, per record) | `python -m benchmarks.encoding --smoke" in text
     assert "Machine (latest run" in text
+
+
+def test_sandbox_throughput(tmp_path: Path) -> None:
+    r = run_smoke("sandbox_throughput", tmp_path)
+    assert r["requests"] > 0
+    assert set(r["byStatus"]) == {"200"}
+    assert r["requestsPerSecond"] > 0
