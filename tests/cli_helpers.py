@@ -74,6 +74,16 @@ async def run_cli(
     return await finish(proc, data, limit)
 
 
+def update_args(
+    data: Path, out: Path, base_url: str, *, rate: str, concurrency: int | None = None
+) -> list[str]:
+    """Arguments of an ``update`` run against a sandbox, with plain progress off."""
+    args = ["update", str(data), "--out", str(out), "--base-url", base_url, "--rate", rate]
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
+    return [*args, "--no-progress"]
+
+
 def journal_lines(path: Path) -> list[dict[str, Any]]:
     """The journal's complete lines, decoded (a torn last line is left out)."""
     raw = path.read_bytes()

@@ -19,6 +19,7 @@ from cli_helpers import (
     journal_lines,
     run_cli,
     start_cli,
+    update_args,
     wait_for_lines,
     write_jsonl,
 )
@@ -286,19 +287,7 @@ async def test_sigterm_finishes_in_flight_and_prints_the_resume_command(
     sandbox = await fast_sandbox(start_sandbox, faults=Faults(latency=0.05))
     data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(150)])
     out = tmp_path / "out.jsonl"
-    args = [
-        "update",
-        str(data),
-        "--out",
-        str(out),
-        "--base-url",
-        sandbox.base_url,
-        "--rate",
-        "50/1s",
-        "--concurrency",
-        "4",
-        "--no-progress",
-    ]
+    args = update_args(data, out, sandbox.base_url, rate="50/1s", concurrency=4)
     proc = await start_cli(*args)
     await wait_for_lines(out, 10, proc)
 

@@ -18,6 +18,7 @@ from cli_helpers import (
     journal_lines,
     run_cli,
     start_cli,
+    update_args,
     wait_for_lines,
     write_jsonl,
 )
@@ -46,19 +47,7 @@ async def test_sigkill_then_resume(start_sandbox: StartSandbox, tmp_path: Path) 
     ]
     data = write_jsonl(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
-    args = [
-        "update",
-        str(data),
-        "--out",
-        str(out),
-        "--base-url",
-        sandbox.base_url,
-        "--rate",
-        "150/1s",
-        "--concurrency",
-        str(CONCURRENCY),
-        "--no-progress",
-    ]
+    args = update_args(data, out, sandbox.base_url, rate="150/1s", concurrency=CONCURRENCY)
 
     proc = await start_cli(*args)
     await wait_for_lines(out, 60, proc)
@@ -124,19 +113,7 @@ async def test_repeated_sigkills_at_random_moments(
     ]
     data = write_jsonl(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
-    args = [
-        "update",
-        str(data),
-        "--out",
-        str(out),
-        "--base-url",
-        sandbox.base_url,
-        "--rate",
-        "200/1s",
-        "--concurrency",
-        str(CONCURRENCY),
-        "--no-progress",
-    ]
+    args = update_args(data, out, sandbox.base_url, rate="200/1s", concurrency=CONCURRENCY)
 
     def journaled_attempts() -> Counter[str]:
         counts: Counter[str] = Counter()
