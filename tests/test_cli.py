@@ -25,6 +25,7 @@ from cli_helpers import (
 )
 from conftest import StartSandbox, sandbox_config
 
+from growthhub_async import __version__
 from growthhub_async.cli import build_parser
 from growthhub_async.job import JobSettings, run_job
 from growthhub_async.outcomes import FINAL_STATUSES
@@ -376,3 +377,13 @@ def test_update_defaults() -> None:
     assert args.concurrency == 10
     assert args.base_url == "https://services.leadconnectorhq.com"
     assert args.value_key == "field_value"
+
+
+async def test_version_and_bare_command() -> None:
+    ran = await run_cli("--version", token=None)
+    assert ran.status == 0
+    assert ran.stdout.strip() == f"growthhub-async {__version__}"
+    bare = await run_cli(token=None)
+    assert bare.status == 2
+    for command in ("update", "sandbox", "demo"):
+        assert command in bare.stderr
