@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -465,13 +465,20 @@ async def test_submit_from_many_tasks() -> None:
     assert not _growthhub_tasks()
 
 
-async def test_cancelling_submit_leaves_the_pool_working() -> None:
-    config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(latency=0.1))
+def _finished_outcomes() -> tuple[list[Outcome], Callable[[Event], None]]:
+    """A list and a hook that appends every finished record's outcome to it."""
     finished: list[Outcome] = []
 
     def hook(event: Event) -> None:
         if isinstance(event, RecordFinished):
             finished.append(event.outcome)
+
+    return finished, hook
+
+
+async def test_cancelling_submit_leaves_the_pool_working() -> None:
+    config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(latency=0.1))
+    finished, hook = _finished_outcomes()
 
     async with (
         run_sandbox(config, shutdown_timeout=0.1) as sb,
@@ -628,11 +635,7 @@ async def test_leaving_the_stream_early_ends_every_record_read() -> None:
 
 async def test_cancelling_the_consuming_task() -> None:
     config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(latency=0.05))
-    finished: list[Outcome] = []
-
-    def hook(event: Event) -> None:
-        if isinstance(event, RecordFinished):
-            finished.append(event.outcome)
+    finished, hook = _finished_outcomes()
 
     async with (
         run_sandbox(config, shutdown_timeout=0.1) as sb,
