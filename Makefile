@@ -1,18 +1,37 @@
 # Every target installs what it needs: a fresh clone needs only python3 >= 3.11 and make.
+#
+# The environment comes from uv.lock, which pins every package (transitive ones too) with hashes,
+# so a new release of a dependency cannot change what `make test` runs. pyproject.toml keeps the
+# library's ranges open; `make lock` re-resolves them into uv.lock, `make test-latest` runs the
+# suite on the newest releases those ranges allow, without touching the lock.
 PYTHON ?= python3
+UV_VERSION := 0.13.9
 VENV := .venv
 BIN := $(VENV)/bin
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 STAMP := $(VENV)/.installed
+# uv uses this machine's python3 (never downloads one) and builds .venv where the README says.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+SYNC := $(UV) sync --locked --python $(PYTHON) --extra dev
 
-.PHONY: install test lint typecheck demo soak bench clean
+.PHONY: install test test-latest lint typecheck demo soak bench lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# uv itself, pinned, in a folder of its own (pip is the one installer every python3 has).
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+# --locked: refuse to run when pyproject.toml and uv.lock disagree (run `make lock`).
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC) --quiet
 	touch $(STAMP)
+
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON) --upgrade
 
 lint: $(STAMP)
 	$(BIN)/ruff check growthhub_async tests benchmarks
@@ -24,18 +43,29 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest
 
+# The suite on the newest releases pyproject.toml allows, in a throwaway environment: run it
+# before `make lock`, and whenever a dependency publishes a release (it is what a user who
+# runs `pip install growthhub-async` today gets).
+test-latest: | $(UV)
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(UV) venv --quiet --python $(PYTHON) "$$tmp/venv"; \
+	VIRTUAL_ENV="$$tmp/venv" $(UV) pip install --quiet --resolution highest -e '.[dev]'; \
+	VIRTUAL_ENV="$$tmp/venv" $(UV) pip list --quiet 2>/dev/null | grep -E -i '^(aiohttp|msgspec|aiolimiter|backoff) '; \
+	"$$tmp/venv/bin/pytest" -p no:cacheprovider
+
 # The full soak (20,000 records under faults, about a minute); `make test` runs a short one.
 soak: $(STAMP)
 	$(BIN)/pytest -m slow tests/test_soak.py
 
 # The benchmark suite (about 10 minutes: the memory run streams 1,000,000 records); writes
-# benchmarks/results/*.json and the table in benchmarks/README.md. uvloop figures need the
-# `speed` extra: $(BIN)/pip install -e '.[speed]'.
+# benchmarks/results/*.json and the table in benchmarks/README.md. The uvloop figures come from
+# the `speed` extra, which this target adds to the environment.
 bench: $(STAMP)
+	$(SYNC) --quiet --extra speed
 	$(BIN)/python -m benchmarks
 
 demo: $(STAMP)
 	$(BIN)/growthhub-async demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage

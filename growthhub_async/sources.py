@@ -189,14 +189,11 @@ def read_jsonl(
             raw = raw[3:]
         try:
             obj = decode(raw)
-        except UnicodeDecodeError as exc:
-            yield _reject(lineno, _invalid_utf8(exc))
-            continue
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             # A blank line fails to decode too; checking here keeps `strip()` off the fast path.
             if not raw.strip():
                 continue
-            yield _reject(lineno, f"malformed JSON: {_without_prefix(exc)}")
+            yield _reject(lineno, _why_undecodable(raw, exc))
             continue
         except RecursionError:
             # msgspec raises this, not a DecodeError, for nesting deeper than Python's stack.
@@ -237,7 +234,20 @@ _JSON_TYPES: Final[dict[type, str]] = {
 }
 
 
-def _without_prefix(exc: msgspec.DecodeError) -> str:
+def _why_undecodable(raw: bytes, exc: Exception) -> str:
+    """Why a line did not decode: invalid UTF-8 (with the byte), else msgspec's JSON complaint.
+
+    msgspec up to 0.22 raises ``UnicodeDecodeError`` for invalid UTF-8 and 0.23 a ``DecodeError``
+    ("Invalid UTF-8 encoded string"); asking Python's own decoder gives one answer for both.
+    """
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return _invalid_utf8(bad)
+    return f"malformed JSON: {_without_prefix(exc)}"
+
+
+def _without_prefix(exc: Exception) -> str:
     """msgspec's message without its own "JSON is malformed: " (we already said so)."""
     return str(exc).removeprefix("JSON is malformed: ")
 
