@@ -12,6 +12,7 @@ from typing import Any
 from growthhub_async import __version__, demo
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
+from growthhub_async.cmdline import PROG, HelpFormatter, invoked_as
 from growthhub_async.errors import GrowthHubError
 from growthhub_async.job import (
     EXIT_FATAL,
@@ -24,7 +25,6 @@ from growthhub_async.job import (
 from growthhub_async.ratelimit import Rate, parse_rate
 from growthhub_async.sandbox import cli as sandbox_cli
 
-PROG = "growthhub-async"
 DEFAULT_RATE = "100/10s"
 
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the whole command, with every subcommand."""
     parser = argparse.ArgumentParser(
         prog=PROG,
+        formatter_class=HelpFormatter,
         description=(
             "Bulk-update GrowthHub (HighLevel / LeadConnector) contacts through "
             "PUT /contacts/{contactId}: paced to the rate limit, retried, journaled. "
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_update_parser(subparsers)
     sandbox_cli.add_parser(subparsers)
     demo.add_parser(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.formatter_class = HelpFormatter
     return parser
 
 
@@ -67,21 +70,32 @@ def _positive_int(text: str) -> int:
 
 
 UPDATE_DESCRIPTION = f"""\
-Update every contact in INPUT through PUT /contacts/{{contactId}}, paced to the rate limit,
-retrying transient failures, and append one outcome line per record to OUTCOMES (JSONL:
-line, contactId, status, httpStatus, attempts, error) as each record finishes.
+Update every contact in INPUT through PUT /contacts/{{contactId}}, paced to the rate limit and
+retrying transient failures, and append one outcome line per record to OUTCOMES (JSONL: line,
+contactId, status, httpStatus, attempts, error) as each record finishes.
 
 INPUT is .jsonl/.ndjson (one JSON object per line: contactId plus Update Contact fields under
 their API names), .csv (a header row with a contactId column and API field names; an empty cell
 leaves the field unchanged), or - for JSONL on standard input.
 
-The token is read from the {TOKEN_ENV} environment variable, never from the command line.
-With --oauth FILE, an OAuth app's tokens come from FILE instead (JSON: client_id,
-client_secret, refresh_token, optionally access_token, expires_at, token_url): the access token
-is refreshed when due or refused, and FILE is rewritten atomically (mode 0600) with the
-rotated tokens before they are used, so keep it where only you can read it.
-Exit status: 0 every record updated (with --dry-run: every record valid), 1 some record not
-(or interrupted), 2 usage or fatal error."""
+The token is read from the {TOKEN_ENV} environment variable, never from the command line. With
+--oauth FILE, an OAuth app's tokens come from FILE instead (JSON: client_id, client_secret,
+refresh_token, optionally access_token, expires_at, token_url): the access token is refreshed
+when due or refused, and FILE is rewritten atomically (mode 0600) with the rotated tokens before
+they are used, so keep it where only you can read it.
+
+Exit status: 0 every record updated (with --dry-run: every record valid); 1 some record was not,
+or the run was interrupted; 2 a usage or fatal error."""
+
+UPDATE_EXAMPLES = """\
+examples:
+
+  export {env}=...   # your Private Integration token; never on the command line
+  {prog} update contacts.csv --out outcomes.jsonl --dry-run
+  {prog} update contacts.csv --out outcomes.jsonl
+  {prog} update contacts.csv --out outcomes.jsonl --resume
+  {prog} update contacts.jsonl --out o.jsonl --rate 25/10s          # a trial account
+  {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox"""
 
 
 def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -90,7 +104,7 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         "update",
         help="bulk-update contacts from a JSONL or CSV file, journaling every outcome",
         description=UPDATE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=UPDATE_EXAMPLES.format(env=TOKEN_ENV, prog=PROG),
     )
     parser.add_argument("input", metavar="INPUT", help="a .jsonl, .ndjson or .csv file, or -")
     parser.add_argument(
@@ -110,7 +124,8 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_rate_arg,
         default=DEFAULT_RATE,
         metavar="N/Ws",
-        help=f"at most N requests per W seconds (default {DEFAULT_RATE}, the API's burst limit)",
+        help=f"at most N requests per window W, in ms, s, m or h (default {DEFAULT_RATE}, the "
+        "API's burst limit; 25/10s for sandbox and trial accounts)",
     )
     parser.add_argument(
         "--concurrency",
@@ -162,7 +177,7 @@ def acquire_token(args: argparse.Namespace) -> str | TokenProvider:
 
 def resume_command(args: argparse.Namespace) -> str:
     """The shell command that resumes the run ``args`` describes (printed on interruption)."""
-    words = [PROG, "update", args.input, "--out", args.out, "--resume"]
+    words = ["update", args.input, "--out", args.out, "--resume"]
     if args.base_url != DEFAULT_BASE_URL:
         words += ["--base-url", args.base_url]
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
@@ -176,7 +191,7 @@ def resume_command(args: argparse.Namespace) -> str:
         words += ["--oauth", args.oauth]
     if args.no_progress:
         words.append("--no-progress")
-    return shlex.join(words)
+    return f"{invoked_as()} {shlex.join(words)}"
 
 
 def fatal(command: str, message: object) -> int:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import secrets
+import shlex
 import string
 import sys
 from collections.abc import Iterator
@@ -27,11 +29,13 @@ from typing import Any, Final, TextIO
 
 import msgspec
 
+from growthhub_async.cmdline import PROG, invoked_as
 from growthhub_async.errors import GrowthHubError
 from growthhub_async.job import EXIT_FATAL, EXIT_NOT_ALL, EXIT_OK, JobSettings, run_job
-from growthhub_async.outcomes import Status, decode_outcome
+from growthhub_async.outcomes import Status
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import Faults, SandboxConfig, run_sandbox
+from growthhub_async.sandbox.config import DEFAULT_TOKEN
 
 __all__ = [
     "BAD_RECORDS",
@@ -40,6 +44,7 @@ __all__ = [
     "main",
     "prepare_folder",
     "run_demo",
+    "try_it_yourself",
     "write_sample",
 ]
 
@@ -167,16 +172,11 @@ async def run_demo(
         )
         result = await run_job(settings, token=token, stdout=out, stderr=stderr)
         stats = sandbox.stats()
-    rejected = _rejected_lines(outcomes)
-    if rejected:
-        out.write("rejected records, as the outcome file names them:\n")
-        out.writelines(f"  {error}\n" for error in rejected[:10])
     out.write(
         f"demo: the sandbox answered {stats['requests']} requests "
         f"({stats['rateLimited']} with 429); outcomes in {outcomes}\n"
-        f"demo: try it yourself: growthhub-async update {sample} --out OUTCOMES.jsonl "
-        "--dry-run\n"
     )
+    out.writelines(f"{line}\n" for line in try_it_yourself(sample, invoked_as()))
     out.flush()
     by_status = result.summary.by_status
     as_designed = (
@@ -189,14 +189,27 @@ async def run_demo(
     return EXIT_OK if as_designed else EXIT_NOT_ALL
 
 
-def _rejected_lines(path: Path) -> list[str]:
-    errors = []
-    with path.open("rb") as f:
-        for raw in f:
-            outcome = decode_outcome(raw)
-            if outcome.status is Status.REJECTED and outcome.error:
-                errors.append(outcome.error)
-    return errors
+def try_it_yourself(sample: Path, command: str) -> list[str]:
+    """What the demo suggests next, with ``command`` as the user can type it in this folder."""
+    mine = shlex.quote(str(sample.with_name("mine.jsonl")))
+    data = shlex.quote(str(sample))
+    lines = [
+        "demo: try it yourself (checks every record, sends nothing, needs no token):",
+        f"  {command} update {data} --out {mine} --dry-run",
+        "demo: or for real, against a sandbox of your own, in two terminals:",
+        f"  GROWTHHUB_TOKEN={DEFAULT_TOKEN} {command} sandbox --port 8080",
+        f"  GROWTHHUB_TOKEN={DEFAULT_TOKEN} {command} update {data} --out {mine} "
+        "--base-url http://127.0.0.1:8080",
+    ]
+    if command != PROG:
+        lines.append(f"demo: `source {_activate(command)}` puts {PROG} on your PATH for this shell")
+    return lines
+
+
+def _activate(command: str) -> str:
+    """The activate script beside the command's interpreter or script."""
+    first = shlex.split(command)[0]
+    return shlex.quote(os.path.join(os.path.dirname(first) or os.curdir, "activate"))
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TextIO, TypeAlias
 
@@ -38,7 +39,7 @@ from growthhub_async.errors import ConfigurationError, GrowthHubError
 from growthhub_async.events import Event, RecordFinished
 from growthhub_async.journal import Journal, ResumeState, load_resume_state
 from growthhub_async.models import CustomFieldValueKey
-from growthhub_async.outcomes import Outcome, Status, Summary
+from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, Summary
 from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sources import Item, Source, count_records, open_source
@@ -66,6 +67,7 @@ ProgressMode: TypeAlias = Literal["auto", "bar", "line", "off"]
 
 _BAR_EVERY: Final = 0.2  # seconds between two redraws of the live bar
 _REJECTED_SHOWN: Final = 20  # a dry run lists this many rejected records, then counts the rest
+_PROBLEMS_SHOWN: Final = 5  # a live run's summary lists this many records not updated
 
 
 def token_from_environment(environ: Mapping[str, str] | None = None) -> str:
@@ -292,9 +294,13 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
     journal_error: list[BaseException] = []
     consumer: asyncio.Task[None] | None = None
 
+    problems: list[Outcome] = []
+
     def on_event(event: Event) -> None:
         if not isinstance(event, RecordFinished) or journal_error:
             return
+        if event.outcome.status is not Status.UPDATED and len(problems) < _PROBLEMS_SHOWN:
+            problems.append(event.outcome)
         try:
             journal.write(event.outcome)
         except (OSError, ValueError) as exc:
@@ -379,6 +385,7 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
         summary,
         state,
         skipped=reader.skipped,
+        problems=problems,
         interrupted=interrupted or consumer.cancelled(),
         failure=failure,
         out=out,
@@ -392,22 +399,21 @@ def _report(
     state: ResumeState | None,
     *,
     skipped: int,
+    problems: Sequence[Outcome],
     interrupted: bool,
     failure: BaseException | None,
     out: TextIO,
     err: TextIO,
 ) -> JobResult:
-    """Print the summary, the warnings and, when the run did not end, how to resume it."""
+    """Print the summary, the first problems and what to do next, the warnings and, when the
+    run did not end, how to resume it."""
     if skipped:
         out.write(f"skipped {skipped} records already final in {settings.out}\n")
     out.write(
-        render_summary(
-            summary,
-            limit_rate=settings.rate.requests / settings.rate.window if settings.rate else None,
-            outcomes=os.path.abspath(settings.out),
-        )
-        + "\n"
+        render_summary(summary, rate=settings.rate, outcomes=os.path.abspath(settings.out)) + "\n"
     )
+    if problems and failure is None and not interrupted:
+        out.writelines(f"{line}\n" for line in _next_steps(settings, summary, problems))
     out.flush()
     _warnings(summary, state, err)
     if failure is not None:
@@ -420,6 +426,33 @@ def _report(
         return JobResult(EXIT_NOT_ALL, summary, True, skipped)
     status = EXIT_OK if summary.all_updated else EXIT_NOT_ALL
     return JobResult(status, summary, False, skipped)
+
+
+def _next_steps(settings: JobSettings, summary: Summary, problems: Sequence[Outcome]) -> list[str]:
+    """The first records that were not updated, where the rest are, and what to run next."""
+    not_updated = summary.records - summary.by_status[Status.UPDATED]
+    lines = [
+        f"{not_updated} of {summary.records} records were not updated; the first {len(problems)}:"
+    ]
+    for o in problems:
+        # A rejected record's error already starts with its line; say it once.
+        error = (o.error or "").removeprefix(f"line {o.line}: ")
+        http = f", HTTP {o.http_status}" if o.http_status is not None else ""
+        lines.append(f"  line {o.line} ({o.status}{http}): {error}")
+    lines.append("every one of them, from the outcomes:")
+    lines.append(f"  jq -c 'select(.status != \"updated\")' {shlex.quote(settings.out)}")
+    if settings.resume_command is None:
+        return lines
+    by_status = summary.by_status
+    if any(by_status[s] for s in FINAL_STATUSES if s is not Status.UPDATED):
+        lines.append(
+            "next: fix those records in the input (a rejected, invalid, bad_request or "
+            "not_found record is sent again only once its line has changed), then:"
+        )
+    else:
+        lines.append("next: send the failed and refused records again (and only those):")
+    lines.append(f"  {settings.resume_command}")
+    return lines
 
 
 def _warnings(summary: Summary, state: ResumeState | None, err: TextIO) -> None:

@@ -7,11 +7,14 @@ the stream and when to draw, so the rendering is tested without a terminal.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from growthhub_async.outcomes import Status, Summary
+from growthhub_async.ratelimit import Rate
 
-__all__ = ["format_duration", "render_bar", "render_line", "render_summary"]
+__all__ = ["format_duration", "pace_against_limit", "render_bar", "render_line", "render_summary"]
 
 _BAR_WIDTH: Final = 24
 
@@ -33,11 +36,10 @@ def _eta(done: int, total: int | None, elapsed: float) -> str:
 
 
 def _counts(summary: Summary) -> str:
-    not_updated = summary.records - summary.by_status[Status.UPDATED]
-    return (
-        f"updated {summary.by_status[Status.UPDATED]}  not updated {not_updated}  "
-        f"retries {summary.retries}  429s {summary.rate_limited}"
-    )
+    """Records per status, in the summary table's words, then retries and 429s."""
+    by_status = summary.by_status
+    counts = [f"{s.value} {by_status[s]}" for s in Status if by_status[s] or s is Status.UPDATED]
+    return "  ".join([*counts, f"retries {summary.retries}", f"429s {summary.rate_limited}"])
 
 
 def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
@@ -74,25 +76,62 @@ def render_line(summary: Summary, total: int | None) -> str:
     )
 
 
-def render_summary(summary: Summary, *, limit_rate: float | None, outcomes: str | None) -> str:
-    """The closing table: records per status, requests, achieved rate against the limit."""
-    rows = [("status", "records")]
-    rows += [(s.value, str(summary.by_status[s])) for s in Status if summary.by_status[s]]
-    rows.append(("total", str(summary.records)))
-    width = max(len(name) for name, _ in rows)
-    count_width = max(len(count) for _, count in rows)
-    lines = [f"  {name:<{width}}  {count:>{count_width}}" for name, count in rows]
-    lines.insert(1, f"  {'-' * width}  {'-' * count_width}")
-    lines.insert(-1, f"  {'-' * width}  {'-' * count_width}")
-    against = ""
-    if limit_rate:
-        against = f" of a limit of {limit_rate:.1f} req/s ({summary.rate / limit_rate:.0%})"
+def render_summary(
+    summary: Summary,
+    *,
+    rate: Rate | None,
+    outcomes: str | None,
+    whole_job: Mapping[Status, int] | None = None,
+) -> str:
+    """The closing table: records per status (this run's, and with ``whole_job`` the whole
+    job's beside them), requests, and the achieved pace against what the limit allows."""
+    header = ("status", "records") if whole_job is None else ("status", "this run", "whole job")
+    counts = [whole_job or {}, summary.by_status] if whole_job is not None else [summary.by_status]
+    shown = [s for s in Status if any(c.get(s) for c in counts)]
+    rows = [header]
+    for s in shown:
+        row = (s.value, str(summary.by_status[s]))
+        rows.append(row if whole_job is None else (*row, str(whole_job.get(s, 0))))
+    total = (str(summary.records),)
+    rows.append(
+        ("total", *(total if whole_job is None else (*total, str(sum(whole_job.values())))))
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first, *rest = cells
+        return "  " + "  ".join(
+            [f"{first:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(rest, widths[1:], strict=True))]
+        )
+
+    rule = line(["-" * w for w in widths])
+    lines = [line(row) for row in rows]
+    lines.insert(1, rule)
+    lines.insert(-1, rule)
     lines.append("")
     lines.append(
-        f"  {summary.requests} requests in {format_duration(summary.elapsed)}: "
-        f"{summary.rate:.1f} req/s{against}; {summary.retries} retries, "
+        f"  {summary.requests} requests in {format_duration(summary.elapsed)} "
+        f"({summary.rate:.1f} req/s); {summary.retries} retries, "
         f"{summary.rate_limited} answered 429"
     )
+    if rate is not None and summary.elapsed > 0:
+        lines.append(f"  pace: {pace_against_limit(summary.requests, summary.elapsed, rate)}")
     if outcomes:
         lines.append(f"  outcomes: {outcomes}")
     return "\n".join(lines)
+
+
+def pace_against_limit(requests: int, elapsed: float, rate: Rate) -> str:
+    """How a run's requests compare with the most that ``rate`` lets through in ``elapsed``.
+
+    No window of ``rate.window`` may hold more than ``rate.requests``, so a run of ``elapsed``
+    seconds can send at most ``rate.requests`` per started window. Measured against that, and not
+    against ``requests / elapsed`` alone, a short run that spends its first window's whole
+    allowance reads 100%, not 116%, and a long one reads its steady pace.
+    """
+    windows = max(1, math.ceil(elapsed / rate.window - 1e-9))
+    allowed = rate.requests * windows
+    return (
+        f"{requests / allowed:.0%} of the {allowed} requests that {rate} allows "
+        f"in {format_duration(elapsed)}"
+    )

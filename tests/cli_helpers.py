@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,19 @@ async def run_cli(
     """Run the command to its end."""
     proc = await start_cli(*args, token=token, stdin=data is not None)
     return await finish(proc, data, limit)
+
+
+async def run_command(line: str, token: str | None = SECRET_TOKEN, limit: float = 30.0) -> Ran:
+    """Run a command line that the program printed for the user to paste, word for word."""
+    words = shlex.split(line)
+    proc = await asyncio.create_subprocess_exec(
+        *words,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(token),
+    )
+    return await finish(proc, None, limit)
 
 
 def update_args(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from growthhub_async.outcomes import Outcome, Status, Summary
-from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
+from growthhub_async.progress import (
+    format_duration,
+    pace_against_limit,
+    render_bar,
+    render_line,
+    render_summary,
+)
+from growthhub_async.ratelimit import Rate
 
 
 def make_summary(updated: int, failed: int, elapsed: float) -> Summary:
@@ -32,7 +39,7 @@ def test_bar_shows_done_of_total_rate_counts_and_eta() -> None:
     line = render_bar(make_summary(40, 10, 5.0), total=100)
     assert line.startswith("[############------------] 50/100  50.0%  ETA 5.0s")
     assert "14.0 req/s" in line  # 40 + 30 requests in 5 s
-    assert line.endswith("updated 40  not updated 10  retries 20  429s 1")
+    assert line.endswith("updated 40  failed 10  retries 20  429s 1")
 
 
 def test_bar_fits_the_terminal_keeping_progress_and_eta_first() -> None:
@@ -56,9 +63,47 @@ def test_plain_line_has_no_control_characters() -> None:
 
 
 def test_summary_table_against_the_limit() -> None:
-    text = render_summary(make_summary(40, 10, 5.0), limit_rate=20.0, outcomes="out.jsonl")
+    text = render_summary(make_summary(40, 10, 5.0), rate=Rate(20, 1.0), outcomes="out.jsonl")
     assert "  updated       40\n  failed        10\n" in text
     assert "  total         50\n" in text
     assert "invalid" not in text
-    assert "70 requests in 5.0s: 14.0 req/s of a limit of 20.0 req/s (70%)" in text
+    assert "70 requests in 5.0s (14.0 req/s); 20 retries, 1 answered 429" in text
+    assert "pace: 70% of the 100 requests that 20/1s allows in 5.0s" in text
     assert text.endswith("outcomes: out.jsonl")
+
+
+def test_bar_and_table_use_the_same_words() -> None:
+    summary = make_summary(3, 2, 1.0)
+    summary.add(Outcome(line=9, contact_id="r", status=Status.REJECTED))
+    bar = render_bar(summary, total=10)
+    table = render_summary(summary, rate=None, outcomes=None)
+    for status in ("updated", "failed", "rejected"):
+        assert f"{status} " in bar
+        assert f"  {status} " in table
+    assert "not updated" not in bar
+
+
+@pytest.mark.parametrize(
+    ("requests", "elapsed", "expected"),
+    [
+        # 11.6 req/s against 10 req/s used to read "116%": the first window's 100, then 16
+        # more once it had passed; two windows started, so at most 200 were allowed.
+        (116, 10.02, "58% of the 200 requests that 100/10s allows in 10.0s"),
+        (100, 0.5, "100% of the 100 requests that 100/10s allows in 0.5s"),
+        (980, 99.5, "98% of the 1000 requests that 100/10s allows in 1m40s"),
+    ],
+)
+def test_pace_is_against_what_the_limit_allows(
+    requests: int, elapsed: float, expected: str
+) -> None:
+    assert pace_against_limit(requests, elapsed, Rate(100, 10.0)) == expected
+
+
+def test_whole_job_column_beside_this_run() -> None:
+    summary = make_summary(4, 1, 1.0)
+    whole = {Status.UPDATED: 94, Status.FAILED: 1, Status.REJECTED: 5}
+    text = render_summary(summary, rate=None, outcomes=None, whole_job=whole)
+    assert "  status    this run  whole job\n" in text
+    assert "  updated          4         94\n" in text
+    assert "  rejected         0          5\n" in text
+    assert "  total            5        100\n" in text

@@ -61,40 +61,84 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Run a local emulator of PUT /contacts/{contactId} (auth, validation, rate limits, "
             "seeded faults) until interrupted. Accepted token: $GROWTHHUB_TOKEN if set, else "
-            f"--token, else {DEFAULT_TOKEN!r}. Stats: GET /__sandbox/stats."
+            f"--token, else {DEFAULT_TOKEN!r}. Stats: GET /__sandbox/stats; "
+            "reset: POST /__sandbox/reset."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
-    parser.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--rate", type=_rate_arg, default=(100, 10.0), help="burst window, e.g. 100/10s"
+        "--port", type=int, default=8080, metavar="N", help="port (0: any free one)"
     )
-    parser.add_argument("--daily", type=int, default=200_000, help="daily limit per token")
-    parser.add_argument("--window", choices=("sliding", "fixed"), default="sliding")
+    parser.add_argument(
+        "--rate",
+        type=_rate_arg,
+        default="100/10s",
+        metavar="N/Ws",
+        help="the burst limit per token: N requests per window W in ms, s, m or h",
+    )
+    parser.add_argument(
+        "--daily", type=int, default=200_000, metavar="N", help="daily limit per token"
+    )
+    parser.add_argument(
+        "--window",
+        choices=("sliding", "fixed"),
+        default="sliding",
+        help="how the burst window counts",
+    )
     parser.add_argument(
         "--no-retry-after", action="store_true", help="send 429s without Retry-After"
     )
-    parser.add_argument("--error-rate", type=_probability, default=0.0, help="P of a 5xx")
-    parser.add_argument("--drop-rate", type=_probability, default=0.0, help="P of a drop")
-    parser.add_argument(
-        "--rate-limit-rate", type=_probability, default=0.0, help="P of a forced 429"
+    faults = parser.add_argument_group("faults (seeded, so a run can be repeated)")
+    faults.add_argument(
+        "--error-rate", type=_probability, default=0.0, metavar="P", help="chance of a 5xx"
     )
-    parser.add_argument("--latency", type=_seconds, default=0.0, help="seconds added")
-    parser.add_argument("--jitter", type=_seconds, default=0.0, help="up to S more seconds")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
+    faults.add_argument(
+        "--drop-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="chance of a connection closed without an answer",
+    )
+    faults.add_argument(
+        "--rate-limit-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="chance of a 429 the budget did not call for",
+    )
+    faults.add_argument(
+        "--latency", type=_seconds, default=0.0, metavar="S", help="seconds added to each answer"
+    )
+    faults.add_argument(
+        "--jitter", type=_seconds, default=0.0, metavar="S", help="up to S more seconds, at random"
+    )
+    faults.add_argument("--seed", type=int, default=0, help="seed of the random faults")
     parser.add_argument(
         "--token",
         action="append",
         default=None,
-        help="an accepted token (repeatable; throwaway tokens only, argv is visible in ps)",
+        help="an accepted token when GROWTHHUB_TOKEN is not set (repeatable; throwaway tokens "
+        f"only, argv is visible in ps; default {DEFAULT_TOKEN!r})",
     )
     parser.set_defaults(handler=run)
     return parser
 
 
-def _config(args: argparse.Namespace) -> SandboxConfig:
+def _accepted(args: argparse.Namespace) -> tuple[set[str], str]:
+    """The accepted tokens and how to say which they are (never the secret itself)."""
     env_token = os.environ.get("GROWTHHUB_TOKEN")
-    tokens = {env_token} if env_token else set(args.token or (DEFAULT_TOKEN,))
+    if env_token:
+        return {env_token}, "the token in GROWTHHUB_TOKEN"
+    if args.token:
+        return set(args.token), f"the {len(set(args.token))} token(s) given with --token"
+    return {DEFAULT_TOKEN}, (
+        f"only the token {DEFAULT_TOKEN!r} (GROWTHHUB_TOKEN is not set): run the client with "
+        f"GROWTHHUB_TOKEN={DEFAULT_TOKEN}"
+    )
+
+
+def _config(args: argparse.Namespace) -> SandboxConfig:
+    tokens, _ = _accepted(args)
     rate_limit, rate_window = args.rate
     return SandboxConfig(
         tokens=frozenset(tokens),
@@ -114,7 +158,7 @@ def _config(args: argparse.Namespace) -> SandboxConfig:
     )
 
 
-async def _serve(config: SandboxConfig, host: str, port: int) -> None:
+async def _serve(config: SandboxConfig, host: str, port: int, accepts: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -123,8 +167,8 @@ async def _serve(config: SandboxConfig, host: str, port: int) -> None:
     async with run_sandbox(config, host=host, port=port) as sb:
         sys.stderr.write(
             f"sandbox listening on {sb.base_url} "
-            f"({config.rate_limit} per {config.rate_window:g}s, {config.window}); "
-            "Ctrl-C stops it\n"
+            f"({config.rate_limit} per {config.rate_window:g}s, {config.window} window); "
+            f"it accepts {accepts}; Ctrl-C stops it\n"
         )
         sys.stderr.flush()
         await stop.wait()
@@ -143,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             "sandbox\n"
         )
     try:
-        asyncio.run(_serve(config, args.host, args.port))
+        asyncio.run(_serve(config, args.host, args.port, _accepted(args)[1]))
     except OSError as exc:
         sys.stderr.write(f"growthhub-async sandbox: cannot listen: {exc}\n")
         return 2

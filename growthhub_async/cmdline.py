@@ -1,0 +1,72 @@
+"""What every subcommand of ``growthhub-async`` shares: its name as the user can type it again,
+and one help layout.
+
+Kept apart from :mod:`growthhub_async.cli` so that the subcommands defined elsewhere
+(``sandbox``, ``demo``) use the same words without importing the command that imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import sys
+from typing import Final
+
+__all__ = ["PROG", "HelpFormatter", "invoked_as"]
+
+PROG: Final = "growthhub-async"
+
+
+def invoked_as(argv0: str | None = None, *, path: str | None = None) -> str:
+    """The command, as a shell word, that runs this program again from the current folder.
+
+    Bare ``growthhub-async`` only when ``PATH`` finds this very program; otherwise the path it
+    was started by (``.venv/bin/growthhub-async`` after ``make demo``, which puts nothing on
+    ``PATH``), or ``python -m growthhub_async`` with this interpreter. A command we print for the
+    user to paste (resume, try it yourself) must work as printed.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    found = shutil.which(PROG, path=path)
+    if os.path.basename(argv0) == PROG and os.path.exists(argv0):
+        if found is not None and os.path.samefile(found, argv0):
+            return PROG
+        return shlex.quote(argv0 if os.sep in argv0 else os.path.join(os.curdir, argv0))
+    if found is not None and os.path.dirname(found) == os.path.dirname(sys.executable):
+        return PROG  # python -m growthhub_async from the environment that PATH finds
+    return shlex.join([sys.executable, "-m", "growthhub_async"])
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """One width for the usage, the description and the options (the terminal's, at most 100);
+    blank lines separate paragraphs, which are filled; lines that start with spaces (examples)
+    are kept as written; each option's default is shown unless its help already names it.
+    """
+
+    def __init__(self, prog: str) -> None:
+        width = min(100, shutil.get_terminal_size((100, 24)).columns) - 2
+        super().__init__(prog, width=width, max_help_position=28)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for paragraph in re.split(r"\n\s*\n", text.strip("\n")):
+            if paragraph.startswith(" "):
+                out.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                out.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(out)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
