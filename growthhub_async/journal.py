@@ -306,7 +306,7 @@ class Journal:
             named = os.stat(self.path)
         except FileNotFoundError:
             named = None
-        if mine.st_nlink == 0 or named is None:
+        if named is None:
             problem = "was deleted"
         elif (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
             problem = "was replaced by another file"
