@@ -34,10 +34,11 @@ refused at once with :class:`~growthhub_async.errors.JournalError` naming the pr
 it (read from ``/proc/locks`` where the system has it: the kernel's own record, never stale).
 With ``resume`` the state is read through the locked descriptor, after the lock is taken.
 
-Integrity. After every line, and on :meth:`Journal.check`, the open file is compared with what
-the path names: a journal deleted, replaced (another file renamed over it) or truncated while
-the run writes to it raises :class:`~growthhub_async.errors.JournalError` instead of writing on
-into a file nobody will read.
+Integrity. After the first line, then at most every ``check_every`` seconds (half a second by
+default), and on :meth:`Journal.check` (which the job calls at the end), the open file is
+compared with what the path names: a journal deleted, replaced (another file renamed over it)
+or truncated while the run writes to it raises :class:`~growthhub_async.errors.JournalError`
+instead of writing on into a file nobody will read.
 
 Memory. The state is one 8-byte slot per input line (63 bits of the record's hash plus a
 "final" bit), about 8 MB for a million lines, however many times the journal repeats a line.
@@ -50,6 +51,7 @@ import os
 import shlex
 import stat
 import sys
+import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -75,6 +77,9 @@ MAX_LINE: Final = 1 << 28
 _SIGNATURE: Final = b'{"line":'
 _READ_CHUNK: Final = 1 << 16
 _HASH_SIZE: Final = 16
+# Seconds between two checks that the path still names the file written (two stat calls, a few
+# microseconds: not for every line of a fast run, often enough to stop a run within a second).
+_CHECK_EVERY: Final = 0.5
 # A final line's slot: 63 bits of its record hash with the low bit set (never 0: "not final").
 # A final line without a hash gets _NO_HASH (even, so that no record's slot ever equals it).
 _NO_HASH: Final = 2
@@ -240,15 +245,22 @@ class Journal:
     under the lock, then its torn last line, if any, is cut off. A file another open
     :class:`Journal` holds (in any process) is refused, naming that process.
     ``fsync_every`` (0: never) also syncs to disk every that many lines; closing always syncs.
+    ``check_every`` is the most seconds between two checks of the file (0: after every line).
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, resume: bool = False, fsync_every: int = 0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        resume: bool = False,
+        fsync_every: int = 0,
+        check_every: float = _CHECK_EVERY,
     ) -> None:
         if fsync_every < 0:
             raise ValueError("fsync_every must be 0 (never) or a positive number of lines")
         self.path = os.fspath(path)
         self.fsync_every = fsync_every
+        self.check_every = check_every
         self.written = 0
         self.resume_state: ResumeState | None = None
         """With ``resume``: what the journal held when it was opened."""
@@ -269,6 +281,7 @@ class Journal:
             size = os.fstat(fd).st_size  # after the lock: what no other run will change
             self.resume_state = _prepare(fd, self.path, size, resume=resume)
             self._size = os.fstat(fd).st_size
+            self._next_check = 0.0
         except BaseException:
             os.close(fd)
             raise
@@ -276,7 +289,8 @@ class Journal:
 
     def write(self, outcome: Outcome, record_hash: bytes | None = None) -> None:
         """Append one outcome line (with ``record_hash``, the resume key of its record) and
-        hand it to the OS before returning (see module doc); then :meth:`check` the file."""
+        hand it to the OS before returning (see module doc); :meth:`check` the file after the
+        first line and then at most every ``check_every`` seconds."""
         fd = self._fd
         if fd is None:
             raise ValueError("the journal is closed")
@@ -292,7 +306,9 @@ class Journal:
         self.written += 1
         if self.fsync_every and self.written % self.fsync_every == 0:
             os.fsync(fd)
-        self.check()
+        if (now := time.monotonic()) >= self._next_check:
+            self._next_check = now + self.check_every
+            self.check()
 
     def check(self) -> None:
         """Raise :class:`~growthhub_async.errors.JournalError` if the file was deleted, replaced

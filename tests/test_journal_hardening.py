@@ -12,52 +12,19 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import pytest
-from aiohttp import web
 from cli_helpers import finish, journal_lines, run_cli, start_cli, wait_for_lines, write_jsonl
+from recorder_server import Recorder, serve_recorder
 
 from growthhub_async.errors import JournalError
 from growthhub_async.journal import Journal
 from growthhub_async.outcomes import Outcome, Status
 
 
-class Recorder:
-    """A loopback Update Contact endpoint: records each PUT, answers 200 once ``gate`` is set."""
-
-    def __init__(self) -> None:
-        self.puts: list[tuple[str, dict[str, object]]] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.arrived = asyncio.Event()
-        self.base_url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        contact_id = request.match_info["cid"]
-        body = msgspec.json.decode(await request.read())
-        assert isinstance(body, dict)
-        self.puts.append((contact_id, body))
-        self.arrived.set()
-        await self.gate.wait()
-        return web.json_response({"succeded": True, "contact": {"id": contact_id, **body}})
-
-
 @pytest.fixture
 async def recorder() -> AsyncIterator[Recorder]:
-    rec = Recorder()
-    app = web.Application()
-    app.router.add_put("/contacts/{cid}", rec.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.base_url = f"http://127.0.0.1:{port}"
-    try:
+    async with serve_recorder() as rec:
         yield rec
-    finally:
-        rec.gate.set()
-        await runner.cleanup()
 
 
 def args(data: Path, out: Path, base_url: str, *extra: str) -> list[str]:
@@ -141,7 +108,7 @@ def line(n: int) -> Outcome:
 @pytest.mark.parametrize("change", ["deleted", "truncated", "replaced", "emptied"])
 def test_the_journal_notices_its_file_changing_under_it(tmp_path: Path, change: str) -> None:
     path = tmp_path / "out.jsonl"
-    journal = Journal(path)
+    journal = Journal(path, check_every=0)
     journal.write(line(1))
     journal.write(line(2))
     if change == "deleted":
