@@ -125,32 +125,41 @@ class _Reader:
     """The input as the engine reads it: resume's skips, and a stop switch for signals.
 
     Each item's resume key (:func:`~growthhub_async.journal.record_hash` over the body as it
-    will be sent) waits in ``keys`` until its outcome is journaled: a handful of records.
+    will be sent) waits in ``keys`` until its outcome is journaled: a handful of records
+    (``journaled=False``, for a dry run: none kept).
     """
 
     def __init__(
-        self, source: Source, state: ResumeState | None, value_key: CustomFieldValueKey
+        self,
+        source: Source,
+        state: ResumeState | None,
+        value_key: CustomFieldValueKey,
+        *,
+        journaled: bool = True,
     ) -> None:
         self.source = source
         self.state = state
         self.encode = UpdateContactCodec(value_key).encode
         self.keys: dict[int, bytes] = {}
+        self.journaled = journaled
         self.skipped = 0
         self.stopped = False
 
     def __iter__(self) -> Iterator[Item]:
         is_final = self.state.is_final if self.state is not None else None
         encode = self.encode
-        keys = self.keys
+        keys = self.keys if self.journaled else None
         for item in self.source:
             if self.stopped:
                 # Not taken: this record has no outcome yet, so a resumed run sends it.
                 return
-            key = record_hash(item, encode)
-            if is_final is not None and is_final(item.line, key):
-                self.skipped += 1
-                continue
-            keys[item.line] = key
+            if is_final is not None or keys is not None:
+                key = record_hash(item, encode)
+                if is_final is not None and is_final(item.line, key):
+                    self.skipped += 1
+                    continue
+                if keys is not None:
+                    keys[item.line] = key
             yield item
 
 
@@ -246,7 +255,7 @@ async def run_job(
 def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
     """Validate every record, send nothing, count, and estimate the real run's duration."""
     state = load_resume_state(settings.out) if settings.resume else None
-    reader = _Reader(source, state, settings.value_key)
+    reader = _Reader(source, state, settings.value_key, journaled=False)
     summary = Summary()
     valid = 0
     shown = 0

@@ -176,7 +176,7 @@ async def test_all_updated_exits_0_and_stdin_input(
         ("journal exists", "--resume"),
         ("bad rate", "--rate"),
         ("insecure base url", "https"),
-        ("unknown input kind", "in.txt"),
+        ("unknown input kind", "in.xlsx"),
     ],
 )
 async def test_fatal_errors_exit_2_with_one_clear_line(
@@ -198,8 +198,8 @@ async def test_fatal_errors_exit_2_with_one_clear_line(
     elif case == "insecure base url":
         args[-1] = "http://example.com"
     elif case == "unknown input kind":
-        args[1] = str(tmp_path / "in.txt")
-        (tmp_path / "in.txt").write_text("x\n")
+        args[1] = str(tmp_path / "in.xlsx")
+        (tmp_path / "in.xlsx").write_text("x\n")
 
     ran = await run_cli(*args, token=token)
 
