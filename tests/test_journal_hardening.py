@@ -148,6 +148,28 @@ async def test_a_journal_deleted_mid_run_stops_the_run_with_exit_2(
     assert not out.exists()
 
 
+async def test_a_journal_emptied_while_the_last_record_is_in_flight_exits_2(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """The end of the run checks the file too: no exit 0 with a summary pointing at nothing."""
+    data = write_jsonl(tmp_path / "in.jsonl", records(2))
+    out = tmp_path / "out.jsonl"
+    recorder.gate.clear()
+    recorder.free = 1  # the first record is answered, the second waits for the gate
+    proc = await start_cli(*args(data, out, recorder.base_url, "--concurrency", "1"))
+    await wait_for_lines(out, 1, proc)
+    for _ in range(500):  # until the second request is at the server
+        if len(recorder.puts) == 2:
+            break
+        await asyncio.sleep(0.01)
+    out.write_bytes(b"")  # a shell's `> out.jsonl`
+    recorder.gate.set()
+    ran = await finish(proc, limit=20)
+    assert ran.status == 2, (ran.stdout, ran.stderr)
+    assert "was truncated" in ran.stderr
+    assert "to resume, run:" in ran.stderr
+
+
 # -- item 10: --resume sends what changed ---------------------------------------------------------
 
 
