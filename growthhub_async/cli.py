@@ -106,7 +106,9 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=UPDATE_DESCRIPTION,
         epilog=UPDATE_EXAMPLES.format(env=TOKEN_ENV, prog=PROG),
     )
-    parser.add_argument("input", metavar="INPUT", help="a .jsonl, .ndjson or .csv file, or -")
+    parser.add_argument(
+        "input", metavar="INPUT", help="a .jsonl, .ndjson, .csv, .tsv or .txt file, or -"
+    )
     parser.add_argument(
         "--out",
         required=True,

@@ -37,8 +37,8 @@ from growthhub_async.auth import TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.errors import ConfigurationError, GrowthHubError
 from growthhub_async.events import Event, RecordFinished
-from growthhub_async.journal import Journal, ResumeState, load_resume_state
-from growthhub_async.models import CustomFieldValueKey
+from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
+from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
 from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, Summary
 from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
 from growthhub_async.ratelimit import Rate
@@ -124,23 +124,44 @@ class JobResult:
 
 
 class _Reader:
-    """The input as the engine reads it: resume's skips, and a stop switch for signals."""
+    """The input as the engine reads it: resume's skips, and a stop switch for signals.
 
-    def __init__(self, source: Source, state: ResumeState | None) -> None:
+    Each item's resume key (:func:`~growthhub_async.journal.record_hash` over the body as it
+    will be sent) waits in ``keys`` until its outcome is journaled: a handful of records
+    (``journaled=False``, for a dry run: none kept).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        state: ResumeState | None,
+        value_key: CustomFieldValueKey,
+        *,
+        journaled: bool = True,
+    ) -> None:
         self.source = source
         self.state = state
+        self.encode = UpdateContactCodec(value_key).encode
+        self.keys: dict[int, bytes] = {}
+        self.journaled = journaled
         self.skipped = 0
         self.stopped = False
 
     def __iter__(self) -> Iterator[Item]:
         is_final = self.state.is_final if self.state is not None else None
+        encode = self.encode
+        keys = self.keys if self.journaled else None
         for item in self.source:
             if self.stopped:
                 # Not taken: this record has no outcome yet, so a resumed run sends it.
                 return
-            if is_final is not None and is_final(item.line, item.contact_id):
-                self.skipped += 1
-                continue
+            if is_final is not None or keys is not None:
+                key = record_hash(item, encode)
+                if is_final is not None and is_final(item.line, key):
+                    self.skipped += 1
+                    continue
+                if keys is not None:
+                    keys[item.line] = key
             yield item
 
 
@@ -215,8 +236,9 @@ async def run_job(
         if token is not None and "tokens" not in options:
             options["token"] = token
         client = GrowthHubClient(**options)  # checks the base URL and the token's shape
-        state = load_resume_state(settings.out) if settings.resume else None
+        # Locked before its state is read: no other run can write between the two.
         journal = Journal(settings.out, resume=settings.resume)
+        state = journal.resume_state
         try:
             async with client:
                 return await _send(
@@ -235,7 +257,7 @@ async def run_job(
 def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
     """Validate every record, send nothing, count, and estimate the real run's duration."""
     state = load_resume_state(settings.out) if settings.resume else None
-    reader = _Reader(source, state)
+    reader = _Reader(source, state, settings.value_key, journaled=False)
     summary = Summary()
     valid = 0
     shown = 0
@@ -290,7 +312,8 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
     err: TextIO,
 ) -> JobResult:
     loop = asyncio.get_running_loop()
-    reader = _Reader(source, state)
+    reader = _Reader(source, state, settings.value_key)
+    keys = reader.keys
     journal_error: list[BaseException] = []
     consumer: asyncio.Task[None] | None = None
 
@@ -302,8 +325,8 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
         if event.outcome.status is not Status.UPDATED and len(problems) < _PROBLEMS_SHOWN:
             problems.append(event.outcome)
         try:
-            journal.write(event.outcome)
-        except (OSError, ValueError) as exc:
+            journal.write(event.outcome, keys.pop(event.outcome.line, None))
+        except (OSError, ValueError, GrowthHubError) as exc:
             # The engine swallows a hook's exception; a journal that cannot be written must
             # stop the run instead, or outcomes would be lost.
             journal_error.append(exc)
@@ -375,11 +398,13 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
                 await consumer
         if not counting.done():
             counting.cancel()
+        _check_journal(journal, journal_error)
         journal.close()
     summary.elapsed = summary.elapsed or loop.time() - started
     progress.end(summary)
     if journal_error:
-        raise GrowthHubError(f"cannot write outcomes {settings.out!r}: {journal_error[0]}")
+        # Before the input's own failure: without a journal, nothing else is recorded.
+        failure = _journal_failure(settings, journal_error[0])
     return _report(
         settings,
         summary,
@@ -390,6 +415,26 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
         failure=failure,
         out=out,
         err=err,
+    )
+
+
+def _check_journal(journal: Journal, errors: list[BaseException]) -> None:
+    """At the end: a journal deleted or truncated after its last line fails the run too."""
+    if not errors:
+        try:
+            journal.check()
+        except GrowthHubError as exc:
+            errors.append(exc)
+
+
+def _journal_failure(settings: JobSettings, exc: BaseException) -> GrowthHubError:
+    """The error that ends a run whose journal cannot be written (a full disk, a deletion)."""
+    if isinstance(exc, GrowthHubError):
+        return exc
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return GrowthHubError(
+        f"cannot write outcomes {settings.out!r}: {reason}; the run stopped (records without"
+        " an outcome line are sent again on resume)"
     )
 
 
@@ -416,6 +461,8 @@ def _report(
         out.writelines(f"{line}\n" for line in _next_steps(settings, summary, problems))
     out.flush()
     _warnings(summary, state, err)
+    if not summary.records and not skipped and failure is None and not interrupted:
+        err.write(f"warning: {settings.input} holds no records: nothing was sent\n")
     if failure is not None:
         err.write(f"error: {failure}\n")
         _resume_hint(settings, err)
@@ -463,8 +510,9 @@ def _warnings(summary: Summary, state: ResumeState | None, err: TextIO) -> None:
         )
     if state is not None and state.mismatched:
         err.write(
-            f"warning: {state.mismatched} input lines now hold another contactId than the "
-            "outcomes say: the input changed since the earlier run, so they were sent again\n"
+            f"note: {state.mismatched} records changed since the earlier run (their line now "
+            "holds another contactId or other values than the outcomes record), so they were "
+            "sent again\n"
         )
     if summary.by_status[Status.UNAUTHORIZED]:
         err.write(

@@ -13,35 +13,61 @@ in the page cache, and that is what ``fsync`` is for: :class:`Journal` syncs on 
 many disks, so syncing every line would cap a run at a few hundred records a second). A crash
 can leave a torn last line; resuming repairs it.
 
-Resume. :func:`load_resume_state` reads a journal and remembers, per input line, whether that
-line's *last* outcome is final (:data:`~growthhub_async.outcomes.FINAL_STATUSES`) and for which
-``contactId``. A line whose last outcome is final is skipped, but only when the input still has
-the same ``contactId`` on that line: if it does not, the input changed since the journal was
-written, and the record is sent rather than silently skipped (``ResumeState.mismatched`` counts
-them, so the caller can warn). A torn last line (no newline: the process died or the machine
-crashed mid-write) is ignored, so its record is sent again, and ``Journal(resume=True)``
-truncates it before appending: a new line never glues onto a torn one. Any other line that is
-not an outcome makes the file "not a journal", and nothing is appended to it.
+Resume. Each line also carries ``recordHash``: a BLAKE2b-128 digest (hex) of the record as it
+would be sent, its ``contactId``, token key and JSON body, or, for a ``rejected`` record, its
+error (:func:`record_hash`). :func:`load_resume_state` reads a journal and remembers, per input
+line, whether that line's *last* outcome is final (:data:`~growthhub_async.outcomes.FINAL_STATUSES`)
+and for which record. A line whose last outcome is final is skipped only when the input still
+holds the *same record* there: a record edited since (new field values, another id, a
+``rejected`` line fixed) is sent (``ResumeState.mismatched`` counts them, so the caller can
+warn). A line with a null ``recordHash`` (written by a caller that gave none) is never skipped.
+Journals written before ``recordHash`` existed are refused with a message that says so: their
+key (the line and a checksum of the ``contactId``) cannot tell an edited record from the one sent.
+A torn last line (no newline: the process died or the machine crashed mid-write) is ignored, so
+its record is sent again, and ``Journal(resume=True)`` truncates it before appending: a new line
+never glues onto a torn one. Any other line that is not an outcome makes the file "not a
+journal", and nothing is appended to it.
 
-Memory. The state is one 4-byte slot per input line (a 31-bit CRC of the ``contactId`` plus a
-"final" bit), about 4 MB for a million lines, however many times the journal repeats a line.
+One run at a time. :class:`Journal` holds an exclusive ``flock`` on a regular file for as long
+as it is open; a second :class:`Journal` on the same file (another run, ``--resume`` or not) is
+refused at once with :class:`~growthhub_async.errors.JournalError` naming the process that holds
+it (read from ``/proc/locks`` where the system has it: the kernel's own record, never stale).
+With ``resume`` the state is read through the locked descriptor, after the lock is taken.
+
+Integrity. After the first line, then at most every ``check_every`` seconds (half a second by
+default), and on :meth:`Journal.check` (which the job calls at the end), the open file is
+compared with what the path names: a journal deleted, replaced (another file renamed over it)
+or truncated while the run writes to it raises :class:`~growthhub_async.errors.JournalError`
+instead of writing on into a file nobody will read.
+
+Memory. The state is one 8-byte slot per input line (63 bits of the record's hash plus a
+"final" bit), about 8 MB for a million lines, however many times the journal repeats a line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import zlib
+import shlex
+import stat
+import sys
+import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Final, Protocol, TypeVar
+from typing import IO, Final, TypeVar
 
 import msgspec
 
 from growthhub_async.errors import JournalError
+from growthhub_async.models import UpdateContact, encode_update
 from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, encode_outcome
+from growthhub_async.sources import Record
 
-__all__ = ["MAX_LINE", "Journal", "ResumeState", "load_resume_state"]
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["MAX_LINE", "Journal", "ResumeState", "load_resume_state", "record_hash"]
 
 MAX_LINE: Final = 1 << 28
 """The highest input line number a journal may name (the resume state is indexed by line)."""
@@ -50,7 +76,13 @@ MAX_LINE: Final = 1 << 28
 # first bytes before resuming keeps --resume from truncating or appending to some other file.
 _SIGNATURE: Final = b'{"line":'
 _READ_CHUNK: Final = 1 << 16
-_FINAL_BIT: Final = 0x8000_0000
+_HASH_SIZE: Final = 16
+# Seconds between two checks that the path still names the file written (two stat calls, a few
+# microseconds: not for every line of a fast run, often enough to stop a run within a second).
+_CHECK_EVERY: Final = 0.5
+# A final line's slot: 63 bits of its record hash with the low bit set (never 0: "not final").
+# A final line without a hash gets _NO_HASH (even, so that no record's slot ever equals it).
+_NO_HASH: Final = 2
 # Not inherited by child processes; binary on Windows (the flags are 0 where they do not exist).
 _OPEN_EXTRA: Final = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
@@ -60,47 +92,56 @@ class _Entry(msgspec.Struct, rename="camel"):
 
     line: int
     status: Status
-    contact_id: str | None = None
+    record_hash: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 _entry_decoder: Final = msgspec.json.Decoder(_Entry)
+_key_encoder: Final = msgspec.json.Encoder()
 
 
-class _Numbered(Protocol):
-    """An input item: a record or a rejected outcome (both carry these two attributes)."""
-
-    @property
-    def line(self) -> int: ...
-
-    @property
-    def contact_id(self) -> str | None: ...
+_ItemT = TypeVar("_ItemT", bound=Record | Outcome)
 
 
-_ItemT = TypeVar("_ItemT", bound=_Numbered)
+def record_hash(
+    item: Record | Outcome, encode: Callable[[UpdateContact], bytes] = encode_update
+) -> bytes:
+    """The resume key of an input item: a 16-byte BLAKE2b digest of everything that is sent.
+
+    For a :class:`~growthhub_async.sources.Record`: its ``contactId``, token key and the JSON
+    body ``encode`` makes of its update (pass the client's encoder, so that what is hashed is
+    what goes on the wire). For a ``rejected`` :class:`~growthhub_async.outcomes.Outcome`: its
+    error, so that a line fixed since is no longer "the same record".
+    """
+    digest = hashlib.blake2b(digest_size=_HASH_SIZE)
+    if isinstance(item, Outcome):
+        digest.update(_key_encoder.encode(("rejected", item.error)))
+    else:
+        digest.update(_key_encoder.encode((item.contact_id, item.token_key)))
+        digest.update(encode(item.update))
+    return digest.digest()
 
 
-def _key(contact_id: str | None) -> int:
-    """The slot value of a final outcome for ``contact_id``: never 0, which means "not final"."""
-    crc = zlib.crc32(contact_id.encode()) if contact_id is not None else 0
-    return _FINAL_BIT | (crc & 0x7FFF_FFFF)
+def _slot(key: bytes | None) -> int:
+    return _NO_HASH if key is None else int.from_bytes(key[:8], "big") | 1
 
 
 class ResumeState:
-    """Which input lines already have a final outcome, and for which ``contactId``.
+    """Which input lines already have a final outcome, and for which record (its hash).
 
     ``entries`` counts the journal lines read, ``torn`` says whether the last one was torn, and
-    ``mismatched`` counts records that :meth:`is_final` found final for another ``contactId``.
+    ``mismatched`` counts records that :meth:`is_final` found final for another content.
     """
 
     def __init__(self) -> None:
-        self._slots = array("I")
+        self._slots = array("Q")
         self._final = 0
         self.entries = 0
         self.torn = False
         self.mismatched = 0
 
-    def record(self, line: int, contact_id: str | None, status: Status) -> None:
-        """Note one outcome; a later outcome for the same line replaces an earlier one."""
+    def record(self, line: int, key: bytes | None, status: Status) -> None:
+        """Note one outcome (``key``: :func:`record_hash`, or ``None`` when unknown); a later
+        outcome for the same line replaces an earlier one."""
         if not 1 <= line <= MAX_LINE:
             raise ValueError(f"line {line} is outside 1..{MAX_LINE}")
         slots = self._slots
@@ -109,26 +150,36 @@ class ResumeState:
                 return  # nothing to forget
             # Grow geometrically, with zeros ("not final"), so a million lines cost a few copies.
             slots.frombytes(bytes(slots.itemsize * (max(line + 1, 2 * len(slots)) - len(slots))))
-        new = _key(contact_id) if status in FINAL_STATUSES else 0
+        new = _slot(key) if status in FINAL_STATUSES else 0
         self._final += bool(new) - bool(slots[line])
         slots[line] = new
 
-    def is_final(self, line: int, contact_id: str | None) -> bool:
-        """Whether ``line`` has a final outcome for this same ``contactId`` (then skip it)."""
+    def is_final(self, line: int, key: bytes) -> bool:
+        """Whether ``line`` has a final outcome for this same record (then skip it)."""
         slots = self._slots
         if line >= len(slots) or line < 1 or not (slot := slots[line]):
             return False
-        if slot == _key(contact_id):
+        if slot == _slot(key):
             return True
         self.mismatched += 1
         return False
 
-    def pending(self, items: Iterable[_ItemT]) -> Iterator[_ItemT]:
+    def pending(
+        self, items: Iterable[_ItemT], key: Callable[[_ItemT], bytes] = record_hash
+    ) -> Iterator[_ItemT]:
         """The items whose line has no final outcome yet: what a resumed run must still do."""
         is_final = self.is_final
         for item in items:
-            if not is_final(item.line, item.contact_id):
+            if not is_final(item.line, key(item)):
                 yield item
+
+    def trim(self) -> None:
+        """Give back the slots after the last final line (growth doubles; loading is done)."""
+        slots = self._slots
+        end = len(slots)
+        while end > 0 and not slots[end - 1]:
+            end -= 1
+        del slots[end:]
 
     def __len__(self) -> int:
         """How many input lines have a final outcome."""
@@ -145,28 +196,43 @@ def load_resume_state(path: str | os.PathLike[str]) -> ResumeState:
 
     Tolerates a torn last line (ignored: its record is sent again). Raises
     :class:`~growthhub_async.errors.JournalError` for a file that is not an outcome journal.
+    Takes no lock: a running job reads its state through :class:`Journal` instead.
     """
-    state = ResumeState()
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below; a missing file is an empty state
     except FileNotFoundError:
-        return state
+        return ResumeState()
     except OSError as exc:
         raise JournalError(f"cannot read outcomes {os.fspath(path)!r}: {exc.strerror}") from None
-    decode = _entry_decoder.decode
     with f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                state.torn = True  # only the last line can lack its newline
-                break
-            try:
-                entry = decode(raw)
-                state.record(entry.line, entry.contact_id, entry.status)
-            except (msgspec.DecodeError, ValueError) as exc:
+        return _read_state(f, os.fspath(path))
+
+
+def _read_state(f: IO[bytes], path: str) -> ResumeState:
+    state = ResumeState()
+    decode = _entry_decoder.decode
+    record = state.record
+    for number, raw in enumerate(f, start=1):
+        if not raw.endswith(b"\n"):
+            state.torn = True  # only the last line can lack its newline
+            break
+        try:
+            entry = decode(raw)
+            key = entry.record_hash
+            if key is msgspec.UNSET:
                 raise JournalError(
-                    f"{os.fspath(path)!r} is not an outcome journal: line {number}: {exc}"
-                ) from None
-            state.entries += 1
+                    f"{path!r} was written by an earlier growthhub-async (line {number} has no"
+                    " recordHash): its resume key (the line and a checksum of the contactId)"
+                    " cannot tell an edited record from the one that was sent; start a new"
+                    " --out (records already updated are sent again)"
+                )
+            record(entry.line, bytes.fromhex(key) if key is not None else None, entry.status)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise JournalError(
+                f"{path!r} is not an outcome journal: line {number}: {exc}"
+            ) from None
+        state.entries += 1
+    state.trim()
     return state
 
 
@@ -175,38 +241,64 @@ class Journal:
 
     Without ``resume`` a non-empty existing file is refused
     (:class:`~growthhub_async.errors.JournalError`): its outcomes belong to an earlier run.
-    With ``resume`` the file must be a journal; its torn last line, if any, is cut off.
+    With ``resume`` the file must be a journal; its state is read into :attr:`resume_state`
+    under the lock, then its torn last line, if any, is cut off. A file another open
+    :class:`Journal` holds (in any process) is refused, naming that process.
     ``fsync_every`` (0: never) also syncs to disk every that many lines; closing always syncs.
+    ``check_every`` is the most seconds between two checks of the file (0: after every line).
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, resume: bool = False, fsync_every: int = 0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        resume: bool = False,
+        fsync_every: int = 0,
+        check_every: float = _CHECK_EVERY,
     ) -> None:
         if fsync_every < 0:
             raise ValueError("fsync_every must be 0 (never) or a positive number of lines")
         self.path = os.fspath(path)
         self.fsync_every = fsync_every
+        self.check_every = check_every
         self.written = 0
+        self.resume_state: ResumeState | None = None
+        """With ``resume``: what the journal held when it was opened."""
         try:
-            # Resume reads the tail back to repair it; a fresh run only writes, which also suits
-            # write-only targets such as a FIFO.
+            # Resume reads the file back; a fresh run only writes, which also suits write-only
+            # targets such as a FIFO. The file is created 0600: errors may quote the server.
             access = os.O_RDWR if resume else os.O_WRONLY
-            fd = os.open(self.path, access | os.O_CREAT | os.O_APPEND | _OPEN_EXTRA, 0o644)
+            fd = os.open(self.path, access | os.O_CREAT | os.O_APPEND | _OPEN_EXTRA, 0o600)
         except OSError as exc:
             raise JournalError(f"cannot open outcomes {self.path!r}: {exc.strerror}") from None
         try:
-            _prepare(fd, self.path, resume=resume)
+            info = os.fstat(fd)
+            # Only a regular file can be locked, measured and replaced; a pipe or a terminal
+            # (--out /dev/stdout) is written as it is.
+            self._regular = stat.S_ISREG(info.st_mode)
+            if self._regular:
+                _lock(fd, self.path, info)
+            size = os.fstat(fd).st_size  # after the lock: what no other run will change
+            self.resume_state = _prepare(fd, self.path, size, resume=resume)
+            self._size = os.fstat(fd).st_size
+            self._next_check = 0.0
         except BaseException:
             os.close(fd)
             raise
         self._fd: int | None = fd
 
-    def write(self, outcome: Outcome) -> None:
-        """Append one outcome line and hand it to the OS before returning (see module doc)."""
+    def write(self, outcome: Outcome, record_hash: bytes | None = None) -> None:
+        """Append one outcome line (with ``record_hash``, the resume key of its record) and
+        hand it to the OS before returning (see module doc); :meth:`check` the file after the
+        first line and then at most every ``check_every`` seconds."""
         fd = self._fd
         if fd is None:
             raise ValueError("the journal is closed")
         data = encode_outcome(outcome)
+        # recordHash goes last, after the outcome's own keys: {..."error":null,"recordHash":..}
+        key = b'"' + record_hash.hex().encode() + b'"' if record_hash is not None else b"null"
+        data = b'%s,"recordHash":%s}\n' % (data[:-2], key)
+        self._size += len(data)
         # One write per line: with O_APPEND a line lands whole at the end. A short write (a full
         # disk, a signal) continues where it stopped rather than dropping the rest.
         while data:
@@ -214,6 +306,34 @@ class Journal:
         self.written += 1
         if self.fsync_every and self.written % self.fsync_every == 0:
             os.fsync(fd)
+        if (now := time.monotonic()) >= self._next_check:
+            self._next_check = now + self.check_every
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`~growthhub_async.errors.JournalError` if the file was deleted, replaced
+        or truncated since it was opened: the lines written would be lost to whoever reads the
+        path. A few microseconds (two ``stat`` calls); nothing to do for a pipe or a terminal."""
+        fd = self._fd
+        if fd is None or not self._regular:
+            return
+        mine = os.fstat(fd)
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            named = None
+        if named is None:
+            problem = "was deleted"
+        elif (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
+            problem = "was replaced by another file"
+        elif mine.st_size < self._size:
+            problem = f"was truncated ({mine.st_size} bytes, {self._size} written)"
+        else:
+            return
+        raise JournalError(
+            f"the outcomes file {self.path!r} {problem} while this run was writing to it;"
+            " the outcomes it held are lost, and a resumed run sends those records again"
+        )
 
     def sync(self) -> None:
         """Force the lines written so far to disk (``fsync``), to survive a machine crash."""
@@ -221,7 +341,7 @@ class Journal:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        """Sync and close; closing twice is harmless."""
+        """Sync and close (which releases the lock); closing twice is harmless."""
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
@@ -248,18 +368,66 @@ class Journal:
         self.close()
 
 
-def _prepare(fd: int, path: str, *, resume: bool) -> None:
-    """Refuse a non-empty file without resume; with resume, check it and cut a torn tail."""
-    size = os.fstat(fd).st_size
-    if not size:
+def _lock(fd: int, path: str, info: os.stat_result) -> None:
+    """Hold ``fd`` exclusively (``flock``: per open file, released on close or death)."""
+    if sys.platform == "win32":  # pragma: no cover - no flock; one run at a time is on the user
         return
-    if not resume:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         raise JournalError(
-            f"{path!r} already holds outcomes ({size} bytes) and would be overwritten;"
-            " pass --resume to continue that run, or choose another --out"
-        )
+            f"{path!r} is in use by {_holder(info)}: two runs on one outcomes file would send"
+            " its records twice; wait for that run to end, or choose another --out"
+        ) from None
+    except OSError:
+        return  # a file system without flock (some network mounts): nothing to hold
+
+
+def _holder(info: os.stat_result) -> str:
+    """Who holds the lock on the file ``info`` describes, from the kernel's ``/proc/locks``."""
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            table = f.read()
+    except OSError:
+        return "another process (this system does not say which)"
+    for row in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2148961 0 EOF"; waiters show "->" and are not it.
+        words = row.split()
+        if len(words) >= 6 and words[1] == "FLOCK" and words[5] == device and words[4] != "0":
+            return f"another run: process {words[4]}{_command_of(words[4])}"
+    return "another process (this system does not say which)"
+
+
+def _command_of(pid: str) -> str:
+    """`` (the command line)`` of process ``pid``, or nothing when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read(4096).rstrip(b"\0").split(b"\0")
+    except OSError:
+        return ""
+    text = shlex.join(w.decode(errors="replace") for w in words if w)
+    return f" ({text[:300]})" if text else ""
+
+
+def _prepare(fd: int, path: str, size: int, *, resume: bool) -> ResumeState | None:
+    """Refuse a non-empty file without resume; with resume, read it and cut a torn tail."""
+    if not resume:
+        if size:
+            raise JournalError(
+                f"{path!r} already holds outcomes ({size} bytes) and would be overwritten;"
+                " pass --resume to continue that run, or choose another --out"
+            )
+        return None
+    if not size:
+        return ResumeState()
     _check_signature(fd, path)
+    os.lseek(fd, 0, os.SEEK_SET)
+    # Read through a duplicate of the locked descriptor: the very file that is held.
+    with open(os.dup(fd), "rb") as f:
+        state = _read_state(f, path)
     _cut_torn_tail(fd, size)
+    return state
 
 
 def _check_signature(fd: int, path: str) -> None:

@@ -10,16 +10,23 @@ Every input record becomes exactly one item: a :class:`Record` ready to send, or
     line 4: not a JSON object (got array)
     line 5: missing contactId
     line 6: unsafe contact id 'a/b': contains '/' at position 1 (...) - at `$.contactId`
+    line 8: duplicate key `contactId` in one object (which value was meant?)
 
-A bad record never stops the others. Only a file that cannot be opened at all (missing,
-unreadable, unknown extension) raises :class:`~growthhub_async.errors.InputError`.
+A bad record never stops the others. Only a file that cannot be read as a whole (missing,
+unreadable, unknown extension, a CSV header that is not text) raises
+:class:`~growthhub_async.errors.InputError`; :func:`open_source` reads the first record at
+once, so that this happens before any work starts.
 
 Common rules
 ------------
 - ``line`` is the 1-based *physical* line number where the record starts, so an editor's "go to
   line" finds it. Blank lines are skipped (they are not records) but still counted.
-- A UTF-8 byte order mark at the start of the file is ignored.
-- A line that is not valid UTF-8 rejects its record ("invalid UTF-8"); the others go on.
+- Encodings: UTF-8 (a byte order mark at the start is ignored), and UTF-16 and UTF-32 in
+  either byte order, told by their byte order mark or, without one, by the zero bytes around
+  the first characters (RFC 4627, section 3). UTF-16/32 input is decoded as it streams, one
+  line at a time, into UTF-8 lines for the readers: memory stays bounded.
+- A line that is not valid text rejects its record ("invalid UTF-8", "invalid UTF-16-LE
+  text"); the others go on.
 - A line longer than :data:`MAX_LINE_BYTES` (1 MiB) rejects its record ("longer than 1 MiB")
   and is skipped in bounded chunks: memory never holds more than about one such chunk.
 
@@ -32,12 +39,17 @@ them. A custom field's value sits under ``field_value`` (the v2 spelling) or, wi
 line is decoded once, into builtins, and validated once (``msgspec.convert``); this measured
 faster than decoding into a ``contactId``-bearing subclass and copying into ``UpdateContact``.
 
-CSV (``.csv``)
---------------
-RFC 4180 as Python's ``csv`` module reads it (comma separated, ``"`` quoting, quoted cells may
-span lines). The first row is the header; one column must be ``contactId``; the others are named
-after API fields:
+CSV (``.csv``, ``.tsv``, ``.txt``)
+----------------------------------
+RFC 4180 as Python's ``csv`` module reads it (``"`` quoting, quoted cells may span lines). The
+separator is what the header line shows: comma, tab or semicolon, whichever makes a
+``contactId`` column (an Excel "Unicode text" export, UTF-16 and tab separated, reads as it
+is). The first row is the header; one column must be ``contactId``; the others are named after
+API fields:
 
+- **A header line that cannot be read** (not valid UTF-8, as Excel's plain "CSV" on Windows
+  writes it in Windows-1252; NUL bytes; over 1 MiB) raises ``InputError`` naming the problem:
+  no record of such a file can be understood, and none is skipped silently.
 - **Empty cell: leave the field unchanged** (it is omitted from the request), never "blank it".
 - **``null``**: the literal cell ``null`` clears a nullable field (sends JSON ``null``); on a field
   the API does not let you clear (``postalCode``, ``country``, ...) it rejects the record. There
@@ -63,14 +75,27 @@ after API fields:
   its cells are empty and rejects the records where they are not.
 - A row with more or fewer cells than the header rejects that record.
 - Python's ``csv`` limits a single cell to 131,072 characters; a longer cell rejects its record.
+
+Duplicate keys
+--------------
+A key given twice in one JSON object (two ``contactId``, or twice ``firstName``, at any depth,
+also in a CSV cell holding JSON) rejects the record, naming the key: parsers keep the last
+value silently, and which one the user meant is a guess. The check costs about 1.5 µs a line
+(count ``":`` against the decoded keys); only lines where the count differs, or with white space
+before a colon, are parsed a second time to find the key.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import itertools
+import json
 import re
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from types import TracebackType
 from typing import IO, Any, Final, Literal, Protocol, TypeAlias
 
@@ -101,7 +126,18 @@ __all__ = [
 MAX_LINE_BYTES: Final = 1 << 20
 """The longest physical line accepted (1 MiB, not counting its line ending)."""
 
-_BOM: Final = b"\xef\xbb\xbf"
+# Byte order marks, longest first (UTF-32-LE's starts with UTF-16-LE's).
+_BOMS: Final = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# What a decoding error becomes in a UTF-16/32 input: a lone surrogate, which no valid UTF-16/32
+# text decodes to and which UTF-8 cannot hold, so the line it lands on is rejected.
+_MARK: Final = "growthhub_async.invalid-text"
+codecs.register_error(_MARK, lambda exc: ("\udcff", exc.end))  # type: ignore[attr-defined]
 # Room for the line ending, so that a line of exactly MAX_LINE_BYTES plus "\r\n" still fits.
 _READ_LIMIT: Final = MAX_LINE_BYTES + 2
 _COUNT_CHUNK: Final = 1 << 20
@@ -145,9 +181,87 @@ _TOO_LONG: Final = f"longer than {MAX_LINE_BYTES // (1 << 20)} MiB"
 _TOO_DEEP: Final = "malformed JSON: nested too deeply"
 
 
-def _invalid_utf8(exc: UnicodeDecodeError) -> str:
+def _invalid_text(exc: UnicodeDecodeError, encoding: str) -> str:
+    if encoding != "utf-8":  # the offset would be in our UTF-8 copy: meaningless to the user
+        return f"invalid {encoding.upper()} text"
     bad = exc.object[exc.start : exc.start + 1]
     return f"invalid UTF-8 (byte 0x{bad.hex()} at offset {exc.start})"
+
+
+# Which of the first four bytes are zero -> the encoding (RFC 4627, section 3); a first line
+# shorter than four bytes ("{" and a newline in UTF-16-LE) shows fewer.
+_BOMLESS: Final[dict[tuple[bool, ...], str]] = {
+    (True, True, True, False): "utf-32-be",
+    (False, True, True, True): "utf-32-le",
+    (True, False, True, False): "utf-16-be",
+    (True, False, True): "utf-16-be",
+    (True, False): "utf-16-be",
+    (False, True, False, True): "utf-16-le",
+    (False, True, False): "utf-16-le",
+    (False, True): "utf-16-le",
+}
+
+
+def _sniff(head: bytes) -> tuple[str, int]:
+    """The encoding of a text file that starts with ``head``, and the length of its BOM.
+
+    A byte order mark decides; without one, zero bytes around the first characters show UTF-16
+    or UTF-32 (RFC 4627, section 3: the first characters of JSON, and of our CSV header, are
+    ASCII). Anything else is UTF-8.
+    """
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding, len(bom)
+    zeros = tuple(byte == 0 for byte in head[:4])
+    return _BOMLESS.get(zeros, "utf-8"), 0
+
+
+class _Prefixed(io.RawIOBase):
+    """Bytes already read (``head``), then the rest of ``readline``'s stream: for a decoder."""
+
+    def __init__(self, head: bytes, readline: Callable[[int], bytes]) -> None:
+        self._head = head
+        self._readline = readline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            data, self._head = self._head[: len(view)], self._head[len(view) :]
+        else:
+            data = self._readline(len(view))  # any bytes will do: the decoder finds the lines
+        view[: len(data)] = data
+        return len(data)
+
+
+class _Transcoded:
+    """A UTF-16 or UTF-32 stream read back as UTF-8 lines, for readers that take bytes.
+
+    Streaming: ``readline(size)`` returns at most ``size`` characters (so at most four times as
+    many bytes); an undecodable sequence becomes a mark that rejects its line (see ``_MARK``).
+    """
+
+    def __init__(self, head: bytes, readline: Callable[[int], bytes], encoding: str) -> None:
+        raw = io.BufferedReader(_Prefixed(head, readline))
+        self._text = io.TextIOWrapper(raw, encoding=encoding, errors=_MARK, newline="\n")
+
+    def readline(self, size: int = -1, /) -> bytes:
+        return self._text.readline(size).encode("utf-8", "surrogatepass")
+
+
+def _utf8_lines(stream: BinaryLines) -> tuple[bytes, Callable[[int], bytes], str]:
+    """The first line of ``stream`` as UTF-8 (BOM removed), a ``readline`` for the rest, and
+    the encoding found: UTF-8 is read as it is; UTF-16 and UTF-32 are transcoded, line by line.
+    """
+    readline = stream.readline
+    first = readline(_READ_LIMIT)
+    encoding, bom = _sniff(first)
+    if encoding == "utf-8":
+        return first[bom:], readline, encoding
+    transcoded = _Transcoded(first[bom:], readline, encoding)
+    return transcoded.readline(_READ_LIMIT), transcoded.readline, encoding
 
 
 def _is_too_long(raw: bytes) -> bool:
@@ -177,23 +291,23 @@ def read_jsonl(
     codec = UpdateContactCodec(value_key)
     convert = codec.convert
     decode = msgspec.json.Decoder().decode
-    readline = stream.readline
+    first, readline, encoding = _utf8_lines(stream)
+    if not first:
+        return
     lineno = 0
-    while raw := readline(_READ_LIMIT):
+    for raw in itertools.chain((first,), iter(partial(readline, _READ_LIMIT), b"")):
         lineno += 1
         if len(raw) >= MAX_LINE_BYTES and _is_too_long(raw):
             _drain_line(readline, raw)
             yield _reject(lineno, _TOO_LONG)
             continue
-        if lineno == 1 and raw.startswith(_BOM):
-            raw = raw[3:]
         try:
             obj = decode(raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             # A blank line fails to decode too; checking here keeps `strip()` off the fast path.
             if not raw.strip():
                 continue
-            yield _reject(lineno, _why_undecodable(raw, exc))
+            yield _reject(lineno, _why_undecodable(raw, exc, encoding))
             continue
         except RecursionError:
             # msgspec raises this, not a DecodeError, for nesting deeper than Python's stack.
@@ -201,6 +315,9 @@ def read_jsonl(
             continue
         if type(obj) is not dict:
             yield _reject(lineno, f"not a JSON object (got {_json_type(obj)})")
+            continue
+        if (duplicate := _duplicate_key(raw, obj)) is not None:
+            yield _reject(lineno, duplicate)
             continue
         contact_id = obj.pop("contactId", None)
         if contact_id is None:
@@ -234,7 +351,7 @@ _JSON_TYPES: Final[dict[type, str]] = {
 }
 
 
-def _why_undecodable(raw: bytes, exc: Exception) -> str:
+def _why_undecodable(raw: bytes, exc: Exception, encoding: str = "utf-8") -> str:
     """Why a line did not decode: invalid UTF-8 (with the byte), else msgspec's JSON complaint.
 
     msgspec up to 0.22 raises ``UnicodeDecodeError`` for invalid UTF-8 and 0.23 a ``DecodeError``
@@ -243,8 +360,68 @@ def _why_undecodable(raw: bytes, exc: Exception) -> str:
     try:
         raw.decode()
     except UnicodeDecodeError as bad:
-        return _invalid_utf8(bad)
+        return _invalid_text(bad, encoding)
     return f"malformed JSON: {_without_prefix(exc)}"
+
+
+# A quote, then white space, then a colon: a key written `"a" :` (or a string value so).
+_SPACED_COLON: Final = re.compile(rb'"\s+:')
+_CONTAINERS: Final = (dict, list)
+
+
+def _duplicate_key(raw: bytes, obj: dict[str, Any] | list[Any]) -> str | None:
+    """Why ``raw`` (which decoded to ``obj``) is ambiguous: a key twice in one object, which
+    msgspec (like most parsers) takes silently, keeping the last value. ``None`` when not.
+
+    Cheap first: every key is written ``"key":`` or with white space before its colon, so a line
+    with as many ``":`` as ``obj`` has keys, and no spaced colon, cannot repeat one (``":``
+    inside strings only adds to the count). Only other lines are parsed again, by
+    ``json.loads`` with a hook that sees each object's keys in order.
+    """
+    try:
+        keys = _count_keys(obj) if isinstance(obj, dict) else _count_in_list(obj)
+        if raw.count(b'":') == keys and not _SPACED_COLON.search(raw):
+            return None
+    except RecursionError:
+        pass  # nested deeper than the walk goes: let json.loads judge
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        if not found and len(set(keys)) != len(keys):
+            found.append(next(key for n, key in enumerate(keys) if key in keys[:n]))
+        return {}
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None  # msgspec read it; what json cannot read is for the validation to judge
+    if not found:
+        return None
+    return f"duplicate key `{found[0]}` in one object (which value was meant?)"
+
+
+def _count_keys(obj: dict[str, Any]) -> int:
+    """How many keys ``obj`` holds, in nested objects too (plain recursion: fastest here)."""
+    count = len(obj)
+    for value in obj.values():
+        kind = type(value)
+        if kind is dict:
+            count += _count_keys(value)
+        elif kind is list and value:
+            count += _count_in_list(value)
+    return count
+
+
+def _count_in_list(items: list[Any]) -> int:
+    count = 0
+    for value in items:
+        kind = type(value)
+        if kind is dict:
+            count += _count_keys(value)
+        elif kind is list and value:
+            count += _count_in_list(value)
+    return count
 
 
 def _without_prefix(exc: Exception) -> str:
@@ -269,30 +446,50 @@ class _CsvLines:
     """
 
     def __init__(self, stream: BinaryLines) -> None:
-        self._readline = stream.readline
+        self._stream = stream
+        self._readline: Callable[[int], bytes] | None = None
+        self._first = b""
+        self.encoding = "utf-8"
         self.count = 0
         self.problems: dict[int, str] = {}
+        self._again: list[str] = []
 
     def __iter__(self) -> _CsvLines:
         return self
 
     def __next__(self) -> str:
-        raw = self._readline(_READ_LIMIT)
+        if self._again:
+            return self._again.pop()
+        readline = self._readline
+        if readline is None:  # the first line: find the encoding
+            raw, self._readline, self.encoding = _utf8_lines(self._stream)
+            readline = self._readline
+        else:
+            raw = readline(_READ_LIMIT)
         if not raw:
             raise StopIteration
         self.count += 1
         if len(raw) >= MAX_LINE_BYTES and _is_too_long(raw):
-            _drain_line(self._readline, raw)
+            _drain_line(readline, raw)
             self.problems[self.count] = _TOO_LONG
             # An empty line keeps csv's line count right; the record is rejected anyway.
             return "\n"
-        if self.count == 1 and raw.startswith(_BOM):
-            raw = raw[3:]
         try:
             return raw.decode()
         except UnicodeDecodeError as exc:
-            self.problems[self.count] = _invalid_utf8(exc)
+            self.problems[self.count] = _invalid_text(exc, self.encoding)
             return raw.decode(errors="replace")
+
+    def peek(self) -> list[str]:
+        """The lines up to the first one that is not blank (all blank at the end), read now
+        and given again by the iteration."""
+        lines = []
+        for text in self:
+            lines.append(text)
+            if text.strip():
+                break
+        self._again = lines[::-1]
+        return lines
 
     def problem_within(self, start: int, end: int) -> Outcome | None:
         """The first problem noted on lines ``start..end``, reported at ``start``; forget them."""
@@ -307,9 +504,9 @@ class _CsvLines:
         return found
 
 
-def _rows(lines: _CsvLines) -> Iterator[tuple[int, list[str] | Outcome]]:
+def _rows(lines: _CsvLines, delimiter: str) -> Iterator[tuple[int, list[str] | Outcome]]:
     """Each CSV row with the physical line it starts on, or an outcome for an unreadable one."""
-    reader = csv.reader(lines)
+    reader = csv.reader(lines, delimiter=delimiter)
     end = 0  # the physical line where the previous row ended
     while True:
         try:
@@ -393,15 +590,48 @@ def _plan_column(name: str, number: int) -> _Column:
     return ("unknown", name, ())
 
 
-def read_csv(stream: BinaryLines) -> Iterator[Item]:
-    """Yield one item per data row of a binary CSV stream, lazily (conventions: module doc)."""
-    rows = _rows(_CsvLines(stream))
-    for _, header in rows:
-        if isinstance(header, list) and header:
+_DELIMITERS: Final = ",\t;"
+
+
+def _delimiter(header: str) -> str:
+    """The separator the header line uses: the one that makes a ``contactId`` column, else the
+    one it holds most of (comma on a tie: a one-column header)."""
+
+    def fit(delimiter: str) -> tuple[bool, int]:
+        try:
+            cells = next(csv.reader([header], delimiter=delimiter), [])
+        except csv.Error:  # the reader will say so, at the header's line
+            cells = []
+        return "contactId" in cells, len(cells)
+
+    return max(_DELIMITERS, key=fit)
+
+
+def read_csv(stream: BinaryLines, *, delimiter: str | None = None) -> Iterator[Item]:
+    """Yield one item per data row of a binary CSV stream, lazily (conventions: module doc).
+
+    ``delimiter`` (default: what the header line shows, among comma, tab and semicolon)
+    separates the cells. Raises :class:`~growthhub_async.errors.InputError` when the header
+    line cannot be read (not text in a known encoding, too long): no row could be understood.
+    """
+    lines = _CsvLines(stream)
+    peeked = lines.peek()
+    if delimiter is None:
+        delimiter = _delimiter(peeked[-1]) if peeked else ","
+    rows = _rows(lines, delimiter)
+    for start, header in rows:
+        if isinstance(header, Outcome):
+            raise InputError(_header_problem(start, header, lines.encoding))
+        if header:
             break
-        # Nothing before the header is a record: a blank or unreadable first line is skipped.
+        # Blank lines before the header are not records.
     else:
         return
+    if any("\0" in name for name in header):
+        raise InputError(
+            f"the header (line {start}) holds NUL bytes: the file is not text in UTF-8,"
+            " UTF-16 or UTF-32; save it as CSV UTF-8"
+        )
     columns, header_problems = _plan_header(header)
     for start, row in rows:
         if isinstance(row, Outcome):
@@ -415,6 +645,20 @@ def read_csv(stream: BinaryLines) -> Iterator[Item]:
             yield _reject(start, message, _cell_id(columns, row))
         else:
             yield _csv_record(start, columns, row)
+
+
+def _header_problem(line: int, outcome: Outcome, encoding: str) -> str:
+    """Why the header cannot be read, and what to do about it, in one line."""
+    problem = (outcome.error or "").removeprefix(f"line {line}: ")
+    message = f"the header (line {line}) cannot be read: {problem}"
+    if "invalid UTF-8" in problem:
+        message += (
+            "; the file is not UTF-8 (Excel's plain CSV is Windows-1252): save it as"
+            " CSV UTF-8, or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 IN > OUT"
+        )
+    elif encoding != "utf-8":
+        message += f" (the file is {encoding.upper()}, by its byte order mark)"
+    return message
 
 
 def _cell_id(columns: list[_Column], row: list[str]) -> str | None:
@@ -493,11 +737,14 @@ def _custom_value(cell: str, name: str) -> Any:
 
 def _json_cell(text: str, name: str) -> Any:
     try:
-        return msgspec.json.decode(text)
+        value = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise _CellError(f"malformed JSON in column `{name}`: {_without_prefix(exc)}") from None
     except RecursionError:
         raise _CellError(f"{_TOO_DEEP} in column `{name}`") from None
+    if type(value) in _CONTAINERS and (duplicate := _duplicate_key(text.encode(), value)):
+        raise _CellError(f"{duplicate} in column `{name}`")
+    return value
 
 
 def _safe(contact_id: str) -> str | None:
@@ -554,11 +801,11 @@ def input_kind(path: str) -> InputKind:
     lowered = path.lower()
     if lowered.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    if lowered.endswith(".csv"):
+    if lowered.endswith((".csv", ".tsv", ".txt")):  # .txt: Excel's "Unicode text" export
         return "csv"
     raise InputError(
-        f"cannot tell the kind of input {path!r}: expected a .jsonl, .ndjson or .csv file,"
-        " or - for JSONL on standard input"
+        f"cannot tell the kind of input {path!r}: expected a .jsonl, .ndjson, .csv, .tsv or"
+        " .txt file, or - for JSONL on standard input"
     )
 
 
@@ -584,6 +831,18 @@ def open_source(
             raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from None
         owned = True
     items = read_jsonl(stream, value_key=value_key) if kind == "jsonl" else read_csv(stream)
+    try:
+        # The first item now: a header or an encoding that cannot be read fails here, before
+        # any work starts, rather than once records are on their way.
+        first = next(items, None)
+    except (InputError, OSError) as exc:
+        if owned:
+            stream.close()
+        if isinstance(exc, InputError):
+            raise InputError(f"input {path!r}: {exc}") from None
+        raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from None
+    if first is not None:
+        items = itertools.chain((first,), items)
     return Source(stream, kind, items, owned=owned)
 
 

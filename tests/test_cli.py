@@ -29,11 +29,13 @@ from conftest import StartSandbox, sandbox_config
 from growthhub_async import __version__
 from growthhub_async.cli import build_parser
 from growthhub_async.job import JobSettings, run_job
+from growthhub_async.journal import record_hash
 from growthhub_async.outcomes import FINAL_STATUSES
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import Faults, Sandbox
+from growthhub_async.sources import read_jsonl
 
-JOURNAL_KEYS = ["line", "contactId", "status", "httpStatus", "attempts", "error"]
+JOURNAL_KEYS = ["line", "contactId", "status", "httpStatus", "attempts", "error", "recordHash"]
 FAST = "1000/1s"
 
 
@@ -191,7 +193,7 @@ async def test_all_updated_exits_0_and_stdin_input(
         ("journal exists", "--resume"),
         ("bad rate", "--rate"),
         ("insecure base url", "https"),
-        ("unknown input kind", "in.txt"),
+        ("unknown input kind", "in.xlsx"),
     ],
 )
 async def test_fatal_errors_exit_2_with_one_clear_line(
@@ -213,8 +215,8 @@ async def test_fatal_errors_exit_2_with_one_clear_line(
     elif case == "insecure base url":
         args[-1] = "http://example.com"
     elif case == "unknown input kind":
-        args[1] = str(tmp_path / "in.txt")
-        (tmp_path / "in.txt").write_text("x\n")
+        args[1] = str(tmp_path / "in.xlsx")
+        (tmp_path / "in.xlsx").write_text("x\n")
 
     ran = await run_cli(*args, token=token)
 
@@ -268,9 +270,21 @@ async def test_resume_skips_final_outcomes_and_sends_the_rest(
         # line 5 never finished; line 6 is final, but for another contact: the input changed
         {"line": 6, "contactId": "someoneElse", "status": "updated"},
     ]
+    with data.open("rb") as f:
+        keys = {item.line: record_hash(item).hex() for item in read_jsonl(f)}
+    keys[6] = "0" * 32  # what the earlier run sent on line 6 was another record
     out.write_text(
         "".join(
-            json.dumps({**o, "httpStatus": None, "attempts": 1, "error": None}) + "\n"
+            json.dumps(
+                {
+                    **o,
+                    "httpStatus": None,
+                    "attempts": 1,
+                    "error": None,
+                    "recordHash": keys[o["line"]],
+                }
+            )
+            + "\n"
             for o in earlier
         )
         + '{"line": 5, "contactI'  # torn by a kill
@@ -296,7 +310,7 @@ async def test_resume_skips_final_outcomes_and_sends_the_rest(
     assert all(last[n]["status"] in FINAL_STATUSES for n in range(1, 7))
     assert "skipped 2 records" in ran.stdout
     assert "torn" in ran.stderr
-    assert "input changed" in ran.stderr
+    assert "1 records changed since the earlier run" in ran.stderr
 
 
 async def test_sigterm_finishes_in_flight_and_prints_the_resume_command(

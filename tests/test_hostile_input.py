@@ -8,12 +8,14 @@ commit: lines over 1 MiB, JSON nested 100,000 deep, and a 20 MiB hostile file re
 
 The invariants checked on every input (:func:`check_items`):
 
-- the reader never raises (only opening an unreadable file raises ``InputError``);
+- the reader never raises (only opening an unreadable file raises ``InputError``, and a CSV
+  whose header line cannot be read, which raises ``InputError`` naming that line);
 - every item is a :class:`Record` or an :class:`Outcome` with status ``rejected``;
 - a rejection's ``error`` starts with ``line N:`` (N its ``line``) and says something after it;
 - lines strictly increase and never pass the input's last physical line;
 - a Record's contact id passes the id rule and its update encodes to a JSON object body;
-- JSONL: exactly one item per non-blank line.
+- JSONL: exactly one item per non-blank line (of the text: input that starts like UTF-16 or
+  UTF-32 is read as such, so the lines are counted in its UTF-8 copy).
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ from growthhub_async.models import UpdateContact, UpdateContactCodec
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.sandbox.validation import validate_update
 from growthhub_async.sources import (
+    _MARK,
     MAX_LINE_BYTES,
     Item,
     Record,
+    _sniff,
     open_source,
     read_csv,
     read_jsonl,
@@ -81,10 +85,27 @@ def check_items(items: list[Item], data: bytes, *, jsonl: bool) -> None:
         assert len(items) == len(records)
 
 
+def as_utf8(data: bytes) -> bytes:
+    """``data`` as the readers see it: UTF-16 or UTF-32 (by BOM or zeros) transcoded."""
+    end = data.find(b"\n") + 1
+    encoding, bom = _sniff(data[: end or len(data)])
+    if encoding == "utf-8":
+        return data
+    return data[bom:].decode(encoding, _MARK).encode("utf-8", "surrogatepass")
+
+
 def read(data: bytes, *, jsonl: bool) -> list[Item]:
     reader = read_jsonl if jsonl else read_csv
-    items = list(reader(io.BytesIO(data)))
-    check_items(items, data, jsonl=jsonl)
+    refused = None
+    try:
+        items = list(reader(io.BytesIO(data)))
+    except InputError as exc:  # only a CSV's unreadable header refuses the whole input
+        refused = str(exc)
+    if refused is not None:
+        assert not jsonl
+        assert refused.startswith("the header (line "), refused
+        return []
+    check_items(items, as_utf8(data), jsonl=jsonl)
     return items
 
 

@@ -9,11 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from growthhub_async.errors import JournalError
-from growthhub_async.journal import MAX_LINE, Journal, ResumeState, load_resume_state
-from growthhub_async.outcomes import Outcome, Status, decode_outcome, encode_outcome
+from growthhub_async.journal import (
+    MAX_LINE,
+    Journal,
+    ResumeState,
+    load_resume_state,
+    record_hash,
+)
+from growthhub_async.models import UpdateContact
+from growthhub_async.outcomes import Outcome, Status, decode_outcome
 from growthhub_async.sources import Record, read_jsonl
 
 
@@ -27,6 +35,18 @@ def outcome(line: int, status: Status = Status.UPDATED, contact_id: str | None =
     )
 
 
+def key(line: int, contact_id: str | None = None) -> bytes:
+    """The resume key of record ``line`` (a record of ``contact_id``, default ``c<line>``)."""
+    cid = contact_id if contact_id is not None else f"c{line}"
+    return record_hash(Record(line, cid, UpdateContact(first_name=f"N{line}")))
+
+
+def journal_line(item: Outcome, record: bytes | None = None) -> bytes:
+    """One journal line as Journal.write writes it (recordHash last)."""
+    hashed = b'"%s"' % record.hex().encode() if record is not None else b"null"
+    return msgspec.json.encode(item)[:-1] + b',"recordHash":%s}\n' % hashed
+
+
 def read_outcomes(path: Path) -> list[Outcome]:
     return [decode_outcome(line) for line in path.read_bytes().splitlines()]
 
@@ -37,7 +57,7 @@ def test_each_line_is_visible_to_another_reader_right_after_write(tmp_path: Path
         for n in range(1, 4):
             journal.write(outcome(n))
             # Another handle sees the whole line at once, before any close or flush call.
-            assert reader.readline() == encode_outcome(outcome(n))
+            assert reader.readline() == journal_line(outcome(n))
         assert journal.written == 3
     assert read_outcomes(path) == [outcome(1), outcome(2), outcome(3)]
 
@@ -48,7 +68,7 @@ def test_journal_line_shape(tmp_path: Path) -> None:
         journal.write(Outcome(line=7, contact_id=None, status=Status.REJECTED, error="line 7: bad"))
     assert path.read_bytes() == (
         b'{"line":7,"contactId":null,"status":"rejected","httpStatus":null,'
-        b'"attempts":0,"error":"line 7: bad"}\n'
+        b'"attempts":0,"error":"line 7: bad","recordHash":null}\n'
     )
 
 
@@ -70,7 +90,7 @@ def test_lines_survive_sigkill(tmp_path: Path) -> None:
 
 def test_refuses_a_non_empty_file_without_resume(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    path.write_bytes(encode_outcome(outcome(1)))
+    path.write_bytes(journal_line(outcome(1)))
     before = path.read_bytes()
     with pytest.raises(JournalError, match="--resume") as info:
         Journal(path)
@@ -107,13 +127,13 @@ def test_resume_appends_after_what_is_there(tmp_path: Path) -> None:
 )
 def test_torn_last_line_is_ignored_then_cut_before_appending(tmp_path: Path, torn: bytes) -> None:
     path = tmp_path / "out.jsonl"
-    path.write_bytes(encode_outcome(outcome(1)) + encode_outcome(outcome(2)) + torn)
+    path.write_bytes(journal_line(outcome(1), key(1)) + journal_line(outcome(2), key(2)) + torn)
     state = load_resume_state(path)
     assert state.torn
     assert state.entries == 2
-    assert state.is_final(1, "c1")
-    assert state.is_final(2, "c2")
-    assert not state.is_final(3, "c3")  # the torn line's record is sent again
+    assert state.is_final(1, key(1))
+    assert state.is_final(2, key(2))
+    assert not state.is_final(3, key(3))  # the torn line's record is sent again
     with Journal(path, resume=True) as journal:
         journal.write(outcome(3))
     assert read_outcomes(path) == [outcome(1), outcome(2), outcome(3)]
@@ -141,7 +161,7 @@ def test_resume_refuses_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
 
 def test_a_bad_line_before_the_end_is_not_tolerated(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    path.write_bytes(encode_outcome(outcome(1)) + b"garbage\n" + encode_outcome(outcome(3)))
+    path.write_bytes(journal_line(outcome(1)) + b"garbage\n" + journal_line(outcome(3)))
     with pytest.raises(JournalError, match="line 2"):
         load_resume_state(path)
 
@@ -150,7 +170,7 @@ def test_missing_journal_is_an_empty_state(tmp_path: Path) -> None:
     state = load_resume_state(tmp_path / "none.jsonl")
     assert len(state) == 0
     assert not state.torn
-    assert not state.is_final(1, "c1")
+    assert not state.is_final(1, key(1))
 
 
 def test_resume_state_final_statuses_and_last_outcome_wins(tmp_path: Path) -> None:
@@ -170,11 +190,11 @@ def test_resume_state_final_statuses_and_last_outcome_wins(tmp_path: Path) -> No
     ]
     with Journal(path) as journal:
         for item in history:
-            journal.write(item)
+            journal.write(item, key(item.line))
     state = load_resume_state(path)
     assert state.entries == len(history)
     assert not state.torn
-    final = {n for n in range(1, 10) if state.is_final(n, None if n == 4 else f"c{n}")}
+    final = {n for n in range(1, 10) if state.is_final(n, key(n))}
     assert final == {1, 2, 4, 5, 6, 7}
     assert len(state) == 6
     assert state.mismatched == 0
@@ -182,31 +202,77 @@ def test_resume_state_final_statuses_and_last_outcome_wins(tmp_path: Path) -> No
 
 def test_a_changed_input_line_is_sent_not_skipped() -> None:
     state = ResumeState()
-    state.record(1, "alice", Status.UPDATED)
-    state.record(2, "bob", Status.UPDATED)
-    assert state.is_final(1, "alice")
-    assert not state.is_final(2, "carol")  # line 2 now holds another contact
-    assert not state.is_final(1, None)
+    state.record(1, key(1, "alice"), Status.UPDATED)
+    state.record(2, key(2, "bob"), Status.UPDATED)
+    state.record(3, None, Status.UPDATED)  # a line written without a hash
+    assert state.is_final(1, key(1, "alice"))
+    assert not state.is_final(2, key(2, "carol"))  # line 2 now holds another contact
+    assert not state.is_final(1, key(1, "bob"))
+    assert not state.is_final(3, key(3))  # never skipped: nothing says it is the same record
+    assert state.mismatched == 3
+    assert len(state) == 3
+
+
+def test_the_key_covers_the_whole_record() -> None:
+    """Issue 12 item 10: any change to what is sent changes the key; nothing else does."""
+    base = Record(1, "alice", UpdateContact(first_name="A", tags=["x"]))
+    variants = [
+        Record(1, "alice", UpdateContact(first_name="B", tags=["x"])),  # an edited value
+        Record(1, "alice", UpdateContact(first_name="A", tags=["x", "y"])),
+        Record(1, "alice", UpdateContact(first_name="A")),  # a field no longer given
+        Record(1, "alice", UpdateContact(first_name="A", tags=["x"], email=None)),  # cleared
+        Record(1, "alicf", UpdateContact(first_name="A", tags=["x"])),  # another contact
+        Record(1, "alice", UpdateContact(first_name="A", tags=["x"]), token_key="other"),
+        Outcome(line=1, contact_id="alice", status=Status.REJECTED, error="line 1: bad"),
+    ]
+    keys = {record_hash(v) for v in variants}
+    assert len(keys) == len(variants)
+    assert record_hash(base) not in keys
+    assert len(record_hash(base)) == 16
+    # The line number is where the key is kept, not part of it; equal records, equal keys.
+    same = Record(9, "alice", UpdateContact(first_name="A", tags=["x"]))
+    assert record_hash(same) == record_hash(base)
+
+
+def test_pending_filters_a_source_by_line_and_record() -> None:
+    before = (
+        b'{"contactId":"a"}\n'
+        b'{"contactId":"b"}\n'
+        b"[]\n"  # rejected: final
+        b'{"contactId":"d","firstName":"Old"}\n'
+        b'{"contactId":"e"}\n'
+        b'{"contactId":"f","email":"not an email"}\n'  # rejected: final
+    )
+    after = (
+        b'{"contactId":"a"}\n'
+        b'{"contactId":"b"}\n'
+        b"[]\n"  # still the same rejection: skipped on resume
+        b'{"contactId":"d","firstName":"New"}\n'  # edited since: sent again
+        b'{"contactId":"e"}\n'
+        b'{"contactId":"f","email":"f@example.com"}\n'  # fixed since: sent
+    )
+    statuses = [Status.UPDATED, Status.FAILED, None, Status.NOT_FOUND, Status.UPDATED, None]
+    state = ResumeState()
+    for item, status in zip(read_jsonl(io.BytesIO(before)), statuses, strict=True):
+        state.record(item.line, record_hash(item), status or Status.REJECTED)
+    items = list(state.pending(read_jsonl(io.BytesIO(after))))
+    assert [(i.line, i.contact_id) for i in items] == [(2, "b"), (4, "d"), (6, "f")]
+    assert all(isinstance(i, Record) for i in items)
     assert state.mismatched == 2
 
 
-def test_pending_filters_a_source_by_line_and_contact_id(tmp_path: Path) -> None:
-    data = (
-        b'{"contactId":"a"}\n'
-        b'{"contactId":"b"}\n'
-        b"[]\n"  # rejected: final, skipped on resume
-        b'{"contactId":"changed"}\n'
-        b'{"contactId":"e"}\n'
+def test_a_journal_from_before_record_hashes_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    old = (
+        b'{"line":1,"contactId":"c1","status":"updated","httpStatus":200,"attempts":1,'
+        b'"error":null}\n'
     )
-    state = ResumeState()
-    state.record(1, "a", Status.UPDATED)
-    state.record(2, "b", Status.FAILED)
-    state.record(3, None, Status.REJECTED)
-    state.record(4, "d", Status.NOT_FOUND)
-    items = list(state.pending(read_jsonl(io.BytesIO(data))))
-    assert [(i.line, i.contact_id) for i in items] == [(2, "b"), (4, "changed"), (5, "e")]
-    assert all(isinstance(i, Record) for i in items)
-    assert state.mismatched == 1
+    path.write_bytes(old)
+    with pytest.raises(JournalError, match=r"earlier growthhub-async.*no recordHash"):
+        load_resume_state(path)
+    with pytest.raises(JournalError, match="earlier growthhub-async"):
+        Journal(path, resume=True)
+    assert path.read_bytes() == old
 
 
 def test_resume_state_rejects_impossible_line_numbers() -> None:
@@ -222,15 +288,15 @@ def test_resume_state_for_a_million_lines_is_small(tmp_path: Path) -> None:
     with open(path, "wb") as f:
         f.writelines(
             b'{"line":%d,"contactId":"c%d","status":"%s","httpStatus":200,"attempts":1,'
-            b'"error":null}\n' % (n, n, b"updated" if n % 10 else b"failed")
+            b'"error":null,"recordHash":"%032x"}\n' % (n, n, b"updated" if n % 10 else b"failed", 0)
             for n in range(1, 1_000_001)
         )
     state = load_resume_state(path)
     assert state.entries == 1_000_000
     assert len(state) == 900_000
     assert state.nbytes <= 8 * 1024 * 1024  # 4 bytes per line, doubled at worst while growing
-    assert state.is_final(999_999, "c999999")
-    assert not state.is_final(1_000_000, "c1000000")
+    assert state.is_final(999_999, bytes(16))
+    assert not state.is_final(1_000_000, bytes(16))
 
 
 def test_fsync_every_and_closing(tmp_path: Path) -> None:
@@ -254,7 +320,7 @@ def test_unwritable_location_is_a_journal_error(tmp_path: Path) -> None:
         Journal(tmp_path / "no-such-dir" / "out.jsonl")
     if os.geteuid() != 0:  # root reads anything; the check means nothing there
         path = tmp_path / "locked.jsonl"
-        path.write_bytes(encode_outcome(outcome(1)))
+        path.write_bytes(journal_line(outcome(1)))
         path.chmod(0)
         with pytest.raises(JournalError, match="cannot read outcomes"):
             load_resume_state(path)

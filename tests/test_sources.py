@@ -610,7 +610,7 @@ def test_open_source_dash_reads_stdin_and_leaves_it_open() -> None:
 
 
 def test_open_source_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"\.jsonl, \.ndjson or \.csv"):
+    with pytest.raises(InputError, match=r"\.jsonl, \.ndjson, \.csv, \.tsv or \.txt"):
         open_source(str(tmp_path / "in.json"))
     with pytest.raises(InputError, match="cannot read input"):
         open_source(str(tmp_path / "missing.jsonl"))
