@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TextIO, TypeAlias
@@ -144,25 +145,31 @@ class _Reader:
         self.encode = UpdateContactCodec(value_key).encode
         self.keys: dict[int, bytes] = {}
         self.journaled = journaled
-        self.skipped = 0
+        self.skipped: Counter[Status] = Counter()
+        """Records skipped by resume, by the final status the journal holds for them."""
         self.stopped = False
 
     def __iter__(self) -> Iterator[Item]:
-        is_final = self.state.is_final if self.state is not None else None
+        state = self.state
         encode = self.encode
         keys = self.keys if self.journaled else None
         for item in self.source:
             if self.stopped:
                 # Not taken: this record has no outcome yet, so a resumed run sends it.
                 return
-            if is_final is not None or keys is not None:
+            if state is not None or keys is not None:
                 key = record_hash(item, encode)
-                if is_final is not None and is_final(item.line, key):
-                    self.skipped += 1
+                if state is not None and state.is_final(item.line, key):
+                    self.skipped[state.final_status(item.line) or Status.UPDATED] += 1
                     continue
                 if keys is not None:
                     keys[item.line] = key
             yield item
+
+    @property
+    def skipped_count(self) -> int:
+        """How many records resume skipped."""
+        return self.skipped.total()
 
 
 class _Progress:
@@ -274,7 +281,7 @@ def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) ->
     rejected = summary.by_status[Status.REJECTED]
     rows = [("valid (would be sent)", valid), ("rejected", rejected), ("total", valid + rejected)]
     if reader.skipped:
-        rows.insert(0, ("skipped (final in outcomes)", reader.skipped))
+        rows.insert(0, ("skipped (final in outcomes)", reader.skipped_count))
     width = max(len(name) for name, _ in rows)
     out.write("dry run: nothing was sent\n")
     out.writelines(f"  {name:<{width}}  {count:>7}\n" for name, count in rows)
@@ -291,7 +298,7 @@ def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) ->
         )
     out.flush()
     status = EXIT_OK if rejected == 0 else EXIT_NOT_ALL
-    return JobResult(status, summary, skipped=reader.skipped, valid=valid)
+    return JobResult(status, summary, skipped=reader.skipped_count, valid=valid)
 
 
 def _non_empty(path: str) -> bool:
@@ -443,55 +450,76 @@ def _report(
     summary: Summary,
     state: ResumeState | None,
     *,
-    skipped: int,
+    skipped: Counter[Status],
     problems: Sequence[Outcome],
     interrupted: bool,
     failure: BaseException | None,
     out: TextIO,
     err: TextIO,
 ) -> JobResult:
-    """Print the summary, the first problems and what to do next, the warnings and, when the
-    run did not end, how to resume it."""
-    if skipped:
-        out.write(f"skipped {skipped} records already final in {settings.out}\n")
+    """Print the summary (with ``--resume``, the whole job's totals beside this run's), the
+    first problems and what to do next, the warnings and, when the run did not end, how to
+    resume it. After a resume, the exit status speaks for the whole job."""
+    skipped_count = skipped.total()
+    whole_job = skipped + summary.by_status if state is not None else None
+    if skipped_count:
+        out.write(f"skipped {skipped_count} records already final in {settings.out}\n")
     out.write(
-        render_summary(summary, rate=settings.rate, outcomes=os.path.abspath(settings.out)) + "\n"
+        render_summary(
+            summary,
+            rate=settings.rate,
+            outcomes=os.path.abspath(settings.out),
+            whole_job=whole_job,
+        )
+        + "\n"
     )
-    if problems and failure is None and not interrupted:
-        out.writelines(f"{line}\n" for line in _next_steps(settings, summary, problems))
+    counts = whole_job if whole_job is not None else summary.by_status
+    all_updated = counts.total() == counts[Status.UPDATED]
+    if not all_updated and failure is None and not interrupted:
+        out.writelines(f"{line}\n" for line in _next_steps(settings, counts, problems))
     out.flush()
     _warnings(summary, state, err)
-    if not summary.records and not skipped and failure is None and not interrupted:
+    if not summary.records and not skipped_count and failure is None and not interrupted:
         err.write(f"warning: {settings.input} holds no records: nothing was sent\n")
     if failure is not None:
         err.write(f"error: {failure}\n")
         _resume_hint(settings, err)
-        return JobResult(EXIT_FATAL, summary, interrupted, skipped)
+        return JobResult(EXIT_FATAL, summary, interrupted, skipped_count)
     if interrupted:
         err.write("interrupted: records not yet done have no final outcome.\n")
         _resume_hint(settings, err)
-        return JobResult(EXIT_NOT_ALL, summary, True, skipped)
-    status = EXIT_OK if summary.all_updated else EXIT_NOT_ALL
-    return JobResult(status, summary, False, skipped)
+        return JobResult(EXIT_NOT_ALL, summary, True, skipped_count)
+    status = EXIT_OK if all_updated else EXIT_NOT_ALL
+    return JobResult(status, summary, False, skipped_count)
 
 
-def _next_steps(settings: JobSettings, summary: Summary, problems: Sequence[Outcome]) -> list[str]:
-    """The first records that were not updated, where the rest are, and what to run next."""
-    not_updated = summary.records - summary.by_status[Status.UPDATED]
-    lines = [
-        f"{not_updated} of {summary.records} records were not updated; the first {len(problems)}:"
-    ]
+# The last outcome of each input line that is not `updated`: a journal appended to by several
+# runs holds earlier outcomes of lines that a later run updated.
+_JQ_NOT_UPDATED: Final = (
+    "jq -c -n 'reduce inputs as $o ({}; .[$o.line|tostring] = $o) | .[] "
+    '| select(.status != "updated")\''
+)
+
+
+def _next_steps(
+    settings: JobSettings, counts: Counter[Status], problems: Sequence[Outcome]
+) -> list[str]:
+    """How many records were not updated, the first of this run's, where every one of them
+    is, and what to run next."""
+    not_updated = counts.total() - counts[Status.UPDATED]
+    lines = [f"{not_updated} of {counts.total()} records were not updated"]
+    if problems:
+        lines[0] += f"; the first {len(problems)} of this run:"
     for o in problems:
         # A rejected record's error already starts with its line; say it once.
         error = (o.error or "").removeprefix(f"line {o.line}: ")
         http = f", HTTP {o.http_status}" if o.http_status is not None else ""
         lines.append(f"  line {o.line} ({o.status}{http}): {error}")
     lines.append("every one of them, from the outcomes:")
-    lines.append(f"  jq -c 'select(.status != \"updated\")' {shlex.quote(settings.out)}")
+    lines.append(f"  {_JQ_NOT_UPDATED} {shlex.quote(settings.out)}")
     if settings.resume_command is None:
         return lines
-    by_status = summary.by_status
-    if any(by_status[s] for s in FINAL_STATUSES if s is not Status.UPDATED):
+    if any(counts[s] for s in FINAL_STATUSES if s is not Status.UPDATED):
         lines.append(
             "next: fix those records in the input (a rejected, invalid, bad_request or "
             "not_found record is sent again only once its line has changed), then:"

@@ -41,7 +41,8 @@ or truncated while the run writes to it raises :class:`~growthhub_async.errors.J
 instead of writing on into a file nobody will read.
 
 Memory. The state is one 8-byte slot per input line (63 bits of the record's hash plus a
-"final" bit), about 8 MB for a million lines, however many times the journal repeats a line.
+"final" bit) and one byte for that final outcome's status (for the whole job's totals), about
+9 MB for a million lines, however many times the journal repeats a line.
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def record_hash(
     return digest.digest()
 
 
+_STATUSES: Final = tuple(Status)
+_CODES: Final = {status: code for code, status in enumerate(_STATUSES, start=1)}
+
+
 def _slot(key: bytes | None) -> int:
     return _NO_HASH if key is None else int.from_bytes(key[:8], "big") | 1
 
@@ -134,6 +139,7 @@ class ResumeState:
 
     def __init__(self) -> None:
         self._slots = array("Q")
+        self._statuses = bytearray()  # per line: the final status's code (_CODES), beside its slot
         self._final = 0
         self.entries = 0
         self.torn = False
@@ -149,10 +155,18 @@ class ResumeState:
             if status not in FINAL_STATUSES:
                 return  # nothing to forget
             # Grow geometrically, with zeros ("not final"), so a million lines cost a few copies.
-            slots.frombytes(bytes(slots.itemsize * (max(line + 1, 2 * len(slots)) - len(slots))))
+            grow = max(line + 1, 2 * len(slots)) - len(slots)
+            slots.frombytes(bytes(slots.itemsize * grow))
+            self._statuses.extend(bytes(grow))
         new = _slot(key) if status in FINAL_STATUSES else 0
         self._final += bool(new) - bool(slots[line])
         slots[line] = new
+        self._statuses[line] = _CODES[status] if new else 0
+
+    def final_status(self, line: int) -> Status | None:
+        """The final status the journal holds for ``line`` (``None``: not final, or no line)."""
+        code = self._statuses[line] if 0 < line < len(self._statuses) else 0
+        return _STATUSES[code - 1] if code else None
 
     def is_final(self, line: int, key: bytes) -> bool:
         """Whether ``line`` has a final outcome for this same record (then skip it)."""
@@ -180,6 +194,7 @@ class ResumeState:
         while end > 0 and not slots[end - 1]:
             end -= 1
         del slots[end:]
+        del self._statuses[end:]
 
     def __len__(self) -> int:
         """How many input lines have a final outcome."""
@@ -187,8 +202,8 @@ class ResumeState:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the per-line slots, in bytes."""
-        return self._slots.itemsize * len(self._slots)
+        """Memory held by the per-line slots and statuses, in bytes."""
+        return self._slots.itemsize * len(self._slots) + len(self._statuses)
 
 
 def load_resume_state(path: str | os.PathLike[str]) -> ResumeState:

@@ -119,17 +119,24 @@ async def test_jsonl_end_to_end_every_bad_case_rejected_others_updated(
     # The summary names the first problems by line, field and reason, where the rest are, and
     # the command to run next, which works as printed.
     first_bad = sorted(expected_bad)[:5]
-    assert f"{len(BAD_LINES)} of {len(lines)} records were not updated; the first 5:" in ran.stdout
+    assert (
+        f"{len(BAD_LINES)} of {len(lines)} records were not updated; the first 5 of this run:"
+        in ran.stdout
+    )
     for line in first_bad:
         assert f"  line {line} (rejected): " in ran.stdout
     assert expected_bad[first_bad[0]] in ran.stdout
-    assert f"jq -c 'select(.status != \"updated\")' {out}" in ran.stdout
+    jq = ran.stdout.split("every one of them, from the outcomes:\n", 1)[1].splitlines()[0]
+    assert jq.strip().startswith("jq ") and jq.strip().endswith(f" {out}")
     next_command = ran.stdout.split("then:\n", 1)[1].splitlines()[0].strip()
     assert next_command.endswith(
         f"update {data} --out {out} --resume --base-url {sandbox.base_url} --rate {FAST}"
     )
     again = await run_command(next_command)
-    assert again.status in (0, 1), again.stderr  # the bad lines unchanged: skipped, none sent
+    # The bad lines unchanged: skipped, none sent; the whole job still has them, so exit 1.
+    assert again.status == 1, again.stderr
+    assert "this run  whole job" in again.stdout
+    assert f"{len(BAD_LINES)} of {len(lines)} records were not updated\n" in again.stdout
     assert sandbox.stats()["requests"] == 30
     assert f"skipped {len(lines)} records" in again.stdout
     assert_no_token(ran, out)
@@ -302,8 +309,14 @@ async def test_resume_skips_final_outcomes_and_sends_the_rest(
         FAST,
     )
 
-    assert ran.status == 0, ran.stderr
+    # This run updated everything it sent, but the whole job still holds line 2's not_found.
+    assert ran.status == 1, ran.stderr
     assert sorted(sandbox.stats()["attempts"]) == ["good0003", "good0004", "good0005", "good0006"]
+    assert "  status     this run  whole job\n" in ran.stdout
+    assert "  updated           4          5\n" in ran.stdout
+    assert "  not_found         0          1\n" in ran.stdout
+    assert "  total             4          6\n" in ran.stdout
+    assert "1 of 6 records were not updated\n" in ran.stdout
     journal = journal_lines(out)
     assert out.read_bytes().endswith(b"\n")
     last = {o["line"]: o for o in journal}
