@@ -65,6 +65,7 @@ from growthhub_async.errors import (
     error_for_status,
 )
 from growthhub_async.retry import RetryPolicy, is_transient
+from growthhub_async.transport import check_base_url, map_exceptions, no_hidden_resend
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -289,8 +290,6 @@ class OAuthProvider(TokenProvider):
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
     ) -> None:
-        from growthhub_async.client import check_base_url  # noqa: PLC0415 (client imports us)
-
         for name, value in (
             ("client_id", client_id),
             ("client_secret", client_secret),
@@ -526,8 +525,6 @@ class OAuthProvider(TokenProvider):
 
     async def _request_tokens(self) -> tuple[TokenSet, float | None]:
         """POST the refresh with ``retry``'s tries for transient failures."""
-        from growthhub_async.client import map_exceptions  # noqa: PLC0415 (client imports us)
-
         loop = asyncio.get_running_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(
@@ -537,10 +534,8 @@ class OAuthProvider(TokenProvider):
                 headers={"Accept": "application/json"},
                 trust_env=False,
             )
-            # As in the client: no hidden re-send by aiohttp. A re-sent refresh would burn
-            # the refresh token that the first one may already have rotated.
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
+            # No hidden re-send: it would burn the refresh token the first try may have rotated.
+            no_hidden_resend(self._session)
         form = {
             "client_id": self.client_id,
             "client_secret": self._client_secret,

@@ -41,11 +41,9 @@ again changes nothing).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import time
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, Iterable, Mapping
 from types import TracebackType
 from typing import Final
 
@@ -58,10 +56,8 @@ from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
     ConfigurationError,
-    ConnectionFailed,
     HTTPStatusError,
     RateLimited,
-    RequestTimeout,
     ResponseError,
     TokenRefreshFailed,
     Unauthorized,
@@ -79,6 +75,12 @@ from growthhub_async.models import (
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
+from growthhub_async.transport import (
+    check_base_url,
+    is_loopback,
+    map_exceptions,
+    no_hidden_resend,
+)
 
 __all__ = [
     "API_VERSION",
@@ -98,39 +100,6 @@ DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
 """The key of the token given as ``token=``."""
 
 DAILY_LIMIT_REACHED: Final = "daily limit reached"
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` names the loopback interface only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base_url(url: str, *, allow_insecure: bool = False) -> yarl.URL:
-    """Validate the API's base URL: https, or plain http only to a loopback host.
-
-    ``allow_insecure`` permits http to any host (a TLS-terminating proxy on a private network);
-    the token then travels in clear text. A trailing slash is dropped; a path is kept (proxies).
-    """
-    try:
-        parsed = yarl.URL(url)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"base_url {url!r} is not a URL: {exc}") from None
-    if parsed.scheme not in ("https", "http") or not parsed.host:
-        raise ConfigurationError(f"base_url must be an http(s) URL with a host, not {url!r}")
-    if parsed.user or parsed.password or parsed.query_string or parsed.fragment:
-        raise ConfigurationError("base_url must not hold credentials, a query or a fragment")
-    if parsed.scheme == "http" and not (allow_insecure or is_loopback(parsed.host)):
-        raise ConfigurationError(
-            f"base_url must use https (plain http is allowed to loopback hosts only): {url!r}"
-        )
-    return parsed.with_path(parsed.path.rstrip("/"))
 
 
 def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
@@ -158,23 +127,6 @@ class _RejectedToken(Unauthorized):
             error.status_code, error.messages, headers=error.headers, trace_id=error.trace_id
         )
         self.generation = generation
-
-
-@contextmanager
-def map_exceptions() -> Iterator[None]:
-    """Translate aiohttp's and the socket layer's exceptions into ours: the one place it happens.
-
-    Timeouts become :class:`RequestTimeout`, every other client or socket error
-    :class:`ConnectionFailed`. The original is not chained (``from None``): aiohttp exceptions
-    can hold the request, and with it the ``Authorization`` header; its class and message are
-    kept in ours.
-    """
-    try:
-        yield
-    except TimeoutError as exc:  # aiohttp.ServerTimeoutError is one too
-        raise RequestTimeout(f"no answer in time ({type(exc).__name__}: {exc})") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 def read_response(
@@ -259,12 +211,8 @@ class _Lane:
             raise_for_status=False,
             trust_env=False,
         )
-        # aiohttp silently re-sends an idempotent request (PUT) once when a pooled connection
-        # drops. That hidden request would bypass the pacer (one more in the window than we
-        # counted) and the attempt count; the engine's own retry covers drops. aiohttp has no
-        # public switch; its own test client flips this same attribute.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
+        # No hidden re-send of a PUT on a dropped connection: the engine's own retry covers drops.
+        no_hidden_resend(self._session)
 
     async def close(self) -> None:
         if self._session is not None:
