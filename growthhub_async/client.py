@@ -74,6 +74,7 @@ from growthhub_async.models import (
 )
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
+from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
 from growthhub_async.transport import (
     check_base_url,
@@ -100,6 +101,7 @@ DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
 """The key of the token given as ``token=``."""
 
 DAILY_LIMIT_REACHED: Final = "daily limit reached"
+_NO_SECRETS: Final = Redactor()
 
 
 def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
@@ -130,15 +132,24 @@ class _RejectedToken(Unauthorized):
 
 
 def read_response(
-    status: int, headers: Mapping[str, str], body: bytes, *, now: float | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    redact: Redactor | None = None,
 ) -> UpdateContactResponse:
     """The decoded 2xx body, or the typed error of the answer. Pure.
+
+    Every piece of server text kept on the error (messages, ``traceId``, headers, a bad 2xx's
+    body) goes through ``redact`` first: a gateway may echo the ``Authorization`` header.
 
     A 2xx whose body is not the API's JSON, or says ``succeded: false``, raises
     :class:`ResponseError` (the retry policy treats it as transient: most likely a proxy's
     truncated answer). ``now`` (Unix seconds) reads a ``Retry-After`` HTTP date when the
     answer has no ``Date`` header.
     """
+    clean = redact if redact is not None else _NO_SECRETS
     if 200 <= status < 300:
         try:
             decoded = decode_response(body)
@@ -146,18 +157,19 @@ def read_response(
             raise ResponseError(
                 f"HTTP {status} with a body that is not the API's JSON ({len(body)} bytes)",
                 status_code=status,
-                body=body[:512],
+                body=clean.bytes(body[:512]),
             ) from None
         if decoded.succeded is False:
             raise ResponseError(
                 f"HTTP {status} but the server says succeded: false",
                 status_code=status,
-                body=body[:512],
+                body=clean.bytes(body[:512]),
             )
         return decoded
     error = decode_error_body(body)
-    messages = error.messages if error is not None else []
-    trace_id = error.trace_id if error is not None else None
+    messages = [clean(m) for m in error.messages] if error is not None else []
+    trace_id = clean.text_or_none(error.trace_id) if error is not None else None
+    headers = clean.headers(headers)
     cls = error_for_status(status)
     if cls is RateLimited:
         retry_after = parse_retry_after(
@@ -185,6 +197,8 @@ class _Lane:
         self.budget = budget
         self.provider = provider
         self._client = client
+        self._redact = client.redactor
+        self._sent_value: str | None = None  # the last bearer value, known to the redactor
         self._unauthorized_limit = unauthorized_limit
         self._unauthorized = 0
         self._session: aiohttp.ClientSession | None = None
@@ -283,8 +297,11 @@ class _Lane:
         except TokenRefreshFailed as exc:
             self.stop(Status.UNAUTHORIZED, str(exc))
             raise
+        if credential.value is not self._sent_value:
+            self._sent_value = credential.value
+            self._redact.add(credential.value)  # whatever the provider, it is a secret
         auth = {"Authorization": f"Bearer {credential.value}"}
-        with map_exceptions():
+        with map_exceptions(self._redact):
             async with self._session.put(url, data=body, headers=auth) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -292,7 +309,7 @@ class _Lane:
         now = asyncio.get_running_loop().time()
         self.budget.observe(parse_rate_headers(headers), sent_at=sent_at, now=now)
         try:
-            result = read_response(status, headers, raw, now=time.time())
+            result = read_response(status, headers, raw, now=time.time(), redact=self._redact)
         except RateLimited as exc:
             wait = exc.retry_after
             if wait is None:
@@ -374,6 +391,8 @@ class GrowthHubClient:
         from growthhub_async import __version__  # noqa: PLC0415 (the package imports us)
 
         self.base_url = check_base_url(base_url, allow_insecure=allow_insecure)
+        for provider in providers.values():
+            provider.attach(self.base_url)  # an OAuth token endpoint follows the API (issue 18)
         # The API's ids are ASCII letters and digits: nothing to quote, so the URL is the
         # prefix plus the id, built without yarl's parsing (a few percent of a record's CPU).
         self._contacts_prefix = str(self.base_url.joinpath("contacts")) + "/"
@@ -384,6 +403,10 @@ class GrowthHubClient:
         self.max_pending = max_pending
         self.user_agent = user_agent or f"growthhub-async/{__version__}"
         self.hooks: list[Hook] = list(hooks)
+        self.redactor = Redactor()
+        """Every secret of every token: removed from server text before it is kept anywhere."""
+        for provider in providers.values():
+            self.redactor.include(provider.redactor)
         self._codec = UpdateContactCodec(value_key)
         self._lanes = {
             key: _Lane(
