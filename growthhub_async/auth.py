@@ -67,6 +67,7 @@ from growthhub_async.transport import check_base_url, map_exceptions, no_hidden_
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
+    "LOCATION_MESSAGE",
     "SCOPE_MESSAGE",
     "AccessToken",
     "FixedToken",
@@ -74,6 +75,7 @@ __all__ = [
     "RotationCallback",
     "TokenProvider",
     "TokenSet",
+    "is_location_error",
     "is_scope_error",
     "refresh_due",
     "write_token_file",
@@ -84,6 +86,8 @@ log = logging.getLogger("growthhub_async.auth")
 DEFAULT_TOKEN_URL: Final = "https://services.leadconnectorhq.com/oauth/token"  # noqa: S105
 SCOPE_MESSAGE: Final = "The token is not authorized for this scope."
 """The 401 message that a refresh does not cure (contract README)."""
+LOCATION_MESSAGE: Final = "The token does not have access to this location."
+"""The 403 message of a token used for another location's contacts: it stops the token."""
 
 DEFAULT_REFRESH_MARGIN: Final = 300.0
 _MARGIN_SHARE: Final = 0.1  # never refresh earlier than this share of a token's lifetime
@@ -144,6 +148,13 @@ def is_scope_error(error: HTTPStatusError) -> bool:
     """A 401 saying the token lacks a scope: a refresh would not help."""
     return error.status_code == 401 and any(
         SCOPE_MESSAGE.rstrip(".").lower() in m.lower() for m in error.messages
+    )
+
+
+def is_location_error(error: HTTPStatusError) -> bool:
+    """A 403 saying the token belongs to another location: no record of it can succeed."""
+    return error.status_code == 403 and any(
+        LOCATION_MESSAGE.rstrip(".").lower() in m.lower() for m in error.messages
     )
 
 

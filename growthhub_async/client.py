@@ -51,7 +51,13 @@ import aiohttp
 import msgspec
 import yarl
 
-from growthhub_async.auth import FixedToken, TokenProvider, is_scope_error
+from growthhub_async.auth import (
+    AccessToken,
+    FixedToken,
+    TokenProvider,
+    is_location_error,
+    is_scope_error,
+)
 from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
@@ -124,11 +130,12 @@ class _RejectedToken(Unauthorized):
     lets :meth:`_Lane.refresh` tell "refresh now" from "someone already did".
     """
 
-    def __init__(self, error: HTTPStatusError, generation: int) -> None:
+    def __init__(self, error: HTTPStatusError, generation: int, sent_at: float) -> None:
         super().__init__(
             error.status_code, error.messages, headers=error.headers, trace_id=error.trace_id
         )
         self.generation = generation
+        self.sent_at = sent_at
 
 
 def read_response(
@@ -201,6 +208,10 @@ class _Lane:
         self._sent_value: str | None = None  # the last bearer value, known to the redactor
         self._unauthorized_limit = unauthorized_limit
         self._unauthorized = 0
+        # A token fresh from a refresh, refused before any success (issue 18, item 7): how
+        # many times in a row, and when the last refusal was counted.
+        self._fresh_refusals = 0
+        self._fresh_refused_at = float("-inf")
         self._session: aiohttp.ClientSession | None = None
         self._pacer: Pacer | None = None
         self.stopped: tuple[Status, str] | None = None
@@ -257,9 +268,31 @@ class _Lane:
         except TokenRefreshFailed as exc:
             self.stop(Status.UNAUTHORIZED, str(exc))
             raise
-        if not renewed:
-            self._count_unauthorized()
-        return renewed
+        if renewed:
+            return True
+        return await self._fresh_token_refused(error)
+
+    async def _fresh_token_refused(self, error: _RejectedToken) -> bool:
+        """The token a refresh just issued was refused, before it ever worked.
+
+        The API sometimes refuses a brand-new token ("Invalid JWT") for a moment. So the record
+        is sent again with it after a pause (the retry policy's backoff), and the token is
+        declared dead only after ``unauthorized_limit`` refusals in a row, each of a request
+        sent after the previous refusal (requests in flight together are one piece of
+        evidence). Any success resets the count.
+        """
+        if error.sent_at >= self._fresh_refused_at:
+            self._fresh_refusals += 1
+            self._fresh_refused_at = asyncio.get_running_loop().time()
+        if self._fresh_refusals >= self._unauthorized_limit:
+            self.stop(
+                Status.UNAUTHORIZED,
+                f"not sent: the token from the last refresh was refused (401) "
+                f"{self._fresh_refusals} times in a row, with pauses between",
+            )
+            return False
+        await asyncio.sleep(self._client.retry.backoff_delay(self._fresh_refusals))
+        return self.stopped is None
 
     def _count_unauthorized(self) -> None:
         self._unauthorized += 1
@@ -287,11 +320,7 @@ class _Lane:
         finally:
             self.budget.complete(asyncio.get_running_loop().time())
 
-    async def _request(
-        self, contact_id: str, body: bytes, *, sent_at: float
-    ) -> tuple[int, UpdateContactResponse]:
-        assert self._session is not None
-        url = self._client.contact_url(contact_id)
+    async def _credential(self) -> AccessToken:
         try:
             credential = await self.provider.token()
         except TokenRefreshFailed as exc:
@@ -300,6 +329,14 @@ class _Lane:
         if credential.value is not self._sent_value:
             self._sent_value = credential.value
             self._redact.add(credential.value)  # whatever the provider, it is a secret
+        return credential
+
+    async def _request(
+        self, contact_id: str, body: bytes, *, sent_at: float
+    ) -> tuple[int, UpdateContactResponse]:
+        assert self._session is not None
+        url = self._client.contact_url(contact_id)
+        credential = await self._credential()
         auth = {"Authorization": f"Bearer {credential.value}"}
         with map_exceptions(self._redact):
             async with self._session.put(url, data=body, headers=auth) as resp:
@@ -323,8 +360,12 @@ class _Lane:
             if exc.status_code == 401:
                 if self.provider.refreshable and not is_scope_error(exc):
                     # Counted by refresh() only if no newer token cures it.
-                    raise _RejectedToken(exc, credential.generation) from None
+                    raise _RejectedToken(exc, credential.generation, sent_at) from None
                 self._count_unauthorized()
+            elif exc.status_code == 403 and is_location_error(exc):
+                # The token belongs to another location: every record would get this answer
+                # (issue 18). Stop it as repeated 401s do.
+                self.stop(Status.UNAUTHORIZED, f"not sent: the token was refused: {exc}")
             else:
                 self._unauthorized = 0
                 if exc.status_code != 403 and exc.status_code < 500 and exc.status_code != 429:
@@ -333,7 +374,7 @@ class _Lane:
         finally:
             if self.budget.daily_exhausted:
                 self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
-        self._unauthorized = 0
+        self._unauthorized = self._fresh_refusals = 0
         self.provider.accepted(credential.generation)
         return status, result
 
