@@ -642,7 +642,8 @@ class OAuthProvider(TokenProvider):
         expires_at = now + (expires_unix - time.time()) if expires_unix is not None else None
         if refresh_due(now, expires_at, None, self.refresh_margin):
             return False
-        self._use(access, expires_at, None)
+        # Not ours to judge, like the first token: a 401 on it may be refreshed.
+        self._use(access, expires_at, None, confirmed=True)
         return True
 
     async def _keep(self, answer: TokenAnswer) -> None:
@@ -727,14 +728,21 @@ class OAuthProvider(TokenProvider):
                 path,
             )
 
-    def _use(self, access: str, expires_at: float | None, lifetime: float | None) -> None:
+    def _use(
+        self,
+        access: str,
+        expires_at: float | None,
+        lifetime: float | None,
+        *,
+        confirmed: bool = False,
+    ) -> None:
         """Hand out ``access`` from now on, as the next generation."""
         self.redactor.add(access)
         self._lifetime = lifetime
         self._expires_at = expires_at
         self._expires_unix = None
         self._current = AccessToken(access, self._generation + 1)
-        self._confirmed = False
+        self._confirmed = confirmed
         self._generation += 1
         log.debug(
             "access token refreshed (generation %d, expires in %s s)",

@@ -106,6 +106,8 @@ class JobSettings:
     """The shell command that resumes this run, printed when it is interrupted."""
     handle_signals: bool = True
     """Install SIGINT/SIGTERM handlers on the running loop for the job's duration."""
+    token_hint: str | None = None
+    """Where the token came from, named when it is refused (default: ``GROWTHHUB_TOKEN``)."""
 
 
 @dataclass(slots=True)
@@ -409,7 +411,7 @@ def _report(
         + "\n"
     )
     out.flush()
-    _warnings(summary, state, err)
+    _warnings(summary, state, err, settings.token_hint or TOKEN_ENV)
     if failure is not None:
         err.write(f"error: {failure}\n")
         _resume_hint(settings, err)
@@ -422,7 +424,7 @@ def _report(
     return JobResult(status, summary, False, skipped)
 
 
-def _warnings(summary: Summary, state: ResumeState | None, err: TextIO) -> None:
+def _warnings(summary: Summary, state: ResumeState | None, err: TextIO, token_hint: str) -> None:
     if state is not None and state.torn:
         err.write(
             "note: the last line of the outcomes was torn (the earlier run died mid-write); "
@@ -435,7 +437,7 @@ def _warnings(summary: Summary, state: ResumeState | None, err: TextIO) -> None:
         )
     if summary.by_status[Status.UNAUTHORIZED]:
         err.write(
-            f"warning: the token was refused (401/403): check {TOKEN_ENV} and its scopes "
+            f"warning: the token was refused (401/403): check {token_hint} and its scopes "
             "(contacts.write)\n"
         )
     err.flush()
