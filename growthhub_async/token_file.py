@@ -6,8 +6,8 @@ An OAuth app's refresh token rotates on every use: the file's copy is the instal
   0600, flushed, synced) and renamed over the file (:func:`write_token_file`).
 - **Never lost.** When that fails (the directory became read-only, the disk is full), the file
   is rewritten in place (it may still be writable); failing that, the tokens go to a *rescue*
-  file (``<name>.rescued-<time>.json``, 0600) in the file's directory, the home directory or
-  the temporary directory, and :attr:`Saved.rescued` says where, so the user can be told to
+  file (``<name>.rescued-<time>.json``, 0600) in the file's directory, ``$HOME`` or
+  ``$TMPDIR`` (``/tmp``), and :attr:`Saved.rescued` says where, so the user can be told to
   move it over the token file. Only when every place fails does saving fail.
 - **Crash recovery.** A SIGKILL between the temporary file and the rename leaves
   ``.<name>.*.tmp`` holding the only valid refresh token. :meth:`TokenFile.load` finds such
@@ -285,7 +285,10 @@ class TokenFile:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         name = f"{self.path.name}.rescued-{stamp}-{os.getpid()}.json"
         last: OSError | None = None
-        for folder in (self.path.parent, Path.home(), Path(tempfile.gettempdir())):
+        home = os.environ.get("HOME") or str(Path.home())
+        # $TMPDIR itself, not tempfile's search: that would quietly go on to /tmp and the
+        # current directory, places the user did not choose.
+        for folder in (self.path.parent, Path(home), Path(os.environ.get("TMPDIR") or "/tmp")):  # noqa: S108
             target = folder / name
             try:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
