@@ -18,6 +18,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from tests.cli_helpers import journal_lines, write_jsonl
 from tests.oauth_server import OAuthServer, serve, token_file_data
@@ -163,3 +164,28 @@ async def test_two_processes_sharing_one_token_file_both_finish(tmp_path: Path) 
         assert json.loads(path.read_text())["refresh_token"] == server.live_refresh_token()
     for out in outs:
         assert {line["status"] for line in journal_lines(out)} == {"updated"}
+
+
+async def test_the_command_line_journals_and_prints_no_echoed_secret(tmp_path: Path) -> None:
+    path, source, env = setup(tmp_path, records=50)
+    secrets = [token_file_data()[k] for k in ("client_secret", "refresh_token", "access_token")]
+    async with serve(OAuthServer(refresh_tokens={"not-yours-rt"}, echo_form=True)) as server:
+        out = tmp_path / "out.jsonl"
+        status, output = await run_cli(*update_args(server, source, out, path), env=env)
+        assert server.token_statuses == [400]
+    pit = "pit+Echo/Me==42"
+    async with serve(OAuthServer(echo_authorization=True)) as server:
+        out2 = tmp_path / "out2.jsonl"
+        args = update_args(server, source, out2, path)
+        args = args[: args.index("--oauth")] + args[args.index("--oauth") + 2 :]
+        status2, output2 = await run_cli(*args, env=env | {"GROWTHHUB_TOKEN": pit})
+    assert (status, status2) == (1, 1)
+    lines = journal_lines(out) + journal_lines(out2)
+    assert len(lines) == 100
+    assert {line["status"] for line in lines} == {"unauthorized"}
+    for journal in (out, out2):  # the server's echo is there, redacted
+        assert any("<redacted>" in line["error"] for line in journal_lines(journal))
+    shown = output + output2 + out.read_text() + out2.read_text()
+    for secret in [*secrets, pit]:
+        for form in (secret, quote(secret, safe=""), quote_plus(secret)):
+            assert form not in shown
