@@ -29,7 +29,18 @@ Rules of the OAuth provider, and why:
 - The refresh itself runs in its own task: a caller cancelled while waiting does not cancel it
   (a lost answer would lose the rotated refresh token).
 - **Secrets** (client secret, refresh token, access token) never appear in reprs, logs,
-  exceptions or events.
+  exceptions or events; whatever the token endpoint says goes through the provider's
+  :class:`~growthhub_async.redact.Redactor` first (an endpoint may echo the form).
+- **Lenient answers.** Of a 200, only ``access_token`` and ``refresh_token`` are essential;
+  other fields of an unexpected type are coerced or ignored with a warning. The new refresh
+  token is saved before anything else is judged: a spent refresh token is an installation lost.
+- **The token URL follows the API**: without ``token_url``, ``{base_url}/oauth/token`` of the
+  client that uses the provider, so secrets never go to a host the user did not name.
+- **A token file** (:meth:`OAuthProvider.from_file`) is locked around each refresh, re-read
+  first (another process may have rotated it) and again after an ``invalid_grant``, and saved
+  with fallbacks (:mod:`growthhub_async.token_file`).
+- **A fresh token refused** before it ever worked is not refreshed again: the client retries
+  with it after pauses and declares it dead after ``unauthorized_limit`` refusals in a row.
 
 Expiry math uses the event loop's monotonic clock; :func:`refresh_due` is pure, ``now``
 given. Wall-clock (Unix) time is used only for :attr:`TokenSet.expires_at`, the persisted
@@ -625,7 +636,11 @@ class OAuthProvider(TokenProvider):
         """
         if self._file is None:
             return False
-        data = await asyncio.to_thread(self._file.load)
+        try:
+            data = await asyncio.to_thread(self._file.load)
+        except ConfigurationError as exc:  # gone or damaged: the save will write it anew
+            log.warning("could not read the token file again: %s", exc)
+            return False
         refresh = _token_value(data.get("refresh_token"))
         self._file_data = data
         if refresh is None or refresh == self._refresh_token:

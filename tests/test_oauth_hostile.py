@@ -19,17 +19,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import aiohttp
 import pytest
 import yarl
 
 from growthhub_async import GrowthHubClient, Status, UpdateContact
 from growthhub_async.auth import OAuthProvider, read_token_answer
-from growthhub_async.errors import ConfigurationError, GrowthHubError, TokenRefreshFailed
+from growthhub_async.client import read_response
+from growthhub_async.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    GrowthHubError,
+    ResponseError,
+    TokenRefreshFailed,
+    Unauthorized,
+)
 from growthhub_async.events import Event, TokenStopped
 from growthhub_async.outcomes import Outcome, encode_outcome
 from growthhub_async.redact import REDACTED, Redactor
 from growthhub_async.retry import RetryPolicy
 from growthhub_async.token_file import TokenFile, write_token_file
+from growthhub_async.transport import map_exceptions
 from tests.oauth_server import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -425,3 +435,21 @@ async def test_a_refresh_failure_reason_names_no_secret(strict: OAuthServer) -> 
         await provider.token()
     await provider.aclose()
     assert "rt-unknown" not in str(info.value)
+
+
+def test_read_response_and_map_exceptions_redact_what_the_server_said() -> None:
+    secret = "tok+Seen/In=Body"
+    redact = Redactor(secret)
+    with pytest.raises(ResponseError) as bad:
+        read_response(200, {}, f"<html>Bearer {secret}</html>".encode(), redact=redact)
+    assert bad.value.body == f"<html>Bearer {REDACTED}</html>".encode()
+    body = json.dumps({"message": [f"no {quote_plus(secret)}"], "traceId": secret}).encode()
+    with pytest.raises(Unauthorized) as refused:
+        read_response(401, {"X-Echo": f"Bearer {secret}"}, body, redact=redact)
+    assert refused.value.messages == (f"no {REDACTED}",)
+    assert refused.value.trace_id == REDACTED
+    assert refused.value.headers == {"X-Echo": f"Bearer {REDACTED}"}
+    with pytest.raises(ConnectionFailed) as dropped, map_exceptions(redact):
+        raise aiohttp.ClientPayloadError(f"bad header: {secret}")
+    assert secret not in str(dropped.value)
+    assert REDACTED in str(dropped.value)
