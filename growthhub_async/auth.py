@@ -204,6 +204,10 @@ class TokenProvider(abc.ABC):
             found = self.__dict__["_redactor"] = Redactor()
         return found
 
+    def fresh(self, generation: int) -> bool:
+        """Whether the token of ``generation`` came from a refresh and has not worked yet."""
+        return False
+
     def attach(self, base_url: yarl.URL) -> None:  # noqa: B027 (an optional hook)
         """The client that uses this provider talks to ``base_url`` (called once per client)."""
 
@@ -557,6 +561,10 @@ class OAuthProvider(TokenProvider):
         await self._refresh(generation)
         self._raise_if_failed()
         return True
+
+    def fresh(self, generation: int) -> bool:
+        """The current token, from a refresh, refused or unused so far (a 401 then waits)."""
+        return generation == self._generation > 0 and not self._confirmed
 
     def accepted(self, generation: int) -> None:
         """Note that the current token works (the storm guard of :meth:`rejected`)."""

@@ -80,8 +80,9 @@ class Lane(Protocol):
     async def request(self, contact_id: str, body: bytes, *, sent_at: float) -> tuple[int, Any]:
         """Send one PUT; return ``(status, decoded)`` or raise a typed error."""
 
-    async def refresh(self, error: HTTPStatusError) -> bool:
-        """After the 401 ``error``: ``True`` when a newer token is ready to send again with.
+    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
+        """After the 401 ``error``: ``True`` when a token is ready to send again with (a newer
+        one, or a fresh one after a pause); ``again``: the record had a refresh already.
 
         ``False`` when nothing can be refreshed (no refresher, a scope 401); raises an
         ``HTTPStatusError`` (``TokenRefreshFailed``) when the refresh failed: the record's error.
@@ -416,7 +417,7 @@ class Engine:
             job.http_status = exc.status_code
             if exc.status_code == 401 and job.reauths < _REAUTHS:
                 try:
-                    if await job.lane.refresh(exc):
+                    if await job.lane.refresh(exc, again=job.reauths > 0):
                         job.reauths += 1
                         return _REFRESHED
                 except HTTPStatusError as failed:  # the refresh failed: its reason is ours

@@ -252,17 +252,29 @@ class _Lane:
         assert self._pacer is not None
         return await self._pacer.acquire()
 
-    async def refresh(self, error: HTTPStatusError) -> bool:
-        """After a 401: ``True`` when a newer token is ready (send again once), else ``False``.
+    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
+        """After a 401: ``True`` when a token is ready to send again with, else ``False``.
 
         Only a 401 that means "expired or invalid token", from a provider that can refresh,
         gets here as :class:`_RejectedToken`; the provider refreshes once for every caller
         (single flight) or, if the token was already replaced, not at all. A refused refresh
         stops the token (its records end ``unauthorized`` with the server's reason) and raises
         :class:`~growthhub_async.errors.TokenRefreshFailed`, the record's own error.
+
+        A token fresh from a refresh is not refreshed again: see :meth:`_fresh_token_refused`.
+        ``again``: this record already had its refresh, so it may not cause another one (it
+        pauses and sends again instead).
         """
         if not isinstance(error, _RejectedToken):
             return False
+        if self.provider.fresh(error.generation):
+            return await self._fresh_token_refused(error)
+        if again:
+            # The record had its refresh, and this token is not fresh: it works for others.
+            # An intermittent 401 ("Invalid JWT"): pause and send again, no new refresh (the
+            # engine bounds how often per record).
+            await asyncio.sleep(self._client.retry.backoff_delay(1))
+            return self.stopped is None
         try:
             renewed = await self.provider.rejected(error.generation)
         except TokenRefreshFailed as exc:
