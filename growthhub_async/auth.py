@@ -726,9 +726,10 @@ class OAuthProvider(TokenProvider):
         except OSError as exc:
             raise TokenRefreshFailed(
                 f"the rotated OAuth tokens could not be saved to {path!r} nor to any rescue "
-                f"file ({type(exc).__name__}: {exc.strerror or exc}); they were not used. The "
-                f"refresh token in {path!r} is spent: the app must be reinstalled for this "
-                "location unless OAuthProvider.tokens is saved by the program"
+                f"file ({type(exc).__name__}: {exc.strerror or exc}), so they were not used; "
+                f"the refresh token in {path!r} is spent: make room (or make the file "
+                "writable) and reinstall the app on this location",
+                refresh_status=200,
             ) from None
         self._file_data = data
         self.saved = saved

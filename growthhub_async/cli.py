@@ -234,13 +234,16 @@ def report_token_file(provider: OAuthProvider, path: str) -> None:
         )
     failure = provider.failure
     if failure is not None:
-        advice = (
-            f"the refresh token in {path} is spent or revoked: reinstall the app on this "
-            f"location (or put a valid refresh_token into {path})"
-            if failure.error_code == "invalid_grant"
-            else f"check {path} and the token endpoint ({provider.token_url})"
-        )
-        sys.stderr.write(f"OAuth: token refresh failed: {failure.reason}\n  {advice}\n")
+        if failure.error_code == "invalid_grant":
+            advice = (
+                f"\n  the refresh token in {path} is spent or revoked: reinstall the app on "
+                f"this location (or put a valid refresh_token into {path})"
+            )
+        elif failure.refresh_status != 200:  # a 200 that went wrong: the reason says it all
+            advice = f"\n  check {path} and the token endpoint ({provider.token_url})"
+        else:
+            advice = ""
+        sys.stderr.write(f"OAuth: token refresh failed: {failure.reason}{advice}\n")
     sys.stderr.flush()
 
 
