@@ -29,7 +29,18 @@ Rules of the OAuth provider, and why:
 - The refresh itself runs in its own task: a caller cancelled while waiting does not cancel it
   (a lost answer would lose the rotated refresh token).
 - **Secrets** (client secret, refresh token, access token) never appear in reprs, logs,
-  exceptions or events.
+  exceptions or events; whatever the token endpoint says goes through the provider's
+  :class:`~growthhub_async.redact.Redactor` first (an endpoint may echo the form).
+- **Lenient answers.** Of a 200, only ``access_token`` and ``refresh_token`` are essential;
+  other fields of an unexpected type are coerced or ignored with a warning. The new refresh
+  token is saved before anything else is judged: a spent refresh token is an installation lost.
+- **The token URL follows the API**: without ``token_url``, ``{base_url}/oauth/token`` of the
+  client that uses the provider, so secrets never go to a host the user did not name.
+- **A token file** (:meth:`OAuthProvider.from_file`) is locked around each refresh, re-read
+  first (another process may have rotated it) and again after an ``invalid_grant``, and saved
+  with fallbacks (:mod:`growthhub_async.token_file`).
+- **A fresh token refused** before it ever worked is not refreshed again: the client retries
+  with it after pauses and declares it dead after ``unauthorized_limit`` refusals in a row.
 
 Expiry math uses the event loop's monotonic clock; :func:`refresh_due` is pure, ``now``
 given. Wall-clock (Unix) time is used only for :attr:`TokenSet.expires_at`, the persisted
@@ -40,17 +51,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import inspect
-import json
 import logging
 import math
 import os
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import aiohttp
@@ -64,10 +71,14 @@ from growthhub_async.errors import (
     TransportError,
     error_for_status,
 )
+from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, is_transient
+from growthhub_async.token_file import Saved, TokenFile, write_token_file
+from growthhub_async.transport import check_base_url, map_exceptions, no_hidden_resend
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
+    "LOCATION_MESSAGE",
     "SCOPE_MESSAGE",
     "AccessToken",
     "FixedToken",
@@ -75,6 +86,7 @@ __all__ = [
     "RotationCallback",
     "TokenProvider",
     "TokenSet",
+    "is_location_error",
     "is_scope_error",
     "refresh_due",
     "write_token_file",
@@ -85,6 +97,8 @@ log = logging.getLogger("growthhub_async.auth")
 DEFAULT_TOKEN_URL: Final = "https://services.leadconnectorhq.com/oauth/token"  # noqa: S105
 SCOPE_MESSAGE: Final = "The token is not authorized for this scope."
 """The 401 message that a refresh does not cure (contract README)."""
+LOCATION_MESSAGE: Final = "The token does not have access to this location."
+"""The 403 message of a token used for another location's contacts: it stops the token."""
 
 DEFAULT_REFRESH_MARGIN: Final = 300.0
 _MARGIN_SHARE: Final = 0.1  # never refresh earlier than this share of a token's lifetime
@@ -148,6 +162,13 @@ def is_scope_error(error: HTTPStatusError) -> bool:
     )
 
 
+def is_location_error(error: HTTPStatusError) -> bool:
+    """A 403 saying the token belongs to another location: no record of it can succeed."""
+    return error.status_code == 403 and any(
+        LOCATION_MESSAGE.rstrip(".").lower() in m.lower() for m in error.messages
+    )
+
+
 class TokenProvider(abc.ABC):
     """What the client asks of a token source. Subclass it for your own (a vault, a cache).
 
@@ -171,6 +192,25 @@ class TokenProvider(abc.ABC):
         """
         return False
 
+    @property
+    def redactor(self) -> Redactor:
+        """The secrets this provider knows; the client removes them from any server text.
+
+        A provider adds what it holds (its tokens, OAuth secrets) as it gets them. The client
+        adds every bearer value it sends, whatever the provider.
+        """
+        found: Redactor | None = self.__dict__.get("_redactor")
+        if found is None:
+            found = self.__dict__["_redactor"] = Redactor()
+        return found
+
+    def fresh(self, generation: int) -> bool:
+        """Whether the token of ``generation`` came from a refresh and has not worked yet."""
+        return False
+
+    def attach(self, base_url: yarl.URL) -> None:  # noqa: B027 (an optional hook)
+        """The client that uses this provider talks to ``base_url`` (called once per client)."""
+
     def accepted(self, generation: int) -> None:  # noqa: B027 (an optional hook)
         """The server accepted the token of ``generation`` (a request got past auth)."""
 
@@ -183,6 +223,7 @@ class FixedToken(TokenProvider):
 
     def __init__(self, token: str) -> None:
         self._token = AccessToken(token, 0)
+        self.redactor.add(token)
 
     def __repr__(self) -> str:
         return "<FixedToken>"
@@ -192,14 +233,85 @@ class FixedToken(TokenProvider):
         return self._token
 
 
-class _TokenAnswer(msgspec.Struct):
-    access_token: str
+@dataclass(frozen=True, slots=True, repr=False)
+class TokenAnswer:
+    """The token endpoint's 200, read leniently (issue 18): only the two tokens are essential.
+
+    ``access_token`` is ``None`` when the answer brought a refresh token but no usable access
+    token: the refresh token must still be saved (the old one is spent). ``warnings`` name the
+    fields that had an unexpected type and were coerced or ignored (never their values).
+    """
+
     refresh_token: str
+    access_token: str | None
     expires_in: float | None = None
     scope: str | None = None
-    userType: str | None = None  # noqa: N815 (the wire's name)
-    locationId: str | None = None  # noqa: N815
-    companyId: str | None = None  # noqa: N815
+    user_type: str | None = None
+    location_id: str | None = None
+    company_id: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"<TokenAnswer expires_in={self.expires_in!r} warnings={len(self.warnings)}>"
+
+
+def _token_value(value: object) -> str | None:
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        return value
+    return None
+
+
+def _lenient_answer(data: dict[str, Any]) -> TokenAnswer | None:
+    refresh = _token_value(data.get("refresh_token"))
+    if refresh is None:
+        return None
+    warnings: list[str] = []
+
+    def kind(value: object) -> str:
+        return type(value).__name__
+
+    lifetime: float | None = None
+    raw = data.get("expires_in")
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        lifetime = float(raw)
+    elif isinstance(raw, str):
+        try:
+            lifetime = float(raw)
+            warnings.append("expires_in was a string; read as a number")
+        except ValueError:
+            warnings.append("expires_in was a string that is not a number; ignored")
+    elif raw is not None:
+        warnings.append(f"expires_in was {kind(raw)}; ignored")
+    if lifetime is not None and not (math.isfinite(lifetime) and lifetime > 0):
+        warnings.append("expires_in was not a positive number; ignored")
+        lifetime = None
+
+    def text(name: str) -> str | None:
+        value = data.get(name)
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            warnings.append(f"{name} was a number; read as text")
+            return str(value)
+        if name == "scope" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            warnings.append("scope was a list; joined with spaces")
+            return " ".join(value)
+        warnings.append(f"{name} was {kind(value)}; ignored")
+        return None
+
+    access = data.get("access_token")
+    if _token_value(access) is None:
+        warnings.append(f"access_token was {kind(access)}, not a token")
+    return TokenAnswer(
+        refresh_token=refresh,
+        access_token=_token_value(access),
+        expires_in=lifetime,
+        scope=text("scope"),
+        user_type=text("userType"),
+        location_id=text("locationId"),
+        company_id=text("companyId"),
+        warnings=tuple(warnings),
+    )
 
 
 class _ErrorAnswer(msgspec.Struct):
@@ -209,27 +321,29 @@ class _ErrorAnswer(msgspec.Struct):
     traceId: str | None = None  # noqa: N815
 
 
-_decode_tokens = msgspec.json.Decoder(_TokenAnswer).decode
 _decode_error = msgspec.json.Decoder(_ErrorAnswer).decode
 _GENERIC_ERRORS: Final = frozenset({"unauthorized", "bad request", "unprocessable entity"})
 
 
-def read_token_answer(status: int, body: bytes) -> _TokenAnswer:
+def read_token_answer(status: int, body: bytes, redact: Redactor | None = None) -> TokenAnswer:
     """The token endpoint's 200 body, or :class:`TokenRefreshFailed` with its reason. Pure.
 
     A 429 or 5xx raises the status's :class:`~growthhub_async.errors.HTTPStatusError` instead
-    (transient: the caller retries).
+    (transient: the caller retries). The server's text in the error goes through ``redact``
+    first: an endpoint may echo the form it received (client secret, refresh token).
     """
+    clean = redact if redact is not None else Redactor()
     if status == 200:
         try:
-            answer = _decode_tokens(body)
+            data = msgspec.json.decode(body)
         except msgspec.DecodeError:
+            data = None
+        answer = _lenient_answer(data) if isinstance(data, dict) else None
+        if answer is None:
             raise TokenRefreshFailed(
                 f"the token endpoint answered 200 without tokens ({len(body)} bytes)",
                 refresh_status=status,
-            ) from None
-        if not answer.access_token or not answer.refresh_token:
-            raise TokenRefreshFailed("the token endpoint answered empty tokens", refresh_status=200)
+            )
         return answer
     try:
         error = _decode_error(body)
@@ -238,16 +352,17 @@ def read_token_answer(status: int, body: bytes) -> _TokenAnswer:
     messages = [error.message] if isinstance(error.message, str) else list(error.message or [])
     if error.error_description:
         messages.insert(0, error.error_description)
+    messages = [clean(m) for m in messages if isinstance(m, str)]
+    trace_id = clean.text_or_none(error.traceId)
+    code = clean.text_or_none(error.error)
     if status == 429 or status >= 500:
-        raise error_for_status(status)(status, messages, trace_id=error.traceId)
-    code = error.error
-    if code is not None and code.lower() in _GENERIC_ERRORS:
-        code = None  # the HTTP reason phrase ("Unauthorized"), not an OAuth error code
+        raise error_for_status(status)(status, messages, trace_id=trace_id)
+    shown = code
+    if shown is not None and shown.lower() in _GENERIC_ERRORS:
+        shown = None  # the HTTP reason phrase ("Unauthorized"), not an OAuth error code
     text = "; ".join(dict.fromkeys(messages)) or f"HTTP {status}"
-    reason = f"{code}: {text}" if code else f"HTTP {status}: {text}"
-    raise TokenRefreshFailed(
-        reason, refresh_status=status, error_code=error.error, trace_id=error.traceId
-    )
+    reason = f"{shown}: {text}" if shown else f"HTTP {status}: {text}"
+    raise TokenRefreshFailed(reason, refresh_status=status, error_code=code, trace_id=trace_id)
 
 
 class OAuthProvider(TokenProvider):
@@ -262,7 +377,10 @@ class OAuthProvider(TokenProvider):
     - ``on_rotation``: called with the new :class:`TokenSet` (sync or async) before the new
       access token is used: persist ``refresh_token`` there, or lose the installation.
     - ``token_url``: the token endpoint (https, or http to loopback; ``allow_insecure`` lifts
-      that as for the client).
+      that as for the client). Not given: ``/oauth/token`` under the base URL of the client
+      that uses this provider (:meth:`attach`), so a sandbox's ``--base-url`` gets the
+      sandbox's token endpoint and the secrets never go to another host (issue 18);
+      :data:`DEFAULT_TOKEN_URL` until attached.
     - ``refresh_margin``: seconds before expiry to refresh (capped at a tenth of the lifetime).
     - ``user_type``: sent as ``user_type`` (``"Location"`` or ``"Company"``) when given.
     - ``timeout``: seconds to connect and between reads; ``retry``: tries for transient
@@ -282,15 +400,13 @@ class OAuthProvider(TokenProvider):
         access_token: str | None = None,
         expires_at: float | None = None,
         on_rotation: RotationCallback | None = None,
-        token_url: str = DEFAULT_TOKEN_URL,
+        token_url: str | None = None,
         allow_insecure: bool = False,
         refresh_margin: float = DEFAULT_REFRESH_MARGIN,
         user_type: str | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
     ) -> None:
-        from growthhub_async.client import check_base_url  # noqa: PLC0415 (client imports us)
-
         for name, value in (
             ("client_id", client_id),
             ("client_secret", client_secret),
@@ -305,10 +421,17 @@ class OAuthProvider(TokenProvider):
             raise ConfigurationError("refresh_margin must be a non-negative number of seconds")
         if not timeout > 0:
             raise ConfigurationError("timeout must be a positive number of seconds")
-        self.token_url: yarl.URL = check_base_url(token_url, allow_insecure=allow_insecure)
+        self._explicit_url = token_url is not None
+        self.token_url: yarl.URL = check_base_url(
+            token_url or DEFAULT_TOKEN_URL, allow_insecure=allow_insecure
+        )
+        self._attached_to: yarl.URL | None = None
+        self._file: TokenFile | None = None
+        self._file_data: dict[str, Any] = {}
         self.client_id = client_id
         self._client_secret = client_secret
         self._refresh_token = refresh_token
+        self.redactor.add(client_secret, refresh_token, access_token)
         self.on_rotation = on_rotation
         self.refresh_margin = refresh_margin
         self.user_type = user_type
@@ -323,6 +446,9 @@ class OAuthProvider(TokenProvider):
         self._inflight: asyncio.Task[None] | None = None
         self._failure: TokenRefreshFailed | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.saved: Saved | None = None
+        """Where the latest rotation was saved by :meth:`from_file` (``saved.rescued``: not in
+        the token file, see ``saved.path``)."""
         self.tokens: TokenSet | None = None
         """The latest rotation's tokens (``None`` before the first refresh)."""
         self.refreshes = 0
@@ -352,23 +478,19 @@ class OAuthProvider(TokenProvider):
         """A provider from a JSON token file, that rewrites the file on every rotation.
 
         The file holds ``client_id``, ``client_secret``, ``refresh_token`` and optionally
-        ``access_token``, ``expires_at`` (Unix time), ``user_type``, ``token_url``; other keys
-        are kept. Each rotation rewrites it atomically with :func:`write_token_file` (mode
-        0600) before the new token is used; a callback in ``options["on_rotation"]`` runs after
-        that. ``options`` are the constructor's keywords. Raises ``ConfigurationError`` for a
+        ``access_token``, ``expires_at`` (Unix time), ``user_type``, ``token_url`` (only then
+        may the secrets go to a host other than the client's base URL); other keys are kept.
+        Every refresh runs under an OS lock on the file, re-reads it first (another process
+        sharing it may have rotated it) and saves the rotation before the new token is used:
+        atomically, else in place, else to a rescue file (see
+        :mod:`growthhub_async.token_file`); a callback in ``options["on_rotation"]`` runs
+        after that. A rotation left in a temporary file by a killed run is recovered here.
+        ``options`` are the constructor's keywords. Raises ``ConfigurationError`` for a
         missing, unreadable or incomplete file (the message never shows its values).
         """
-        target = Path(path)
-        try:
-            data = json.loads(target.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read the token file {str(target)!r}: {exc.strerror}"
-            ) from None
-        except ValueError:
-            raise ConfigurationError(f"the token file {str(target)!r} is not JSON") from None
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"the token file {str(target)!r} is not a JSON object")
+        store = TokenFile(path)
+        with store.locked():
+            data = store.load()
         missing = [
             k
             for k in ("client_id", "client_secret", "refresh_token")
@@ -376,41 +498,34 @@ class OAuthProvider(TokenProvider):
         ]
         if missing:
             raise ConfigurationError(
-                f"the token file {str(target)!r} lacks {', '.join(missing)} (non-empty strings)"
+                f"the token file {str(store.path)!r} lacks {', '.join(missing)} (non-empty strings)"
             )
-        extra = options.pop("on_rotation", None)
-        kept = dict(data)
-
-        async def persist(tokens: TokenSet) -> None:
-            kept.update(
-                {
-                    "access_token": tokens.access_token,
-                    "refresh_token": tokens.refresh_token,
-                    "expires_at": tokens.expires_at,
-                }
-            )
-            if tokens.location_id is not None:
-                kept["location_id"] = tokens.location_id
-            await asyncio.to_thread(write_token_file, target, kept)
-            if extra is not None:
-                result = extra(tokens)
-                if inspect.isawaitable(result):
-                    await result
-
         for key in ("token_url", "user_type"):
             if isinstance(data.get(key), str) and key not in options:
                 options[key] = data[key]
-        expires_at = data.get("expires_at")
-        access_token = data.get("access_token")
-        return cls(
+        provider = cls(
             data["client_id"],
             data["client_secret"],
             data["refresh_token"],
-            access_token=access_token if isinstance(access_token, str) and access_token else None,
-            expires_at=float(expires_at) if isinstance(expires_at, int | float) else None,
-            on_rotation=persist,
+            access_token=_token_value(data.get("access_token")),
+            expires_at=_unix_time(data.get("expires_at")),
             **options,
         )
+        provider._file = store
+        provider._file_data = data
+        return provider
+
+    def attach(self, base_url: yarl.URL) -> None:
+        """The client using this provider talks to ``base_url``: without an explicit
+        ``token_url``, refresh at ``{base_url}/oauth/token``. One provider serves one API."""
+        if self._attached_to is not None and self._attached_to != base_url:
+            raise ConfigurationError(
+                "this OAuthProvider already serves another base URL; give each client its own "
+                "provider, or a token_url"
+            )
+        self._attached_to = base_url
+        if not self._explicit_url:
+            self.token_url = base_url.joinpath("oauth", "token")
 
     # -- the provider protocol -------------------------------------------------------------
 
@@ -439,12 +554,17 @@ class OAuthProvider(TokenProvider):
             return True  # already replaced: retry with the current token, no refresh
         if self._generation > 0 and not self._confirmed:
             # A token fresh from a refresh, refused before any success: refreshing again
-            # would only burn refresh tokens. The client counts this 401 instead.
+            # would only burn refresh tokens. The client retries with it after a pause, a few
+            # times, before it declares it dead (an API node may not know it yet).
             log.warning("a freshly refreshed access token was refused; not refreshing again")
             return False
         await self._refresh(generation)
         self._raise_if_failed()
         return True
+
+    def fresh(self, generation: int) -> bool:
+        """The current token, from a refresh, refused or unused so far (a 401 then waits)."""
+        return generation == self._generation > 0 and not self._confirmed
 
     def accepted(self, generation: int) -> None:
         """Note that the current token works (the storm guard of :meth:`rejected`)."""
@@ -488,32 +608,11 @@ class OAuthProvider(TokenProvider):
 
     async def _run_refresh(self) -> None:
         try:
-            tokens, lifetime = await self._request_tokens()
-            self.tokens = tokens
-            # The rotated refresh token is the only valid one from now on: keep it before
-            # anything else can fail.
-            self._refresh_token = tokens.refresh_token
-            if self.on_rotation is not None:
-                try:
-                    result = self.on_rotation(tokens)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception as exc:  # noqa: BLE001 (the caller's callback)
-                    raise TokenRefreshFailed(
-                        f"the rotation callback raised {type(exc).__name__}; the new tokens "
-                        "were not used (see OAuthProvider.tokens)"
-                    ) from None
-            now = asyncio.get_running_loop().time()
-            self._lifetime = lifetime
-            self._expires_at = now + lifetime if lifetime is not None else None
-            self._current = AccessToken(tokens.access_token, self._generation + 1)
-            self._confirmed = False
-            self._generation += 1
-            log.debug(
-                "access token refreshed (generation %d, expires in %s s)",
-                self._generation,
-                "?" if lifetime is None else f"{lifetime:.0f}",
-            )
+            if self._file is None:
+                await self._rotate()
+            else:
+                async with self._file.alocked():
+                    await self._rotate()
         except TokenRefreshFailed as exc:
             self._failure = exc
             log.warning("OAuth token refresh failed: %s", exc.reason)
@@ -524,10 +623,159 @@ class OAuthProvider(TokenProvider):
         finally:
             self._inflight = None
 
-    async def _request_tokens(self) -> tuple[TokenSet, float | None]:
-        """POST the refresh with ``retry``'s tries for transient failures."""
-        from growthhub_async.client import map_exceptions  # noqa: PLC0415 (client imports us)
+    async def _rotate(self) -> None:
+        """One refresh (under the file's lock, when there is a file)."""
+        if await self._adopt_from_file():
+            return
+        try:
+            answer = await self._request_tokens()
+        except TokenRefreshFailed as exc:
+            # Another process (or tool) may have rotated the token since we read the file:
+            # its refresh token is the valid one now. Try once more with it.
+            if exc.error_code != "invalid_grant" or not await self._adopt_from_file():
+                raise
+            return
+        await self._keep(answer)
 
+    async def _adopt_from_file(self) -> bool:
+        """Re-read the token file; take its tokens if another process rotated them.
+
+        Returns ``True`` when its access token is ready to use (no refresh needed).
+        """
+        if self._file is None:
+            return False
+        try:
+            data = await asyncio.to_thread(self._file.load)
+        except ConfigurationError as exc:  # gone or damaged: the save will write it anew
+            log.warning("could not read the token file again: %s", exc)
+            return False
+        refresh = _token_value(data.get("refresh_token"))
+        self._file_data = data
+        if refresh is None or refresh == self._refresh_token:
+            return False
+        log.info("the token file was rotated by another process: using its tokens")
+        self._refresh_token = refresh
+        access = _token_value(data.get("access_token"))
+        self.redactor.add(refresh, access)
+        current = self._current.value if self._current is not None else None
+        if access is None or access == current:
+            return False
+        now = asyncio.get_running_loop().time()
+        expires_unix = _unix_time(data.get("expires_at"))
+        expires_at = now + (expires_unix - time.time()) if expires_unix is not None else None
+        if refresh_due(now, expires_at, None, self.refresh_margin):
+            return False
+        # Not ours to judge, like the first token: a 401 on it may be refreshed.
+        self._use(access, expires_at, None, confirmed=True)
+        return True
+
+    async def _keep(self, answer: TokenAnswer) -> None:
+        """Save the rotation first (the old refresh token is spent), then use it."""
+        lifetime = answer.expires_in
+        tokens = TokenSet(
+            access_token=answer.access_token or "",
+            refresh_token=answer.refresh_token,
+            # Wall-clock time only for the persisted form (it must survive a restart).
+            expires_at=time.time() + lifetime if lifetime is not None else None,
+            scope=answer.scope,
+            user_type=answer.user_type,
+            location_id=answer.location_id,
+            company_id=answer.company_id,
+        )
+        self.tokens = tokens
+        self._refresh_token = tokens.refresh_token
+        if self._file is not None:
+            await self._save_to_file(tokens)
+        if self.on_rotation is not None:
+            try:
+                result = self.on_rotation(tokens)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # noqa: BLE001 (the caller's callback)
+                raise TokenRefreshFailed(
+                    f"the rotation callback raised {type(exc).__name__}: the new tokens were "
+                    "not saved, so they were not used (OAuthProvider.tokens holds them)"
+                ) from None
+        for warning in answer.warnings:  # judged only now that the refresh token is safe
+            log.warning("the token endpoint's answer: %s", warning)
+        if answer.access_token is None:
+            raise TokenRefreshFailed(
+                "the token endpoint answered a new refresh token but no access token "
+                "(the refresh token was saved; the next run will use it)",
+                refresh_status=200,
+            )
+        now = asyncio.get_running_loop().time()
+        self._use(answer.access_token, now + lifetime if lifetime is not None else None, lifetime)
+
+    async def _save_to_file(self, tokens: TokenSet) -> None:
+        assert self._file is not None
+        data = dict(self._file_data)
+        data.update(
+            {
+                "access_token": tokens.access_token,
+                "refresh_token": tokens.refresh_token,
+                "expires_at": tokens.expires_at,
+                "rotated_at": time.time(),
+            }
+        )
+        if tokens.location_id is not None:
+            data["location_id"] = tokens.location_id
+        path = str(self._file.path)
+        try:
+            saved = await asyncio.to_thread(self._file.save, data)
+        except OSError as exc:
+            raise TokenRefreshFailed(
+                f"the rotated OAuth tokens could not be saved to {path!r} nor to any rescue "
+                f"file ({type(exc).__name__}: {exc.strerror or exc}), so they were not used; "
+                f"the refresh token in {path!r} is spent: make room (or make the file "
+                "writable) and reinstall the app on this location",
+                refresh_status=200,
+            ) from None
+        self._file_data = data
+        self.saved = saved
+        if saved.how == "in place":
+            log.warning(
+                "could not replace the token file %s atomically (%s); rewrote it in place",
+                path,
+                saved.problem,
+            )
+        elif saved.rescued:
+            log.error(
+                "COULD NOT SAVE THE ROTATED OAUTH TOKENS TO %s (%s). They were saved to %s "
+                "instead. Before the next run, move that file over the token file "
+                "(mv %s %s), or the installation is lost: the refresh token in %s is spent.",
+                path,
+                saved.problem,
+                saved.path,
+                saved.path,
+                path,
+                path,
+            )
+
+    def _use(
+        self,
+        access: str,
+        expires_at: float | None,
+        lifetime: float | None,
+        *,
+        confirmed: bool = False,
+    ) -> None:
+        """Hand out ``access`` from now on, as the next generation."""
+        self.redactor.add(access)
+        self._lifetime = lifetime
+        self._expires_at = expires_at
+        self._expires_unix = None
+        self._current = AccessToken(access, self._generation + 1)
+        self._confirmed = confirmed
+        self._generation += 1
+        log.debug(
+            "access token refreshed (generation %d, expires in %s s)",
+            self._generation,
+            "?" if lifetime is None else f"{lifetime:.0f}",
+        )
+
+    async def _request_tokens(self) -> TokenAnswer:
+        """POST the refresh with ``retry``'s tries for transient failures."""
         loop = asyncio.get_running_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(
@@ -537,10 +785,8 @@ class OAuthProvider(TokenProvider):
                 headers={"Accept": "application/json"},
                 trust_env=False,
             )
-            # As in the client: no hidden re-send by aiohttp. A re-sent refresh would burn
-            # the refresh token that the first one may already have rotated.
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
+            # No hidden re-send: it would burn the refresh token the first try may have rotated.
+            no_hidden_resend(self._session)
         form = {
             "client_id": self.client_id,
             "client_secret": self._client_secret,
@@ -556,12 +802,13 @@ class OAuthProvider(TokenProvider):
             self.refreshes += 1
             log.debug("refreshing the OAuth access token (try %d)", tries)
             try:
-                with map_exceptions():
-                    async with self._session.post(self.token_url, data=form) as resp:
+                with map_exceptions(self.redactor):
+                    async with self._session.post(
+                        self.token_url, data=form, allow_redirects=False
+                    ) as resp:
                         raw = await resp.read()
                         status = resp.status
-                answer = read_token_answer(status, raw)
-                break
+                answer = read_token_answer(status, raw, self.redactor)
             except (TransportError, HTTPStatusError) as exc:
                 if isinstance(exc, TokenRefreshFailed):
                     raise
@@ -572,20 +819,10 @@ class OAuthProvider(TokenProvider):
                         refresh_status=getattr(exc, "status_code", None),
                     ) from None
                 await asyncio.sleep(delay)
-        lifetime = answer.expires_in
-        if lifetime is not None and not (math.isfinite(lifetime) and lifetime > 0):
-            lifetime = None
-        tokens = TokenSet(
-            access_token=answer.access_token,
-            refresh_token=answer.refresh_token,
-            # Wall-clock time only for the persisted form (it must survive a restart).
-            expires_at=time.time() + lifetime if lifetime is not None else None,
-            scope=answer.scope,
-            user_type=answer.userType,
-            location_id=answer.locationId,
-            company_id=answer.companyId,
-        )
-        return tokens, lifetime
+            else:
+                # Known as secrets before anything can show them.
+                self.redactor.add(answer.refresh_token, answer.access_token)
+                return answer
 
 
 def _describe(error: BaseException) -> str:
@@ -602,31 +839,7 @@ def _check_secret(name: str, value: object) -> None:
         raise ConfigurationError(f"{name} contains whitespace or control characters")
 
 
-def write_token_file(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` atomically, readable by the owner only (0600).
-
-    A temporary file in the same directory (created 0600), flushed and synced, then
-    ``os.replace``: a reader, or a crash, sees the old file or the new one, never half of
-    one. The directory is synced too, so the rename survives a power cut where supported.
-    """
-    target = Path(path)
-    directory = target.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)  # mkstemp's mode already; explicit for umask-proof clarity
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+def _unix_time(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

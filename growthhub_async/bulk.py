@@ -26,8 +26,8 @@ Rules, and why:
   (:class:`~growthhub_async.events.RecordFinished`) and the stream's ``summary``.
 - **Retries** follow :class:`~growthhub_async.retry.RetryPolicy`. A 429 pauses the whole token
   (the client's lane does it when the answer arrives); the record then waits in the token's
-  pacer like every other. A token stopped for the day or after repeated 401s sends nothing more:
-  its records end with the stop's status and reason.
+  pacer like every other. A token stopped for the day, after repeated 401s or after a 403 for
+  another location sends nothing more: its records end with the stop's status and reason.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ log = logging.getLogger("growthhub_async")
 
 CANCELLED = "cancelled"
 _REFRESHED = Exception("token refreshed")  # a marker: the 401 was answered by a refresh
+_REAUTHS = 4  # per record: one refresh, then a fresh token's pauses (the lane stops it first)
 
 
 RecordInput: TypeAlias = Record | tuple[str, UpdateContact] | Outcome | Any
@@ -79,8 +80,9 @@ class Lane(Protocol):
     async def request(self, contact_id: str, body: bytes, *, sent_at: float) -> tuple[int, Any]:
         """Send one PUT; return ``(status, decoded)`` or raise a typed error."""
 
-    async def refresh(self, error: HTTPStatusError) -> bool:
-        """After the 401 ``error``: ``True`` when a newer token is ready to send again with.
+    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
+        """After the 401 ``error``: ``True`` when a token is ready to send again with (a newer
+        one, or a fresh one after a pause); ``again``: the record had a refresh already.
 
         ``False`` when nothing can be refreshed (no refresher, a scope 401); raises an
         ``HTTPStatusError`` (``TokenRefreshFailed``) when the refresh failed: the record's error.
@@ -111,7 +113,7 @@ class _Job:
         "http_status",
         "lane",
         "line",
-        "refreshed",
+        "reauths",
         "sink",
         "state",
         "task",
@@ -126,7 +128,7 @@ class _Job:
         self.state = _State.QUEUED
         self.attempts = 0
         self.http_status: int | None = None
-        self.refreshed = False
+        self.reauths = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
         self.cancel_requested = False
         self.task: asyncio.Task[Any] | None = None
         """The worker running this record (set only while its attempts are awaited)."""
@@ -413,10 +415,10 @@ class Engine:
             job.http_status, _ = await job.lane.request(job.contact_id, job.body, sent_at=sent_at)
         except HTTPStatusError as exc:
             job.http_status = exc.status_code
-            if exc.status_code == 401 and not job.refreshed:
+            if exc.status_code == 401 and job.reauths < _REAUTHS:
                 try:
-                    if await job.lane.refresh(exc):
-                        job.refreshed = True
+                    if await job.lane.refresh(exc, again=job.reauths > 0):
+                        job.reauths += 1
                         return _REFRESHED
                 except HTTPStatusError as failed:  # the refresh failed: its reason is ours
                     return failed

@@ -217,7 +217,9 @@ def run_update(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress="line" if args.no_progress else "auto",
         resume_command=resume_command(args),
+        token_hint=f"the OAuth token file {args.oauth}" if getattr(args, "oauth", None) else None,
     )
+    token: str | TokenProvider | None = None
     try:
         token = None if args.dry_run else acquire_token(args)
         result = asyncio.run(run_job(settings, token=token))
@@ -226,7 +228,40 @@ def run_update(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before the job's own handlers were installed
         sys.stderr.write("interrupted\n")
         return EXIT_NOT_ALL
+    finally:
+        if isinstance(token, OAuthProvider):
+            report_token_file(token, args.oauth)
     return result.exit_status
+
+
+def report_token_file(provider: OAuthProvider, path: str) -> None:
+    """Tell the user, in words they can act on, what became of the OAuth token file (issue 18)."""
+    saved = provider.saved
+    if saved is not None and saved.rescued:
+        sys.stderr.write(
+            f"WARNING: the rotated OAuth tokens could not be written to {path} "
+            f"({saved.problem}). They are in {saved.path}. Before the next run, move them "
+            f"back, or the app must be reinstalled on this location:\n"
+            f"  {shlex.join(['mv', str(saved.path), path])}\n"
+        )
+    elif saved is not None and saved.how == "in place":
+        sys.stderr.write(
+            f"note: {path} could not be replaced atomically ({saved.problem}); it was "
+            "rewritten in place and holds the rotated tokens\n"
+        )
+    failure = provider.failure
+    if failure is not None:
+        if failure.error_code == "invalid_grant":
+            advice = (
+                f"\n  the refresh token in {path} is spent or revoked: reinstall the app on "
+                f"this location (or put a valid refresh_token into {path})"
+            )
+        elif failure.refresh_status != 200:  # a 200 that went wrong: the reason says it all
+            advice = f"\n  check {path} and the token endpoint ({provider.token_url})"
+        else:
+            advice = ""
+        sys.stderr.write(f"OAuth: token refresh failed: {failure.reason}{advice}\n")
+    sys.stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,11 +41,9 @@ again changes nothing).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import time
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, Iterable, Mapping
 from types import TracebackType
 from typing import Final
 
@@ -53,15 +51,19 @@ import aiohttp
 import msgspec
 import yarl
 
-from growthhub_async.auth import FixedToken, TokenProvider, is_scope_error
+from growthhub_async.auth import (
+    AccessToken,
+    FixedToken,
+    TokenProvider,
+    is_location_error,
+    is_scope_error,
+)
 from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
     ConfigurationError,
-    ConnectionFailed,
     HTTPStatusError,
     RateLimited,
-    RequestTimeout,
     ResponseError,
     TokenRefreshFailed,
     Unauthorized,
@@ -78,7 +80,14 @@ from growthhub_async.models import (
 )
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
+from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
+from growthhub_async.transport import (
+    check_base_url,
+    is_loopback,
+    map_exceptions,
+    no_hidden_resend,
+)
 
 __all__ = [
     "API_VERSION",
@@ -98,39 +107,7 @@ DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
 """The key of the token given as ``token=``."""
 
 DAILY_LIMIT_REACHED: Final = "daily limit reached"
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` names the loopback interface only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base_url(url: str, *, allow_insecure: bool = False) -> yarl.URL:
-    """Validate the API's base URL: https, or plain http only to a loopback host.
-
-    ``allow_insecure`` permits http to any host (a TLS-terminating proxy on a private network);
-    the token then travels in clear text. A trailing slash is dropped; a path is kept (proxies).
-    """
-    try:
-        parsed = yarl.URL(url)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"base_url {url!r} is not a URL: {exc}") from None
-    if parsed.scheme not in ("https", "http") or not parsed.host:
-        raise ConfigurationError(f"base_url must be an http(s) URL with a host, not {url!r}")
-    if parsed.user or parsed.password or parsed.query_string or parsed.fragment:
-        raise ConfigurationError("base_url must not hold credentials, a query or a fragment")
-    if parsed.scheme == "http" and not (allow_insecure or is_loopback(parsed.host)):
-        raise ConfigurationError(
-            f"base_url must use https (plain http is allowed to loopback hosts only): {url!r}"
-        )
-    return parsed.with_path(parsed.path.rstrip("/"))
+_NO_SECRETS: Final = Redactor()
 
 
 def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
@@ -153,40 +130,33 @@ class _RejectedToken(Unauthorized):
     lets :meth:`_Lane.refresh` tell "refresh now" from "someone already did".
     """
 
-    def __init__(self, error: HTTPStatusError, generation: int) -> None:
+    def __init__(self, error: HTTPStatusError, generation: int, sent_at: float) -> None:
         super().__init__(
             error.status_code, error.messages, headers=error.headers, trace_id=error.trace_id
         )
         self.generation = generation
-
-
-@contextmanager
-def map_exceptions() -> Iterator[None]:
-    """Translate aiohttp's and the socket layer's exceptions into ours: the one place it happens.
-
-    Timeouts become :class:`RequestTimeout`, every other client or socket error
-    :class:`ConnectionFailed`. The original is not chained (``from None``): aiohttp exceptions
-    can hold the request, and with it the ``Authorization`` header; its class and message are
-    kept in ours.
-    """
-    try:
-        yield
-    except TimeoutError as exc:  # aiohttp.ServerTimeoutError is one too
-        raise RequestTimeout(f"no answer in time ({type(exc).__name__}: {exc})") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
+        self.sent_at = sent_at
 
 
 def read_response(
-    status: int, headers: Mapping[str, str], body: bytes, *, now: float | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    redact: Redactor | None = None,
 ) -> UpdateContactResponse:
     """The decoded 2xx body, or the typed error of the answer. Pure.
+
+    Every piece of server text kept on the error (messages, ``traceId``, headers, a bad 2xx's
+    body) goes through ``redact`` first: a gateway may echo the ``Authorization`` header.
 
     A 2xx whose body is not the API's JSON, or says ``succeded: false``, raises
     :class:`ResponseError` (the retry policy treats it as transient: most likely a proxy's
     truncated answer). ``now`` (Unix seconds) reads a ``Retry-After`` HTTP date when the
     answer has no ``Date`` header.
     """
+    clean = redact if redact is not None else _NO_SECRETS
     if 200 <= status < 300:
         try:
             decoded = decode_response(body)
@@ -194,18 +164,19 @@ def read_response(
             raise ResponseError(
                 f"HTTP {status} with a body that is not the API's JSON ({len(body)} bytes)",
                 status_code=status,
-                body=body[:512],
+                body=clean.bytes(body[:512]),
             ) from None
         if decoded.succeded is False:
             raise ResponseError(
                 f"HTTP {status} but the server says succeded: false",
                 status_code=status,
-                body=body[:512],
+                body=clean.bytes(body[:512]),
             )
         return decoded
     error = decode_error_body(body)
-    messages = error.messages if error is not None else []
-    trace_id = error.trace_id if error is not None else None
+    messages = [clean(m) for m in error.messages] if error is not None else []
+    trace_id = clean.text_or_none(error.trace_id) if error is not None else None
+    headers = clean.headers(headers)
     cls = error_for_status(status)
     if cls is RateLimited:
         retry_after = parse_retry_after(
@@ -233,8 +204,14 @@ class _Lane:
         self.budget = budget
         self.provider = provider
         self._client = client
+        self._redact = client.redactor
+        self._sent_value: str | None = None  # the last bearer value, known to the redactor
         self._unauthorized_limit = unauthorized_limit
         self._unauthorized = 0
+        # A token fresh from a refresh, refused before any success (issue 18, item 7): how
+        # many times in a row, and when the last refusal was counted.
+        self._fresh_refusals = 0
+        self._fresh_refused_at = float("-inf")
         self._session: aiohttp.ClientSession | None = None
         self._pacer: Pacer | None = None
         self.stopped: tuple[Status, str] | None = None
@@ -259,12 +236,8 @@ class _Lane:
             raise_for_status=False,
             trust_env=False,
         )
-        # aiohttp silently re-sends an idempotent request (PUT) once when a pooled connection
-        # drops. That hidden request would bypass the pacer (one more in the window than we
-        # counted) and the attempt count; the engine's own retry covers drops. aiohttp has no
-        # public switch; its own test client flips this same attribute.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
+        # No hidden re-send of a PUT on a dropped connection: the engine's own retry covers drops.
+        no_hidden_resend(self._session)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -279,25 +252,59 @@ class _Lane:
         assert self._pacer is not None
         return await self._pacer.acquire()
 
-    async def refresh(self, error: HTTPStatusError) -> bool:
-        """After a 401: ``True`` when a newer token is ready (send again once), else ``False``.
+    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
+        """After a 401: ``True`` when a token is ready to send again with, else ``False``.
 
         Only a 401 that means "expired or invalid token", from a provider that can refresh,
         gets here as :class:`_RejectedToken`; the provider refreshes once for every caller
         (single flight) or, if the token was already replaced, not at all. A refused refresh
         stops the token (its records end ``unauthorized`` with the server's reason) and raises
         :class:`~growthhub_async.errors.TokenRefreshFailed`, the record's own error.
+
+        A token fresh from a refresh is not refreshed again: see :meth:`_fresh_token_refused`.
+        ``again``: this record already had its refresh, so it may not cause another one (it
+        pauses and sends again instead).
         """
         if not isinstance(error, _RejectedToken):
             return False
+        if self.provider.fresh(error.generation):
+            return await self._fresh_token_refused(error)
+        if again:
+            # The record had its refresh, and this token is not fresh: it works for others.
+            # An intermittent 401 ("Invalid JWT"): pause and send again, no new refresh (the
+            # engine bounds how often per record).
+            await asyncio.sleep(self._client.retry.backoff_delay(1))
+            return self.stopped is None
         try:
             renewed = await self.provider.rejected(error.generation)
         except TokenRefreshFailed as exc:
             self.stop(Status.UNAUTHORIZED, str(exc))
             raise
-        if not renewed:
-            self._count_unauthorized()
-        return renewed
+        if renewed:
+            return True
+        return await self._fresh_token_refused(error)
+
+    async def _fresh_token_refused(self, error: _RejectedToken) -> bool:
+        """The token a refresh just issued was refused, before it ever worked.
+
+        The API sometimes refuses a brand-new token ("Invalid JWT") for a moment. So the record
+        is sent again with it after a pause (the retry policy's backoff), and the token is
+        declared dead only after ``unauthorized_limit`` refusals in a row, each of a request
+        sent after the previous refusal (requests in flight together are one piece of
+        evidence). Any success resets the count.
+        """
+        if error.sent_at >= self._fresh_refused_at:
+            self._fresh_refusals += 1
+            self._fresh_refused_at = asyncio.get_running_loop().time()
+        if self._fresh_refusals >= self._unauthorized_limit:
+            self.stop(
+                Status.UNAUTHORIZED,
+                f"not sent: the token from the last refresh was refused (401) "
+                f"{self._fresh_refusals} times in a row, with pauses between",
+            )
+            return False
+        await asyncio.sleep(self._client.retry.backoff_delay(self._fresh_refusals))
+        return self.stopped is None
 
     def _count_unauthorized(self) -> None:
         self._unauthorized += 1
@@ -325,18 +332,25 @@ class _Lane:
         finally:
             self.budget.complete(asyncio.get_running_loop().time())
 
-    async def _request(
-        self, contact_id: str, body: bytes, *, sent_at: float
-    ) -> tuple[int, UpdateContactResponse]:
-        assert self._session is not None
-        url = self._client.contact_url(contact_id)
+    async def _credential(self) -> AccessToken:
         try:
             credential = await self.provider.token()
         except TokenRefreshFailed as exc:
             self.stop(Status.UNAUTHORIZED, str(exc))
             raise
+        if credential.value is not self._sent_value:
+            self._sent_value = credential.value
+            self._redact.add(credential.value)  # whatever the provider, it is a secret
+        return credential
+
+    async def _request(
+        self, contact_id: str, body: bytes, *, sent_at: float
+    ) -> tuple[int, UpdateContactResponse]:
+        assert self._session is not None
+        url = self._client.contact_url(contact_id)
+        credential = await self._credential()
         auth = {"Authorization": f"Bearer {credential.value}"}
-        with map_exceptions():
+        with map_exceptions(self._redact):
             async with self._session.put(url, data=body, headers=auth) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -344,7 +358,7 @@ class _Lane:
         now = asyncio.get_running_loop().time()
         self.budget.observe(parse_rate_headers(headers), sent_at=sent_at, now=now)
         try:
-            result = read_response(status, headers, raw, now=time.time())
+            result = read_response(status, headers, raw, now=time.time(), redact=self._redact)
         except RateLimited as exc:
             wait = exc.retry_after
             if wait is None:
@@ -358,8 +372,12 @@ class _Lane:
             if exc.status_code == 401:
                 if self.provider.refreshable and not is_scope_error(exc):
                     # Counted by refresh() only if no newer token cures it.
-                    raise _RejectedToken(exc, credential.generation) from None
+                    raise _RejectedToken(exc, credential.generation, sent_at) from None
                 self._count_unauthorized()
+            elif exc.status_code == 403 and is_location_error(exc):
+                # The token belongs to another location: every record would get this answer
+                # (issue 18). Stop it as repeated 401s do.
+                self.stop(Status.UNAUTHORIZED, f"not sent: the token was refused: {exc}")
             else:
                 self._unauthorized = 0
                 if exc.status_code != 403 and exc.status_code < 500 and exc.status_code != 429:
@@ -368,7 +386,7 @@ class _Lane:
         finally:
             if self.budget.daily_exhausted:
                 self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
-        self._unauthorized = 0
+        self._unauthorized = self._fresh_refusals = 0
         self.provider.accepted(credential.generation)
         return status, result
 
@@ -426,6 +444,8 @@ class GrowthHubClient:
         from growthhub_async import __version__  # noqa: PLC0415 (the package imports us)
 
         self.base_url = check_base_url(base_url, allow_insecure=allow_insecure)
+        for provider in providers.values():
+            provider.attach(self.base_url)  # an OAuth token endpoint follows the API (issue 18)
         # The API's ids are ASCII letters and digits: nothing to quote, so the URL is the
         # prefix plus the id, built without yarl's parsing (a few percent of a record's CPU).
         self._contacts_prefix = str(self.base_url.joinpath("contacts")) + "/"
@@ -436,6 +456,10 @@ class GrowthHubClient:
         self.max_pending = max_pending
         self.user_agent = user_agent or f"growthhub-async/{__version__}"
         self.hooks: list[Hook] = list(hooks)
+        self.redactor = Redactor()
+        """Every secret of every token: removed from server text before it is kept anywhere."""
+        for provider in providers.values():
+            self.redactor.include(provider.redactor)
         self._codec = UpdateContactCodec(value_key)
         self._lanes = {
             key: _Lane(

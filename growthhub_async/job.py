@@ -109,6 +109,8 @@ class JobSettings:
     """The shell command that resumes this run, printed when it is interrupted."""
     handle_signals: bool = True
     """Install SIGINT/SIGTERM handlers on the running loop for the job's duration."""
+    token_hint: str | None = None
+    """Where the token came from, named when it is refused (default: ``GROWTHHUB_TOKEN``)."""
 
 
 @dataclass(slots=True)
@@ -478,7 +480,7 @@ def _report(
     if not all_updated and failure is None and not interrupted:
         out.writelines(f"{line}\n" for line in _next_steps(settings, counts, problems))
     out.flush()
-    _warnings(summary, state, err)
+    _warnings(summary, state, err, settings.token_hint or TOKEN_ENV)
     if not summary.records and not skipped_count and failure is None and not interrupted:
         err.write(f"warning: {settings.input} holds no records: nothing was sent\n")
     if failure is not None:
@@ -530,7 +532,7 @@ def _next_steps(
     return lines
 
 
-def _warnings(summary: Summary, state: ResumeState | None, err: TextIO) -> None:
+def _warnings(summary: Summary, state: ResumeState | None, err: TextIO, token_hint: str) -> None:
     if state is not None and state.torn:
         err.write(
             "note: the last line of the outcomes was torn (the earlier run died mid-write); "
@@ -544,7 +546,7 @@ def _warnings(summary: Summary, state: ResumeState | None, err: TextIO) -> None:
         )
     if summary.by_status[Status.UNAUTHORIZED]:
         err.write(
-            f"warning: the token was refused (401/403): check {TOKEN_ENV} and its scopes "
+            f"warning: the token was refused (401/403): check {token_hint} and its scopes "
             "(contacts.write)\n"
         )
     err.flush()

@@ -562,3 +562,24 @@ async def test_cli_update_with_oauth_file(start_sandbox: StartSandbox, tmp_path:
     )  # fmt: skip
     assert ran.status == 2
     assert "cannot read the token file" in ran.stderr
+
+
+async def test_cli_oauth_file_without_token_url_refreshes_at_the_sandbox(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    # Issue 18: the token URL follows --base-url; the secrets never go to the production host.
+    sb = await start_sandbox(oauth_sandbox_config())
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [{"contactId": f"c{n:03d}", "firstName": "Ada"} for n in range(10)])
+    path = oauth_file(tmp_path, sb)
+    data = json.loads(path.read_text())
+    del data["token_url"]
+    path.write_text(json.dumps(data))
+    out = tmp_path / "out.jsonl"
+    common = ["--base-url", sb.base_url, "--rate", "1000/1s", "--no-progress"]
+    ran = await run_cli(
+        "update", str(source), "--out", str(out), "--oauth", str(path), *common, token=None
+    )
+    assert ran.status == 0, ran.stderr
+    assert oauth_stats(sb) == {"requests": 1, "refreshes": 1, "byStatus": {"200": 1}}
+    assert json.loads(path.read_text())["refresh_token"] == live_refresh_token(sb)

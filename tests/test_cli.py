@@ -127,7 +127,8 @@ async def test_jsonl_end_to_end_every_bad_case_rejected_others_updated(
         assert f"  line {line} (rejected): " in ran.stdout
     assert expected_bad[first_bad[0]] in ran.stdout
     jq = ran.stdout.split("every one of them, from the outcomes:\n", 1)[1].splitlines()[0]
-    assert jq.strip().startswith("jq ") and jq.strip().endswith(f" {out}")
+    assert jq.strip().startswith("jq ")
+    assert jq.strip().endswith(f" {out}")
     next_command = ran.stdout.split("then:\n", 1)[1].splitlines()[0].strip()
     assert next_command.endswith(
         f"update {data} --out {out} --resume --base-url {sandbox.base_url} --rate {FAST}"

@@ -1,0 +1,89 @@
+"""The HTTP edge shared by the client and the OAuth provider (issue 12: no import cycle).
+
+Both talk to the network through aiohttp and must apply the same rules: which URLs may carry
+a secret (:func:`check_base_url`), how aiohttp's and the socket layer's exceptions become ours
+(:func:`map_exceptions`, the one place it happens), and no hidden re-send by aiohttp
+(:func:`no_hidden_resend`). ``client.py`` and ``auth.py`` both import this module; neither
+imports the other's internals.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import aiohttp
+import yarl
+
+from growthhub_async.errors import ConfigurationError, ConnectionFailed, RequestTimeout
+
+__all__ = ["check_base_url", "is_loopback", "map_exceptions", "no_hidden_resend"]
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names the loopback interface only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, allow_insecure: bool = False) -> yarl.URL:
+    """Validate the API's base URL: https, or plain http only to a loopback host.
+
+    ``allow_insecure`` permits http to any host (a TLS-terminating proxy on a private network);
+    the token then travels in clear text. A trailing slash is dropped; a path is kept (proxies).
+    """
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"base_url {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise ConfigurationError(f"base_url must be an http(s) URL with a host, not {url!r}")
+    if parsed.user or parsed.password or parsed.query_string or parsed.fragment:
+        raise ConfigurationError("base_url must not hold credentials, a query or a fragment")
+    if parsed.scheme == "http" and not (allow_insecure or is_loopback(parsed.host)):
+        raise ConfigurationError(
+            f"base_url must use https (plain http is allowed to loopback hosts only): {url!r}"
+        )
+    return parsed.with_path(parsed.path.rstrip("/"))
+
+
+@contextmanager
+def map_exceptions(redact: Callable[[str], str] | None = None) -> Iterator[None]:
+    """Translate aiohttp's and the socket layer's exceptions into ours: the one place it happens.
+
+    Timeouts become :class:`RequestTimeout`, every other client or socket error
+    :class:`ConnectionFailed`. The original is not chained (``from None``): aiohttp exceptions
+    can hold the request, and with it the ``Authorization`` header; its class and message are
+    kept in ours, passed through ``redact`` first (a parser error quotes the server's bytes,
+    which may echo a secret).
+    """
+    clean = redact if redact is not None else _same
+    try:
+        yield
+    except TimeoutError as exc:  # aiohttp.ServerTimeoutError is one too
+        raise RequestTimeout(clean(f"no answer in time ({type(exc).__name__}: {exc})")) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ConnectionFailed(clean(f"{type(exc).__name__}: {exc}")) from None
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def no_hidden_resend(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """Turn off aiohttp's silent second send of an idempotent request on a dropped connection.
+
+    That hidden request would bypass the pacer and the attempt count (a PUT), or burn a refresh
+    token that the first try may already have rotated (the OAuth refresh). aiohttp has no public
+    switch; its own test client flips this same attribute.
+    """
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+    return session
