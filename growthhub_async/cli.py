@@ -72,17 +72,18 @@ def _positive_int(text: str) -> int:
 UPDATE_DESCRIPTION = f"""\
 Update every contact in INPUT through PUT /contacts/{{contactId}}, paced to the rate limit and
 retrying transient failures, and append one outcome line per record to OUTCOMES (JSONL: line,
-contactId, status, httpStatus, attempts, error) as each record finishes.
+contactId, status, httpStatus, attempts, error, recordHash) as each record finishes.
 
 INPUT is .jsonl/.ndjson (one JSON object per line: contactId plus Update Contact fields under
-their API names), .csv (a header row with a contactId column and API field names; an empty cell
-leaves the field unchanged), or - for JSONL on standard input.
+their API names), .csv/.tsv/.txt (a header row with a contactId column and API field names,
+separated by commas, tabs or semicolons; an empty cell leaves the field unchanged), or - for JSONL
+on standard input. UTF-8, UTF-16 and UTF-32 are read.
 
 The token is read from the {TOKEN_ENV} environment variable, never from the command line. With
 --oauth FILE, an OAuth app's tokens come from FILE instead (JSON: client_id, client_secret,
-refresh_token, optionally access_token, expires_at, token_url): the access token is refreshed
-when due or refused, and FILE is rewritten atomically (mode 0600) with the rotated tokens before
-they are used, so keep it where only you can read it.
+refresh_token, optionally access_token, expires_at, token_url, which defaults to /oauth/token
+under --base-url): the access token is refreshed when due or refused, and FILE is rewritten
+(mode 0600) with the rotated tokens before they are used, so keep it where only you can read it.
 
 Exit status: 0 every record updated (with --dry-run: every record valid); 1 some record was not,
 or the run was interrupted; 2 a usage or fatal error."""
