@@ -361,7 +361,14 @@ def _why_undecodable(raw: bytes, exc: Exception, encoding: str = "utf-8") -> str
         raw.decode()
     except UnicodeDecodeError as bad:
         return _invalid_text(bad, encoding)
-    return f"malformed JSON: {_without_prefix(exc)}"
+    why = f"malformed JSON: {_without_prefix(exc)}"
+    if (cr := _BARE_CR_BYTES.search(raw.rstrip(b"\r\n"))) is not None:
+        why += (
+            f" (a bare carriage return at byte {cr.start()}: JSON Lines ends lines with LF or"
+            " CRLF, so this line holds whatever comes before the next LF; convert the file's"
+            " line ends, e.g. tr '\\r' '\\n')"
+        )
+    return why
 
 
 # A quote, then white space, then a colon: a key written `"a" :` (or a string value so).
@@ -438,28 +445,49 @@ def _json_type(value: object) -> str:
 # CSV
 
 
+_MAX_ROW_LINES: Final = 100
+"""A quoted cell may hold line breaks, but a record spread over more physical lines than this
+is a quote left open (a stray ``"Bob``): its first line is rejected and the lines after it are
+read again as records of their own, instead of disappearing into one cell."""
+_HISTORY_BYTES: Final = 4 << 20  # lines kept for reading again after an open quote, at most
+_BARE_CR: Final = re.compile(r"(?<=\r)(?!\n)")  # after a CR that no LF follows: a line end
+_BARE_CR_BYTES: Final = re.compile(rb"\r(?!\n|$)")
+
+
 class _CsvLines:
     """Physical lines of a binary stream as text, for ``csv.reader``, one per physical line.
 
     Problems that must reject a record (invalid UTF-8, an over-long line) are noted by physical
     line number instead of raised, so the reader keeps its place and the other records go on.
+    A bare CR ends a line, as LF and CRLF do (old Mac and some spreadsheet exports). The lines
+    of the record being read are kept (up to :data:`_HISTORY_BYTES`), so that an open quote
+    can be undone by :meth:`read_again`.
     """
 
     def __init__(self, stream: BinaryLines) -> None:
         self._stream = stream
         self._readline: Callable[[int], bytes] | None = None
-        self._first = b""
         self.encoding = "utf-8"
         self.count = 0
+        """The physical number of the last line given out."""
+        self._read = 0  # the physical number of the last line read from the stream
         self.problems: dict[int, str] = {}
-        self._again: list[str] = []
+        self._again: list[tuple[int, str]] = []  # lines to give out again, the next one last
+        self._history: list[tuple[int, str]] = []
+        self._history_bytes = 0
 
     def __iter__(self) -> _CsvLines:
         return self
 
     def __next__(self) -> str:
-        if self._again:
-            return self._again.pop()
+        number, text = self._again.pop() if self._again else self._next_line()
+        self.count = number
+        if self._history_bytes < _HISTORY_BYTES:
+            self._history.append((number, text))
+            self._history_bytes += len(text)
+        return text
+
+    def _next_line(self) -> tuple[int, str]:
         readline = self._readline
         if readline is None:  # the first line: find the encoding
             raw, self._readline, self.encoding = _utf8_lines(self._stream)
@@ -468,28 +496,52 @@ class _CsvLines:
             raw = readline(_READ_LIMIT)
         if not raw:
             raise StopIteration
-        self.count += 1
+        self._read += 1
+        number = self._read
         if len(raw) >= MAX_LINE_BYTES and _is_too_long(raw):
             _drain_line(readline, raw)
-            self.problems[self.count] = _TOO_LONG
-            # An empty line keeps csv's line count right; the record is rejected anyway.
-            return "\n"
+            self.problems[number] = _TOO_LONG
+            # An empty line keeps the line count right; the record is rejected anyway.
+            return number, "\n"
         try:
-            return raw.decode()
+            text = raw.decode()
         except UnicodeDecodeError as exc:
-            self.problems[self.count] = _invalid_text(exc, self.encoding)
-            return raw.decode(errors="replace")
+            self.problems[number] = _invalid_text(exc, self.encoding)
+            text = raw.decode(errors="replace")
+        if "\r" in text and len(pieces := [p for p in _BARE_CR.split(text) if p]) > 1:
+            # Each piece a line of its own; the later ones wait, numbered after this one.
+            self._read += len(pieces) - 1
+            self._again.extend((number + k, p) for k, p in reversed(list(enumerate(pieces))))
+            return self._again.pop()
+        return number, text
 
     def peek(self) -> list[str]:
         """The lines up to the first one that is not blank (all blank at the end), read now
         and given again by the iteration."""
+        before = self.count
         lines = []
         for text in self:
-            lines.append(text)
+            lines.append((self.count, text))
             if text.strip():
                 break
-        self._again = lines[::-1]
-        return lines
+        self._again.extend(reversed(lines))
+        self.count = before
+        self.start_record()
+        return [text for _, text in lines]
+
+    def start_record(self) -> None:
+        """The lines given out so far belong to finished records: forget them."""
+        self._history.clear()
+        self._history_bytes = 0
+
+    def read_again(self, after: int) -> bool:
+        """Give out again the current record's lines after line ``after``; ``False`` when they
+        were not all kept (a record of megabytes), and nothing is given again."""
+        if self._history_bytes >= _HISTORY_BYTES:
+            return False
+        self._again.extend(reversed([line for line in self._history if line[0] > after]))
+        self.start_record()
+        return True
 
     def problem_within(self, start: int, end: int) -> Outcome | None:
         """The first problem noted on lines ``start..end``, reported at ``start``; forget them."""
@@ -505,21 +557,47 @@ class _CsvLines:
 
 
 def _rows(lines: _CsvLines, delimiter: str) -> Iterator[tuple[int, list[str] | Outcome]]:
-    """Each CSV row with the physical line it starts on, or an outcome for an unreadable one."""
-    reader = csv.reader(lines, delimiter=delimiter)
-    end = 0  # the physical line where the previous row ended
+    """Each CSV row with the physical line it starts on, or an outcome for an unreadable one.
+
+    A quote left open (the row runs to the end of the input, past the field size limit, or
+    over more than :data:`_MAX_ROW_LINES` lines) rejects the line it opened on; the lines after
+    it are read again, so the records there keep their own outcomes.
+    """
+    start = lines.count + 1
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     while True:
+        lines.start_record()
+        error: str | None = None
         try:
-            row = next(reader)
+            row: list[str] | None = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:  # a cell over csv's field size limit, for one
-            start, end = end + 1, reader.line_num
-            yield start, lines.problem_within(start, end) or _reject(start, f"bad CSV: {exc}")
+        except csv.Error as exc:  # a quote left open, a cell over csv's size limit, ...
+            row, error = None, str(exc)
+        end = lines.count
+        open_quote = end > start and (error is not None or end - start >= _MAX_ROW_LINES)
+        if open_quote and lines.read_again(after=start):
+            lines.problem_within(start, start)
+            yield (
+                start,
+                _reject(
+                    start,
+                    'a quote (") opened on this line is never closed: the line is not read as'
+                    " a record (quote the cell whole, or double the quote inside it)",
+                ),
+            )
+            start += 1
+            reader = csv.reader(lines, delimiter=delimiter, strict=True)
             continue
-        start, end = end + 1, reader.line_num
         problem = lines.problem_within(start, end) if lines.problems else None
-        yield start, problem or row
+        if problem is not None:
+            yield start, problem
+        elif error is not None:
+            yield start, _reject(start, f"bad CSV: {error}")
+        else:
+            assert row is not None
+            yield start, row
+        start = end + 1
 
 
 # A header column: (kind, name, path). Kinds: "id" (contactId), "text", "bool" (dnd), "tags",

@@ -632,3 +632,49 @@ def test_count_records(tmp_path: Path) -> None:
     assert count_records(str(c)) == 3
     assert count_records("-") is None
     assert count_records(str(tmp_path / "missing.jsonl")) is None
+
+
+# -- quotes left open and bare carriage returns (found by the red team) -----------------------
+
+
+@pytest.mark.parametrize("rows", [3, 3000])
+def test_a_quote_left_open_rejects_its_line_and_every_later_record_is_read(rows: int) -> None:
+    # A nickname typed `"Bob` opens a quoted cell that nothing closes: before, the rest of the
+    # file became Bob's first name and every later record was lost, with exit 0.
+    lines = [f"c{n},N{n}" for n in range(1, rows + 1)]
+    lines[1] = 'c2,"Bob'
+    items = csv_items("contactId,firstName\n" + "\n".join(lines) + "\n")
+    assert len(items) == rows
+    assert [i.line for i in items] == list(range(2, rows + 2))
+    bad = items[1]
+    assert isinstance(bad, Outcome)
+    assert bad.error is not None
+    assert 'line 3: a quote (") opened on this line is never closed' in bad.error
+    records = [i for i in items if isinstance(i, Record)]
+    assert len(records) == rows - 1
+    assert all(r.update.first_name == f"N{r.contact_id[1:]}" for r in records)
+
+
+def test_a_long_quoted_cell_over_many_lines_is_still_one_record() -> None:
+    address = "\n".join(f"line {n}" for n in range(20))
+    items = csv_items(f'contactId,address1\nc1,"{address}"\nc2,x\n')
+    assert [type(i).__name__ for i in items] == ["Record", "Record"]
+    first = items[0]
+    assert isinstance(first, Record)
+    assert first.update.address1 == address
+    assert items[1].line == 22
+
+
+def test_a_bare_cr_ends_a_csv_line() -> None:
+    items = csv_items(b"contactId,firstName\r\nc1,A\rc2,B\nc3,C\r\n")
+    assert [(i.line, i.contact_id) for i in items] == [(2, "c1"), (3, "c2"), (4, "c3")]
+    assert all(isinstance(i, Record) for i in items)
+    only_cr = csv_items(b"contactId,firstName\rc1,A\rc2,B\r")
+    assert [(i.line, i.contact_id) for i in only_cr] == [(2, "c1"), (3, "c2")]
+
+
+def test_a_bare_cr_in_jsonl_is_named() -> None:
+    items = jsonl(b'{"contactId":"a"}\r{"contactId":"b"}\n{"contactId":"c"}\n')
+    assert isinstance(items[0], Outcome)
+    assert "bare carriage return at byte 17" in str(items[0].error)
+    assert isinstance(items[1], Record)
