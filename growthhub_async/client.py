@@ -683,11 +683,15 @@ class GrowthHubClient:
         Returns the decoded answer, or raises: :class:`~growthhub_async.errors.InvalidContactId`
         before sending anything; the status's :class:`~growthhub_async.errors.HTTPStatusError`
         (``BadRequest``, ``Unauthorized``, ``Forbidden``, ``NotFound``, ``UnprocessableEntity``,
-        ``RateLimited`` with ``retry_after``, ``ServerError``) with the server's messages;
-        :class:`~growthhub_async.errors.ResponseError` for an unreadable 2xx;
+        ``RateLimited`` with ``retry_after``, ``ServerError``, ``Redirected`` for a 3xx, never
+        followed) with the server's messages; :class:`~growthhub_async.errors.ResponseError`
+        for an unreadable 2xx (``ContactMismatch`` for one naming another contact);
         :class:`~growthhub_async.errors.ConnectionFailed` or
-        :class:`~growthhub_async.errors.RequestTimeout` when no answer came. A 429 also pauses
-        the token for every other caller. For retries without exceptions use :meth:`submit`.
+        :class:`~growthhub_async.errors.RequestTimeout` when no complete answer came within
+        ``timeout``; :class:`~growthhub_async.errors.ClientClosed` after :meth:`close`; and
+        ``ValueError`` for a custom field value JSON cannot carry (NaN, infinity). A 429 that
+        spent the budget also pauses the token for every other caller (for at most
+        ``max_pause``). For retries without exceptions use :meth:`submit`.
         """
         check_contact_id(contact_id)
         lane = self._lane(token_key)
