@@ -25,15 +25,17 @@ from growthhub_async.errors import (
     ClientClosed,
     ContactMismatch,
     GrowthHubError,
+    RateLimited,
     Redirected,
     RequestTimeout,
+    ServerError,
     TokenRefreshFailed,
 )
 from growthhub_async.events import Event, Paused, RecordFinished
 from growthhub_async.models import CustomField
 from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.progress import render_bar, render_line
-from growthhub_async.ratelimit import Budget, Rate
+from growthhub_async.ratelimit import Budget, Rate, RateHeaders, parse_rate_headers
 from growthhub_async.retry import RetryPolicy, is_transient
 
 TOKEN = "adversary-token-Qx81"
@@ -327,8 +329,54 @@ def test_the_pause_cap_is_the_window_unless_configured() -> None:
     assert Budget(Rate(100, 10.0)).pause_cap == pytest.approx(10.0 + 0.105)
     assert Budget(Rate(100, 10.0), max_pause=3.0).pause_cap == 3.0
     assert Budget(None).pause_cap == 60.0
+    learned = Budget(None)
+    learned.observe(RateHeaders(interval=2.5), sent_at=0.0, now=0.1)
+    assert learned.pause_cap == 2.5  # the server's window, from X-RateLimit-Interval-*
     with pytest.raises(GrowthHubError, match="max_pause"):
         Budget(None, max_pause=math.inf)
+    with pytest.raises(GrowthHubError, match="max_pause"):
+        GrowthHubClient(TOKEN, max_pause=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("headers", "spent"),
+    [
+        ({}, True),  # no evidence: assume the budget
+        ({"X-RateLimit-Remaining": "0"}, True),
+        ({"X-RateLimit-Remaining": "-5"}, True),
+        ({"X-RateLimit-Max": "100"}, True),
+        ({"X-RateLimit-Remaining": "1"}, False),
+        ({"x-ratelimit-remaining": "37", "x-ratelimit-max": "100"}, False),
+    ],
+)
+def test_only_a_spent_budget_pauses_the_token(headers: dict[str, str], spent: bool) -> None:
+    assert parse_rate_headers(headers).spent is spent
+
+
+@pytest.mark.parametrize(
+    ("error", "tries", "elapsed", "expected"),
+    [
+        (RateLimited(retry_after=86400.0), 1, 0.0, "wait 86400s (Retry-After), beyond"),
+        (ServerError(503, headers={"Retry-After": "200"}), 1, 0.0, "wait 200s (Retry-After)"),
+        (ServerError(503), 6, 0.0, "gave up after 6 tries"),
+        (ServerError(503), 2, 119.9, "gave up after 2 tries, at max_time 120s"),
+        (Redirected(302, headers={"Location": "/x"}), 1, 0.0, "not retried"),
+        (ContactMismatch(status_code=200, expected="a", received="b"), 1, 0.0, "not retried"),
+        (RateLimited(retry_after=3.0), 1, 0.0, 3.0),
+    ],
+)
+def test_the_policy_says_why_it_gives_up(
+    error: GrowthHubError, tries: int, elapsed: float, expected: str | float
+) -> None:
+    policy = RetryPolicy(jitter=lambda v: v)
+    decision = policy.decide(error, tries=tries, elapsed=elapsed)
+    if isinstance(expected, float):
+        assert decision == expected
+        assert policy.next_delay(error, tries=tries, elapsed=elapsed) == expected
+    else:
+        assert isinstance(decision, str)
+        assert expected in decision
+        assert policy.next_delay(error, tries=tries, elapsed=elapsed) is None
 
 
 # -- 3. a 429 that is not about the budget -----------------------------------------------------
