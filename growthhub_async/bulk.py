@@ -313,7 +313,8 @@ class Engine:
 
         A running record is cancelled by cancelling the worker that runs it, once: the worker is
         suspended inside that record's attempts (see :meth:`_run`), so the cancellation lands
-        there, and the worker takes it back (``uncancel``) and goes on with its next record.
+        there, and the worker takes it back (``uncancel``) and goes on with its next record. A
+        record waiting for a retry (no worker) ends at once, and its contact's next record goes.
         """
         if job.state is _State.QUEUED:
             self._finish(job, job.outcome(Status.FAILED, CANCELLED))
