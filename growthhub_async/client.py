@@ -161,6 +161,27 @@ def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
     return FixedToken(token)
 
 
+MAX_ANSWER: Final = 1 << 20
+"""Bytes: the largest answer read (decompressed). The API's answer is one contact, a few KB."""
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, or :class:`ResponseError` once it passes :data:`MAX_ANSWER`.
+
+    ``resp.read()`` would hold whatever the server sends (a 50 MB body, a gzip bomb that
+    inflates from KB to GB) in memory; this stops reading at the cap.
+    """
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise ResponseError(
+                f"HTTP {resp.status} with an answer over {MAX_ANSWER} bytes: not read further",
+                status_code=resp.status,
+            )
+    return bytes(body)
+
+
 def _closed_by_peer(transport: asyncio.BaseTransport | None) -> bool:
     """Whether an idle pooled connection has anything to read: the server's FIN (it closed the
     connection), or bytes it had no reason to send. Either way, no request may go on it.
@@ -439,7 +460,7 @@ class _Lane:
             else:
                 request = self._session.put(url, data=body, headers=auth, allow_redirects=False)
             async with request as resp:
-                return resp.status, resp.headers, await resp.read()
+                return resp.status, resp.headers, await _read_capped(resp)
 
     def _pause(self, asked: float | None, now: float) -> None:
         """After a 429 that spent the budget: pause the token, bounded (rule 4 of ratelimit)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from growthhub_async import GrowthHubClient, UpdateContact
 from growthhub_async.auth import OAuthProvider
+from growthhub_async.client import MAX_ANSWER
 from growthhub_async.errors import (
     ClientClosed,
     ContactMismatch,
@@ -28,6 +30,7 @@ from growthhub_async.errors import (
     RateLimited,
     Redirected,
     RequestTimeout,
+    ResponseError,
     ServerError,
     TokenRefreshFailed,
 )
@@ -771,3 +774,94 @@ async def test_after_close_the_client_raises_its_own_error() -> None:
             [o async for o in gh.update_contacts([("c1", UpdateContact(first_name="A"))])]
     assert issubclass(ClientClosed, GrowthHubError)
     assert len(api.seen) == 1
+
+
+# -- found on the way: answers too large to hold ---------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    respond: Callable[[asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A raw server that reads one request per connection and lets ``respond`` answer it."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            await respond(writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            handlers.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        if handlers:
+            await asyncio.wait(list(handlers))
+        await server.wait_closed()
+
+
+async def test_a_huge_answer_is_not_read_into_memory() -> None:
+    size = 64 << 20
+    sent: list[int] = []
+
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b" " * (256 << 10)
+        total = 0
+        try:
+            while total < size:
+                writer.write(chunk)
+                await writer.drain()
+                total += len(chunk)
+        finally:
+            sent.append(total)
+
+    policy = RetryPolicy(max_tries=2, jitter=lambda _: 0.0)
+    async with (
+        raw_server(respond) as url,
+        GrowthHubClient(TOKEN, base_url=url, rate=None, retry=policy) as gh,
+    ):
+        [outcome] = await asyncio.wait_for(collect(gh, "c1"), 10)
+    assert outcome.status is Status.FAILED
+    assert outcome.attempts == 2
+    assert outcome.error is not None
+    assert f"answer over {MAX_ANSWER} bytes" in outcome.error
+    assert len(sent) == 2
+    assert max(sent) < size // 4  # the client stopped reading, and the server had to stop
+
+
+async def test_a_gzip_bomb_is_not_inflated_into_memory() -> None:
+    bomb = gzip.compress(b" " * (32 << 20))  # 32 MiB of JSON whitespace in about 32 KB
+
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(bomb), bomb)
+        )
+        await writer.drain()
+
+    async with (
+        raw_server(respond) as url,
+        GrowthHubClient(TOKEN, base_url=url, rate=None, retry=NO_WAIT) as gh,
+    ):
+        with pytest.raises(ResponseError, match="answer over"):
+            await gh.update_contact("c1", UpdateContact(first_name="A"))
+    assert len(bomb) < MAX_ANSWER // 8
