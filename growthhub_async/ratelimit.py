@@ -325,14 +325,15 @@ class Budget:
     @property
     def pause_cap(self) -> float:
         """The longest one 429 may pause the token (rule 4): ``max_pause`` when configured, else
-        the window (ours with its margin, else the server's ``X-RateLimit-Interval``), else
-        :data:`DEFAULT_MAX_PAUSE`. After a window the server's count has started over."""
+        our window with its margin (after a window the server's count has started over), else
+        the server's ``X-RateLimit-Interval`` but at most :data:`DEFAULT_MAX_PAUSE` (a header
+        claiming a window of a day must not buy a pause of a day), else that default."""
         if self.max_pause is not None:
             return self.max_pause
         if self.rate is not None:
-            return max(self.span, self._server_window or 0.0)
+            return self.span
         if self._server_window is not None:
-            return self._server_window
+            return min(self._server_window, DEFAULT_MAX_PAUSE)
         return DEFAULT_MAX_PAUSE
 
     def pause(self, until: float) -> bool:

@@ -335,6 +335,10 @@ def test_the_pause_cap_is_the_window_unless_configured() -> None:
     learned = Budget(None)
     learned.observe(RateHeaders(interval=2.5), sent_at=0.0, now=0.1)
     assert learned.pause_cap == 2.5  # the server's window, from X-RateLimit-Interval-*
+    # A server claiming a window of a day buys no day-long pause, with or without our rate.
+    for budget in (Budget(None), Budget(Rate(100, 10.0))):
+        budget.observe(RateHeaders(interval=86400.0), sent_at=0.0, now=0.1)
+        assert budget.pause_cap <= 60.0
     with pytest.raises(GrowthHubError, match="max_pause"):
         Budget(None, max_pause=math.inf)
     with pytest.raises(GrowthHubError, match="max_pause"):
