@@ -41,7 +41,7 @@ What the client does not trust (issue 12): a redirect is never followed (the bod
 token would go wherever ``Location`` points; a 303 would turn the PUT into a GET): it raises
 :class:`~growthhub_async.errors.Redirected`, a ``failed`` outcome that is not retried. Every
 answer must be complete within ``timeout`` (a body trickling a byte at a time does not keep a
-request alive), and a 2xx naming another contact raises
+request alive) and at most :data:`MAX_ANSWER` bytes, and a 2xx naming another contact raises
 :class:`~growthhub_async.errors.ContactMismatch`. A pooled connection that the server had
 already closed is never used: see :class:`_Connector`.
 """
@@ -209,8 +209,8 @@ class _Connector(aiohttp.TCPConnector):
 
     A server that closes an idle keep-alive connection (its keep-alive timeout, a restart)
     sends a FIN; until the event loop has read it, aiohttp still counts the connection as
-    alive and hands it out again. A request sent on it fails before the server sees it, yet
-    counted as an attempt and spent the record's retry budget. Each pooled connection is
+    alive and hands it out again. A request sent on it fails before the server sees it, yet it
+    was counted as an attempt and spent the record's retry budget. Each pooled connection is
     checked before reuse (:func:`_closed_by_peer`) and closed instead when the server has. (A
     FIN still in flight while the request goes out cannot be told from a server that read the
     request and dropped it: that failure counts, as the server may have seen it. aiohttp's own
@@ -287,8 +287,8 @@ def read_response(
 
     A 2xx whose body is not the API's JSON, or says ``succeded: false``, raises
     :class:`ResponseError` (the retry policy treats it as transient: most likely a proxy's
-    truncated answer). A 204, or a 2xx with no body at all, is success: the PUT was applied and
-    there is nothing to read (an empty response). A 2xx whose contact has an ``id`` other than
+    truncated answer). A 204, or a 2xx with no body (or only whitespace), is success: the PUT
+    was applied and there is nothing to read. A 2xx whose contact has an ``id`` other than
     ``contact_id`` raises :class:`~growthhub_async.errors.ContactMismatch` (not retried). A 3xx
     raises :class:`~growthhub_async.errors.Redirected`. ``now`` (Unix seconds) reads a
     ``Retry-After`` HTTP date when the answer has no ``Date`` header.
