@@ -8,14 +8,17 @@ from growthhub_async.bulk import OutcomeStream
 from growthhub_async.client import GrowthHubClient, TokenView
 from growthhub_async.errors import (
     BadRequest,
+    ClientClosed,
     ConfigurationError,
     ConnectionFailed,
+    ContactMismatch,
     Forbidden,
     GrowthHubError,
     HTTPStatusError,
     InvalidContactId,
     NotFound,
     RateLimited,
+    Redirected,
     RequestTimeout,
     ResponseError,
     ServerError,
@@ -56,9 +59,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadRequest",
+    "ClientClosed",
     "ConfigurationError",
     "ConnectionFailed",
     "Contact",
+    "ContactMismatch",
     "CustomField",
     "DndChannel",
     "DndSettings",
@@ -83,6 +88,7 @@ __all__ = [
     "RateLimited",
     "Record",
     "RecordFinished",
+    "Redirected",
     "RequestTimeout",
     "ResponseError",
     "RetryPolicy",

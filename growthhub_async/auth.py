@@ -803,6 +803,8 @@ class OAuthProvider(TokenProvider):
             log.debug("refreshing the OAuth access token (try %d)", tries)
             try:
                 with map_exceptions(self.redactor):
+                    # Never follow a redirect: a 307/308 would re-send the client secret and
+                    # the refresh token to wherever it points (issue 12).
                     async with self._session.post(
                         self.token_url, data=form, allow_redirects=False
                     ) as resp:

@@ -5,7 +5,9 @@ How a record travels::
     input (lazy) -> OutcomeStream's reader (at most max_pending records ahead of the consumer)
       -> the token's queue -> one of the token's `concurrency` workers
       -> per-contact gate (one record per contact in flight, input order kept)
-      -> pacing (the token's budget) -> PUT -> retry transient failures -> Outcome
+      -> pacing (the token's budget) -> PUT -> Outcome
+                                             -> transient failure: wait (no worker held),
+                                                then back to the front of the queue
 
 Rules, and why:
 
@@ -24,16 +26,21 @@ Rules, and why:
   and cancels the ones in flight, which end ``failed`` (``"cancelled"``) with their attempts
   counted. Outcomes that the closed stream can no longer yield still reach the hooks
   (:class:`~growthhub_async.events.RecordFinished`) and the stream's ``summary``.
-- **Retries** follow :class:`~growthhub_async.retry.RetryPolicy`. A 429 pauses the whole token
-  (the client's lane does it when the answer arrives); the record then waits in the token's
-  pacer like every other. A token stopped for the day, after repeated 401s or after a 403 for
-  another location sends nothing more: its records end with the stop's status and reason.
+- **Retries** follow :class:`~growthhub_async.retry.RetryPolicy`. **A record waiting for its
+  retry holds no worker**: the worker goes on with other records, and a timer puts the record
+  back at the front of its token's queue when the wait is over. The record keeps its contact's
+  gate meanwhile, so later records of that contact still wait for it. A 429 that spent the
+  budget also pauses the whole token (the client's lane does it when the answer arrives; see
+  rule 4 of :mod:`~growthhub_async.ratelimit`). A token stopped for the day, after repeated
+  401s or after a 403 for another location sends nothing more: its records end with the stop's
+  status and reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
 from collections import deque
@@ -43,13 +50,22 @@ from typing import Any, Protocol, TypeAlias
 
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
+    ClientClosed,
     HTTPStatusError,
     InvalidContactId,
     RateLimited,
+    Redirected,
     ResponseError,
     TransportError,
 )
-from growthhub_async.events import Event, Hook, RateLimitHit, RecordFinished, RetryScheduled
+from growthhub_async.events import (
+    Event,
+    Hook,
+    Paused,
+    RateLimitHit,
+    RecordFinished,
+    RetryScheduled,
+)
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
@@ -77,8 +93,14 @@ class Lane(Protocol):
     async def acquire(self) -> float:
         """Wait for the token's budget; return the send time."""
 
-    async def request(self, contact_id: str, body: bytes, *, sent_at: float) -> tuple[int, Any]:
-        """Send one PUT; return ``(status, decoded)`` or raise a typed error."""
+    async def request(
+        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None = None
+    ) -> tuple[int, Any]:
+        """Send one PUT; return ``(status, decoded)`` or raise a typed error.
+
+        ``deadline`` (``loop.time()``): the whole answer must be in by then, or the request
+        ends with :class:`~growthhub_async.errors.RequestTimeout`.
+        """
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
         """After the 401 ``error``: ``True`` when a token is ready to send again with (a newer
@@ -93,8 +115,10 @@ class Lane(Protocol):
 
 
 class _State(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = "queued"  # waiting for a worker; must pass its contact's gate
+    READY = "ready"  # holds its contact's gate, waiting for a worker (after a wait, or handed)
+    RUNNING = "running"  # a worker runs its attempts
+    WAITING = "waiting"  # holds its contact's gate, no worker: a timer wakes it (a retry's wait)
     DONE = "done"
 
 
@@ -110,6 +134,7 @@ class _Job:
         "body",
         "cancel_requested",
         "contact_id",
+        "first",
         "http_status",
         "lane",
         "line",
@@ -117,6 +142,7 @@ class _Job:
         "sink",
         "state",
         "task",
+        "timer",
     )
 
     def __init__(self, line: int, contact_id: str, body: bytes, lane: Lane, sink: _Sink) -> None:
@@ -132,6 +158,10 @@ class _Job:
         self.cancel_requested = False
         self.task: asyncio.Task[Any] | None = None
         """The worker running this record (set only while its attempts are awaited)."""
+        self.first: float | None = None
+        """When the first request went (``loop.time()``): ``max_time`` counts from here."""
+        self.timer: asyncio.TimerHandle | None = None
+        """The wake-up of a ``WAITING`` record."""
 
     def outcome(self, status: Status, error: str | None) -> Outcome:
         return Outcome(
@@ -151,7 +181,9 @@ def _describe(error: BaseException) -> str:
 
 
 def _status_of(error: BaseException) -> Status:
-    if isinstance(error, HTTPStatusError):
+    # A redirect is `failed` (not final: a resume sends it again once base_url is fixed), not
+    # the `bad_request` that other non-transient codes outside the table get.
+    if isinstance(error, HTTPStatusError) and not isinstance(error, Redirected):
         return classify_status(error.status_code)
     return Status.FAILED
 
@@ -179,7 +211,11 @@ class Engine:
         self.hooks = hooks  # the client's list: hooks added later are seen
         self.default_token_key = default_token_key
         self.runs: set[OutcomeStream] = set()
-        self._queues: dict[str, asyncio.Queue[_Job]] = {}
+        # Per token: (rank, sequence, job). Rank 0 for records that hold their contact's gate
+        # (back from a wait), 1 for new ones; the sequence keeps each rank in FIFO order.
+        self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Job]]] = {}
+        self._sequence = itertools.count()
+        self._waiting: set[_Job] = set()  # records in a retry's wait (their timers run)
         # Per token: the contacts with a record in flight, and their parked records (None until
         # one is parked: most contacts never have one, and a deque per record costs).
         self._active: dict[str, dict[str, deque[_Job] | None]] = {}
@@ -224,7 +260,12 @@ class Engine:
             key = key if key is not None else fallback
         problem = _problem(contact_id, update, key)
         if problem is None and (lane := self.lanes.get(str(key))) is not None:
-            return _Job(line, contact_id, self.encode(update), lane, sink)
+            try:
+                body = self.encode(update)
+            except ValueError as exc:  # a value JSON cannot carry (NaN, infinity)
+                problem = str(exc)
+            else:
+                return _Job(line, contact_id, body, lane, sink)
         # The id is shown in the outcome (never sent) unless it is not a string or absurdly long.
         shown = contact_id if isinstance(contact_id, str) and len(contact_id) <= 1024 else None
         return _rejected(line, shown, problem or f"unknown token_key {key!r}")
@@ -237,23 +278,57 @@ class Engine:
         key = job.lane.key
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = asyncio.Queue()
+            queue = self._queues[key] = asyncio.PriorityQueue()
             self._active[key] = {}
             self._workers.extend(
                 asyncio.create_task(self._worker(key), name=f"growthhub-worker-{key}-{n}")
                 for n in range(self.concurrency)
             )
-        queue.put_nowait(job)
+        queue.put_nowait((1, next(self._sequence), job))
+
+    def _ready(self, job: _Job) -> None:
+        """Put a record that holds its contact's gate at the front of its token's queue."""
+        job.state = _State.READY
+        self._queues[job.lane.key].put_nowait((0, next(self._sequence), job))
+
+    def _wait(self, job: _Job, delay: float) -> None:
+        """Park a record for a retry's wait without a worker; a timer makes it ready again."""
+        job.state = _State.WAITING
+        job.timer = asyncio.get_running_loop().call_later(delay, self._wake, job)
+        self._waiting.add(job)
+
+    def _wake(self, job: _Job) -> None:
+        job.timer = None
+        if self.closed:
+            return  # still in _waiting: close() ends it
+        self._waiting.discard(job)
+        if job.state is _State.WAITING:
+            self._ready(job)
+
+    def _hand_on(self, job: _Job) -> None:
+        """A record that held its contact's gate ended without a worker: the next one goes."""
+        following = self._next_parked(self._active[job.lane.key], job.contact_id)
+        if following is not None:
+            self._ready(following)
 
     def cancel_job(self, job: _Job) -> None:
         """End a job as ``failed`` (``"cancelled"``): at once if queued, via its worker if running.
 
         A running record is cancelled by cancelling the worker that runs it, once: the worker is
         suspended inside that record's attempts (see :meth:`_run`), so the cancellation lands
-        there, and the worker takes it back (``uncancel``) and goes on with its next record.
+        there, and the worker takes it back (``uncancel``) and goes on with its next record. A
+        record waiting for a retry (no worker) ends at once, and its contact's next record goes.
         """
         if job.state is _State.QUEUED:
             self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+        elif job.state in (_State.WAITING, _State.READY):
+            if job.timer is not None:
+                job.timer.cancel()
+                job.timer = None
+            self._waiting.discard(job)
+            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            if not self.closed:
+                self._hand_on(job)
         elif job.state is _State.RUNNING and job.task is not None and not job.cancel_requested:
             job.cancel_requested = True
             job.task.cancel()
@@ -288,21 +363,23 @@ class Engine:
         queue = self._queues[key]
         active = self._active[key]
         while True:
-            job = await queue.get()
-            if job.state is not _State.QUEUED:
-                continue  # cancelled while queued: its outcome is out already
+            _, _, job = await queue.get()
             contact_id = job.contact_id
-            if contact_id in active:
-                parked = active[contact_id]
-                if parked is None:
-                    parked = active[contact_id] = deque()
-                parked.append(job)  # the worker running this contact will take it next
-                continue
-            active[contact_id] = None
+            if job.state is _State.QUEUED:
+                if contact_id in active:
+                    parked = active[contact_id]
+                    if parked is None:
+                        parked = active[contact_id] = deque()
+                    parked.append(job)  # whoever ends this contact's record takes it next
+                    continue
+                active[contact_id] = None
+            elif job.state is not _State.READY:
+                continue  # cancelled while queued: its outcome is out already
             current: _Job | None = job
             while current is not None:
-                await self._run(current)
-                current = self._next_parked(active, current.contact_id)
+                if not await self._run(current):
+                    break  # it waits for a retry, still holding the gate; this worker goes on
+                current = self._next_parked(active, contact_id)
 
     @staticmethod
     def _next_parked(active: dict[str, deque[_Job] | None], contact_id: str) -> _Job | None:
@@ -314,7 +391,8 @@ class Engine:
         del active[contact_id]
         return None
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: _Job) -> bool:
+        """Run a record's attempts: ``True`` when it ended, ``False`` when it waits to retry."""
         # The record runs inline in its worker: a task per record (and asyncio.wait on it) cost
         # more CPU than the rest of the engine's own per-record work. Cancelling one record is
         # cancelling the worker while it runs that record (cancel_job), which is only ever the
@@ -325,7 +403,7 @@ class Engine:
         job.state = _State.RUNNING
         job.task = worker
         try:
-            outcome = await self._attempts(job)
+            result = await self._attempts(job)
         except asyncio.CancelledError:
             job.task = None
             if job.cancel_requested:
@@ -335,34 +413,46 @@ class Engine:
                 # shutting down): end this record, then let the worker stop.
                 self._finish(job, job.outcome(Status.FAILED, CANCELLED))
                 raise
-            outcome = job.outcome(Status.FAILED, CANCELLED)
+            result = job.outcome(Status.FAILED, CANCELLED)
         except Exception as exc:  # a bug of ours: this record fails, not the run
             job.task = None
             log.exception("internal error on line %d", job.line)
-            outcome = job.outcome(Status.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            result = job.outcome(Status.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         else:
             job.task = None
             if job.cancel_requested and worker.cancelling():
                 # The attempts swallowed our cancellation and ended on their own: take it back,
                 # or it would hit the worker's next record.
                 worker.uncancel()
-        self._finish(job, outcome)
+                if not isinstance(result, Outcome):
+                    result = job.outcome(Status.FAILED, CANCELLED)
+        if isinstance(result, Outcome):
+            self._finish(job, result)
+            return True
+        self._wait(job, result)
+        return False
 
-    async def _attempts(self, job: _Job) -> Outcome:
-        """Send one record until it has a final outcome or the retry budget runs out."""
+    async def _attempts(self, job: _Job) -> Outcome | float:
+        """Send one record until it has a final outcome, or until it must wait to retry.
+
+        Returns the outcome, or the seconds to wait before the next try (spent without a
+        worker; see :meth:`_wait`).
+        """
         lane = job.lane
         loop = asyncio.get_running_loop()
-        first: float | None = None
+        policy = self.policy
         while True:
-            if lane.stopped is not None:
+            if lane.stopped is None:
+                sent_at = await lane.acquire()
+            if lane.stopped is not None:  # stopped before, or while we waited for the budget
                 return job.outcome(*lane.stopped)
-            sent_at = await lane.acquire()
-            if lane.stopped is not None:  # stopped while we waited for the budget
-                return job.outcome(*lane.stopped)
-            if first is None:
-                first = sent_at
+            if job.first is None:
+                job.first = sent_at
             job.attempts += 1
-            error = await self._send(job, sent_at)
+            # max_time holds while a retry is in flight too, so a record is over at most
+            # max_time after its first request (or after the first request's own timeout).
+            deadline = job.first + policy.max_time if job.attempts > 1 else None
+            error = await self._send(job, sent_at, deadline)
             if error is None:
                 return job.outcome(Status.UPDATED, None)
             if error is _REFRESHED:
@@ -382,37 +472,37 @@ class Engine:
             if lane.stopped is not None:
                 return job.outcome(*lane.stopped)
             now = loop.time()
-            delay = self.policy.next_delay(
+            decision = policy.decide(
                 error,
                 tries=job.attempts,
-                elapsed=now - first,
-                hint=lane.pause_remaining(now) if limited else None,
+                elapsed=now - job.first,
+                # A 429 without Retry-After waits out the token's pause, if it caused one.
+                hint=(lane.pause_remaining(now) or None) if limited else None,
                 now=time.time(),
             )
-            if delay is None:
-                return job.outcome(
-                    Status.FAILED, f"{_describe(error)} (gave up after {job.attempts} tries)"
-                )
+            if isinstance(decision, str):
+                return job.outcome(Status.FAILED, f"{_describe(error)} ({decision})")
             job.sink.event(
                 RetryScheduled(
                     line=job.line,
                     contact_id=job.contact_id,
                     token_key=lane.key,
                     attempt=job.attempts,
-                    delay=delay,
+                    delay=decision,
                     error=_describe(error),
                     http_status=job.http_status,
                 )
             )
-            if not limited and delay > 0:
-                # After a 429 the token's pacer holds every worker until the pause ends.
-                await asyncio.sleep(delay)
+            if decision > 0:
+                return decision
 
     @staticmethod
-    async def _send(job: _Job, sent_at: float) -> BaseException | None:
+    async def _send(job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
         """One request: ``None`` when applied, else the error (``_REFRESHED``: send again)."""
         try:
-            job.http_status, _ = await job.lane.request(job.contact_id, job.body, sent_at=sent_at)
+            job.http_status, _ = await job.lane.request(
+                job.contact_id, job.body, sent_at=sent_at, deadline=deadline
+            )
         except HTTPStatusError as exc:
             job.http_status = exc.status_code
             if exc.status_code == 401 and job.reauths < _REAUTHS:
@@ -442,10 +532,12 @@ class Engine:
             worker.cancel()
         if self._workers:
             await asyncio.wait(self._workers)
+        for job in list(self._waiting):
+            self.cancel_job(job)
         for key, queue in self._queues.items():
             while not queue.empty():
-                job = queue.get_nowait()
-                if job.state is _State.QUEUED:
+                _, _, job = queue.get_nowait()
+                if job.state in (_State.QUEUED, _State.READY):
                     self._finish(job, job.outcome(Status.FAILED, CANCELLED))
             for parked in self._active[key].values():
                 for job in parked or ():
@@ -571,7 +663,10 @@ class OutcomeStream:
         self._emit(event)
 
     def token_event(self, event: Event) -> None:
-        """A token-level event (pause, stop): to this run's own hooks."""
+        """A token-level event (pause, stop): to this run's own hooks, a pause to the summary."""
+        if isinstance(event, Paused):
+            ends = asyncio.get_running_loop().time() - self._started_at + event.seconds
+            self.summary.paused_until = max(self.summary.paused_until, ends)
         Engine.call_hooks(self._hooks, event)
 
     def finish(self, job: _Job | None, outcome: Outcome) -> None:
@@ -592,7 +687,7 @@ class OutcomeStream:
             return
         engine = self._engine = self._get_engine()
         if engine.closed:
-            raise RuntimeError("the client is closed")
+            raise ClientClosed("the client is closed")
         engine.runs.add(self)
         self._slots = asyncio.Semaphore(self._max_pending)
         self._started_at = asyncio.get_running_loop().time()

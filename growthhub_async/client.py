@@ -36,16 +36,27 @@ messages, status, headers and ``traceId``, never the request.
 ``PUT /contacts/{id}`` with the same body is idempotent, which is what makes retrying after a
 timeout or a dropped connection safe (the first request may have been applied; applying it
 again changes nothing).
+
+What the client does not trust (issue 12): a redirect is never followed (the body and the
+token would go wherever ``Location`` points; a 303 would turn the PUT into a GET): it raises
+:class:`~growthhub_async.errors.Redirected`, a ``failed`` outcome that is not retried. Every
+answer must be complete within ``timeout`` (a body trickling a byte at a time does not keep a
+request alive) and at most :data:`MAX_ANSWER` bytes, and a 2xx naming another contact raises
+:class:`~growthhub_async.errors.ContactMismatch`. A pooled connection that the server had
+already closed is never used: see :class:`_Connector`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import select
 import time
+import weakref
 from collections.abc import AsyncIterable, Iterable, Mapping
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import msgspec
@@ -61,7 +72,9 @@ from growthhub_async.auth import (
 from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
+    ClientClosed,
     ConfigurationError,
+    ContactMismatch,
     HTTPStatusError,
     RateLimited,
     ResponseError,
@@ -109,6 +122,8 @@ DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
 DAILY_LIMIT_REACHED: Final = "daily limit reached"
 _NO_SECRETS: Final = Redactor()
 
+log = logging.getLogger("growthhub_async")
+
 
 def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
     # The message names the key, never the token.
@@ -121,6 +136,89 @@ def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
     if any(c.isspace() or not c.isprintable() for c in token):
         raise ConfigurationError(f"token {key!r} contains whitespace or control characters")
     return FixedToken(token)
+
+
+MAX_ANSWER: Final = 1 << 20
+"""Bytes: the largest answer read (decompressed). The API's answer is one contact, a few KB."""
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, or :class:`ResponseError` once it passes :data:`MAX_ANSWER`.
+
+    ``resp.read()`` would hold whatever the server sends (a 50 MB body, a gzip bomb that
+    inflates from KB to GB) in memory; this stops reading at the cap.
+    """
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise ResponseError(
+                f"HTTP {resp.status} with an answer over {MAX_ANSWER} bytes: not read further",
+                status_code=resp.status,
+            )
+    return bytes(body)
+
+
+def _closed_by_peer(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether an idle pooled connection has anything to read: the server's FIN (it closed the
+    connection), or bytes it had no reason to send. Either way, no request may go on it.
+
+    One ``poll`` with a zero timeout: the kernel knows of a FIN before the event loop has run
+    the callback that would mark the connection closed, which is the window in which aiohttp
+    hands out a dead connection.
+    """
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover (Windows)
+    return bool(readable)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, minus the pooled connections that the server has already closed.
+
+    A server that closes an idle keep-alive connection (its keep-alive timeout, a restart)
+    sends a FIN; until the event loop has read it, aiohttp still counts the connection as
+    alive and hands it out again. A request sent on it fails before the server sees it, yet it
+    was counted as an attempt and spent the record's retry budget. Each pooled connection is
+    checked before reuse (:func:`_closed_by_peer`) and closed instead when the server has. (A
+    FIN still in flight while the request goes out cannot be told from a server that read the
+    request and dropped it: that failure counts, as the server may have seen it. aiohttp's own
+    silent re-send, which would also re-send the latter, stays off: see :meth:`_Lane.open`.)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Protocols of connections handed out before: only those come from the pool. A fresh
+        # TLS connection may hold an unread session ticket, which is no reason to drop it.
+        self._used: weakref.WeakSet[object] = weakref.WeakSet()
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> Any:
+        while True:
+            # Ends: each pass either returns or closes one pooled connection, and a fresh
+            # connection is returned unchecked.
+            conn = await super().connect(req, traces, timeout)
+            protocol = conn.protocol
+            if protocol is None or protocol not in self._used:
+                if protocol is not None:
+                    self._used.add(protocol)
+                return conn
+            if not _closed_by_peer(conn.transport):
+                return conn
+            log.debug("a pooled connection was closed by the server; not used")
+            conn.close()
 
 
 class _RejectedToken(Unauthorized):
@@ -145,6 +243,7 @@ def read_response(
     *,
     now: float | None = None,
     redact: Redactor | None = None,
+    contact_id: str | None = None,
 ) -> UpdateContactResponse:
     """The decoded 2xx body, or the typed error of the answer. Pure.
 
@@ -153,11 +252,16 @@ def read_response(
 
     A 2xx whose body is not the API's JSON, or says ``succeded: false``, raises
     :class:`ResponseError` (the retry policy treats it as transient: most likely a proxy's
-    truncated answer). ``now`` (Unix seconds) reads a ``Retry-After`` HTTP date when the
-    answer has no ``Date`` header.
+    truncated answer). A 204, or a 2xx with no body (or only whitespace), is success: the PUT
+    was applied and there is nothing to read. A 2xx whose contact has an ``id`` other than
+    ``contact_id`` raises :class:`~growthhub_async.errors.ContactMismatch` (not retried). A 3xx
+    raises :class:`~growthhub_async.errors.Redirected`. ``now`` (Unix seconds) reads a
+    ``Retry-After`` HTTP date when the answer has no ``Date`` header.
     """
     clean = redact if redact is not None else _NO_SECRETS
     if 200 <= status < 300:
+        if not body or body.isspace():
+            return UpdateContactResponse()
         try:
             decoded = decode_response(body)
         except msgspec.DecodeError:
@@ -170,6 +274,14 @@ def read_response(
             raise ResponseError(
                 f"HTTP {status} but the server says succeded: false",
                 status_code=status,
+                body=clean.bytes(body[:512]),
+            )
+        named = decoded.contact.id if decoded.contact is not None else None
+        if contact_id is not None and named is not None and named != contact_id:
+            raise ContactMismatch(
+                status_code=status,
+                expected=contact_id,
+                received=clean(named),
                 body=clean.bytes(body[:512]),
             )
         return decoded
@@ -214,6 +326,7 @@ class _Lane:
         self._fresh_refused_at = float("-inf")
         self._session: aiohttp.ClientSession | None = None
         self._pacer: Pacer | None = None
+        self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
         """Why this token sends no more: ``(status, reason)`` for its remaining records."""
 
@@ -222,6 +335,7 @@ class _Lane:
 
     def open(self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout) -> None:
         self._pacer = Pacer(self.budget)
+        self._timeout = timeout.total or 0.0
         self._session = aiohttp.ClientSession(
             connector=connector,
             connector_owner=False,
@@ -320,17 +434,50 @@ class _Lane:
             self._client._broadcast(TokenStopped(token_key=self.key, status=status, reason=reason))
 
     async def request(
-        self, contact_id: str, body: bytes, *, sent_at: float
+        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None = None
     ) -> tuple[int, UpdateContactResponse]:
         """Send one PUT (already paced); returns ``(status, body)`` or raises the typed error.
 
-        Whatever happens, the budget learns when the request ended: it counts against the
-        window from then on (rule 1 of :mod:`~growthhub_async.ratelimit`).
+        The whole answer must be in within the client's ``timeout``, and by ``deadline``
+        (``loop.time()``) when one is given (a record's ``max_time``). Whatever happens, the
+        budget learns when the request ended: it counts against the window from then on (rule
+        1 of :mod:`~growthhub_async.ratelimit`).
         """
         try:
-            return await self._request(contact_id, body, sent_at=sent_at)
+            return await self._request(contact_id, body, sent_at=sent_at, deadline=deadline)
         finally:
             self.budget.complete(asyncio.get_running_loop().time())
+
+    async def _exchange(
+        self, url: yarl.URL, body: bytes, auth: Mapping[str, str], deadline: float | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One PUT, answer read whole: ``(status, headers, body)``. Never follows a redirect."""
+        assert self._session is not None
+        left = deadline - asyncio.get_running_loop().time() if deadline is not None else None
+        with map_exceptions(self._redact):
+            if left is not None and left < self._timeout:
+                # The record's max_time is nearer than the usual timeout: it bounds this one.
+                limit = aiohttp.ClientTimeout(
+                    total=max(left, 0.001), sock_connect=self._timeout, sock_read=self._timeout
+                )
+                request = self._session.put(
+                    url, data=body, headers=auth, allow_redirects=False, timeout=limit
+                )
+            else:
+                request = self._session.put(url, data=body, headers=auth, allow_redirects=False)
+            async with request as resp:
+                return resp.status, resp.headers, await _read_capped(resp)
+
+    def _pause(self, asked: float | None, now: float) -> None:
+        """After a 429 that spent the budget: pause the token, bounded (rule 4 of ratelimit)."""
+        wait = asked if asked is not None else self.budget.rest_of_window(now)
+        cap = self.budget.pause_cap
+        seconds = min(wait, cap)
+        if self.budget.pause(now + seconds):
+            reason = "429 Too Many Requests"
+            if wait > cap:
+                reason += f" (asked for {wait:g}s, cut to max_pause {cap:g}s)"
+            self._client._broadcast(Paused(token_key=self.key, seconds=seconds, reason=reason))
 
     async def _credential(self) -> AccessToken:
         try:
@@ -344,29 +491,24 @@ class _Lane:
         return credential
 
     async def _request(
-        self, contact_id: str, body: bytes, *, sent_at: float
+        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None
     ) -> tuple[int, UpdateContactResponse]:
         assert self._session is not None
         url = self._client.contact_url(contact_id)
         credential = await self._credential()
         auth = {"Authorization": f"Bearer {credential.value}"}
-        with map_exceptions(self._redact):
-            async with self._session.put(url, data=body, headers=auth) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = resp.headers
+        status, headers, raw = await self._exchange(url, body, auth, deadline)
         now = asyncio.get_running_loop().time()
-        self.budget.observe(parse_rate_headers(headers), sent_at=sent_at, now=now)
+        rate = parse_rate_headers(headers)
+        self.budget.observe(rate, sent_at=sent_at, now=now)
         try:
-            result = read_response(status, headers, raw, now=time.time(), redact=self._redact)
+            result = read_response(
+                status, headers, raw, now=time.time(), redact=self._redact, contact_id=contact_id
+            )
         except RateLimited as exc:
-            wait = exc.retry_after
-            if wait is None:
-                wait = self.budget.rest_of_window(now)
-            if self.budget.pause(now + wait):
-                self._client._broadcast(
-                    Paused(token_key=self.key, seconds=wait, reason="429 Too Many Requests")
-                )
+            # Only a spent budget pauses everyone; any other 429 delays its own record.
+            if rate.spent:
+                self._pause(exc.retry_after, now)
             raise
         except HTTPStatusError as exc:
             if exc.status_code == 401:
@@ -380,7 +522,7 @@ class _Lane:
                 self.stop(Status.UNAUTHORIZED, f"not sent: the token was refused: {exc}")
             else:
                 self._unauthorized = 0
-                if exc.status_code != 403 and exc.status_code < 500 and exc.status_code != 429:
+                if 400 <= exc.status_code < 500 and exc.status_code not in (403, 429):
                     self.provider.accepted(credential.generation)  # got past auth
             raise
         finally:
@@ -402,13 +544,17 @@ class GrowthHubClient:
     - ``rate``: ``"N/Ws"`` per token (``"100/10s"``, the API's burst limit; ``"25/10s"`` for
       sandbox accounts; ``"20/0.5s"``) or ``None`` for no client-side pacing.
     - ``concurrency``: requests in flight per token (workers and pooled connections).
-    - ``timeout``: seconds to connect, and between two reads of an answer.
+    - ``timeout``: seconds for one request: to connect, between two reads, and for the whole
+      answer. A record's retries also end by its ``retry.max_time``, in flight or not.
     - ``retry``: the :class:`~growthhub_async.retry.RetryPolicy` of the bulk engine.
     - ``value_key``: a custom field's value key on the wire (``"field_value"`` or ``"fieldValue"``).
     - ``hooks``: callables receiving every :mod:`~growthhub_async.events` event.
     - ``max_pending``: records of one ``update_contacts`` run read ahead of their outcomes.
     - ``unauthorized_limit``: 401s in a row after which a token stops sending.
     - ``rate_margin``: seconds added to the rate window for safety (default: see ratelimit).
+    - ``max_pause``: the longest one 429 may pause a whole token (default: the rate window;
+      see rule 4 of :mod:`~growthhub_async.ratelimit`). A record still waits as long as its
+      ``Retry-After`` says, or ends ``failed`` at once when that is beyond its ``max_time``.
     """
 
     def __init__(
@@ -426,6 +572,7 @@ class GrowthHubClient:
         max_pending: int = 1000,
         unauthorized_limit: int = 3,
         rate_margin: float | None = None,
+        max_pause: float | None = None,
         allow_insecure: bool = False,
         user_agent: str | None = None,
     ) -> None:
@@ -465,7 +612,7 @@ class GrowthHubClient:
             key: _Lane(
                 key,
                 value,
-                Budget(self.rate, margin=rate_margin),
+                Budget(self.rate, margin=rate_margin, max_pause=max_pause),
                 unauthorized_limit=unauthorized_limit,
                 client=self,
             )
@@ -511,14 +658,15 @@ class GrowthHubClient:
 
     def _open(self) -> None:
         if self._closed:
-            raise RuntimeError("this GrowthHubClient is closed")
+            raise ClientClosed("this GrowthHubClient is closed")
         if self._connector is not None:
             return
-        self._connector = aiohttp.TCPConnector(
+        self._connector = _Connector(
             limit=self.concurrency * len(self._lanes), limit_per_host=0, keepalive_timeout=30
         )
+        # `total`: the whole answer has a deadline, not only each read (a trickling body).
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.timeout, sock_read=self.timeout
+            total=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
         )
         for lane in self._lanes.values():
             lane.open(self._connector, timeout)
@@ -581,11 +729,15 @@ class GrowthHubClient:
         Returns the decoded answer, or raises: :class:`~growthhub_async.errors.InvalidContactId`
         before sending anything; the status's :class:`~growthhub_async.errors.HTTPStatusError`
         (``BadRequest``, ``Unauthorized``, ``Forbidden``, ``NotFound``, ``UnprocessableEntity``,
-        ``RateLimited`` with ``retry_after``, ``ServerError``) with the server's messages;
-        :class:`~growthhub_async.errors.ResponseError` for an unreadable 2xx;
+        ``RateLimited`` with ``retry_after``, ``ServerError``, ``Redirected`` for a 3xx, never
+        followed) with the server's messages; :class:`~growthhub_async.errors.ResponseError`
+        for an unreadable 2xx (``ContactMismatch`` for one naming another contact);
         :class:`~growthhub_async.errors.ConnectionFailed` or
-        :class:`~growthhub_async.errors.RequestTimeout` when no answer came. A 429 also pauses
-        the token for every other caller. For retries without exceptions use :meth:`submit`.
+        :class:`~growthhub_async.errors.RequestTimeout` when no complete answer came within
+        ``timeout``; :class:`~growthhub_async.errors.ClientClosed` after :meth:`close`; and
+        ``ValueError`` for a custom field value JSON cannot carry (NaN, infinity). A 429 that
+        spent the budget also pauses the token for every other caller (for at most
+        ``max_pause``). For retries without exceptions use :meth:`submit`.
         """
         check_contact_id(contact_id)
         lane = self._lane(token_key)
@@ -639,6 +791,7 @@ class GrowthHubClient:
         Never raises for API or transport errors: they are the outcome's ``status`` and
         ``error``. Cancelling the awaiting task cancels this record only (its outcome goes to
         the hooks as ``failed``, ``"cancelled"``). ``line`` defaults to a running count.
+        After :meth:`close` it raises :class:`~growthhub_async.errors.ClientClosed`.
         """
         number = line if line is not None else next(self._submitted)
         return await self._get_engine().submit(number, contact_id, update, token_key)

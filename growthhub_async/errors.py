@@ -3,13 +3,16 @@
     GrowthHubError
     ├── ConfigurationError          bad arguments to the client (rate, base URL, token)
     ├── InvalidContactId            a contact id that could address another path; never sent
+    ├── ClientClosed                the client was used after ``close()``
     ├── InputError                  an input file that cannot be read at all (missing, unknown kind)
     ├── JournalError                an outcome journal that must not be written (exists, not ours)
     ├── TransportError              no HTTP answer: the request may or may not have arrived
     │   ├── ConnectionFailed        refused, reset, dropped before the status line
     │   └── RequestTimeout          no complete answer in time
     ├── ResponseError               an answer we cannot read (bad JSON on a 200, `succeded: false`)
+    │   └── ContactMismatch         a 200 naming another contact than the one we sent (not retried)
     └── HTTPStatusError             the server answered with an error status
+        ├── Redirected              3xx: never followed, never retried
         ├── BadRequest              400
         ├── Unauthorized            401 (and 403 as its subclass Forbidden)
         │   ├── Forbidden           403
@@ -29,8 +32,10 @@ from collections.abc import Mapping, Sequence
 
 __all__ = [
     "BadRequest",
+    "ClientClosed",
     "ConfigurationError",
     "ConnectionFailed",
+    "ContactMismatch",
     "Forbidden",
     "GrowthHubError",
     "HTTPStatusError",
@@ -39,6 +44,7 @@ __all__ = [
     "JournalError",
     "NotFound",
     "RateLimited",
+    "Redirected",
     "RequestTimeout",
     "ResponseError",
     "ServerError",
@@ -60,6 +66,10 @@ class ConfigurationError(GrowthHubError, ValueError):
 
 class InvalidContactId(GrowthHubError, ValueError):
     """A contact id that is empty, too long, or could change the request's path or query."""
+
+
+class ClientClosed(GrowthHubError, RuntimeError):
+    """The client was used after ``close()`` (or after its ``async with`` block ended)."""
 
 
 class InputError(GrowthHubError):
@@ -94,6 +104,27 @@ class ResponseError(GrowthHubError):
         self.body = body
 
 
+class ContactMismatch(ResponseError):
+    """A 2xx whose body names another contact than the one the request was for.
+
+    The update may have been applied to that other contact (a misrouting proxy or server), or
+    the answer belongs to another request; sending it again could repeat the damage, so it is
+    not retried. ``expected`` is the id we sent, ``received`` the one the answer names.
+    """
+
+    def __init__(
+        self, *, status_code: int, expected: str, received: str, body: bytes = b""
+    ) -> None:
+        super().__init__(
+            f"HTTP {status_code} names contact {_shown(received)}, not {_shown(expected)}: "
+            "the update may have been applied to another contact (not retried)",
+            status_code=status_code,
+            body=body,
+        )
+        self.expected = expected
+        self.received = received
+
+
 class HTTPStatusError(GrowthHubError):
     """The server answered with an error status.
 
@@ -121,6 +152,36 @@ class HTTPStatusError(GrowthHubError):
     def message(self) -> str:
         """The server's messages joined into one line, or the status's reason if it gave none."""
         return "; ".join(self.messages) or _REASONS.get(self.status_code, "error")
+
+
+class Redirected(HTTPStatusError):
+    """3xx: the server points elsewhere. Never followed and never retried.
+
+    The API never redirects an Update Contact; following would re-send the body (contact data)
+    and the token to wherever ``Location`` says, and a 303 would turn the PUT into a GET that
+    applies nothing. ``location`` is the ``Location`` header (``None`` without one).
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        messages: Sequence[str] = (),
+        *,
+        headers: Mapping[str, str] | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        given = headers or {}
+        self.location = next((v for k, v in given.items() if k.lower() == "location"), None)
+        super().__init__(status_code, messages, headers=headers, trace_id=trace_id)
+
+    @property
+    def message(self) -> str:
+        """Where the redirect pointed, and that it was not followed."""
+        target = _shown(self.location) if self.location is not None else "nowhere (no Location)"
+        return (
+            f"redirect to {target} not followed (the API never redirects an Update Contact:"
+            " check base_url)"
+        )
 
 
 class BadRequest(HTTPStatusError):
@@ -224,4 +285,11 @@ def error_for_status(status_code: int) -> type[HTTPStatusError]:
         return _BY_STATUS[status_code]
     if status_code >= 500:
         return ServerError
+    if 300 <= status_code < 400:
+        return Redirected
     return HTTPStatusError
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """A server-given string for a message: quoted, control characters escaped, bounded."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")

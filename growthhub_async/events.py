@@ -48,7 +48,8 @@ class RetryScheduled:
 
     ``attempt`` is the number of requests already sent for the record; ``error`` says why
     (``"HTTP 503: Service Unavailable"``, ``"ConnectionFailed: ..."``). For a 429 the delay is
-    the token's pause (see :class:`Paused`), which every worker of the token waits out together.
+    the server's ``Retry-After``, else what is left of the token's pause (see :class:`Paused`).
+    A waiting record holds no worker: the others go on meanwhile.
     """
 
     line: int
@@ -72,7 +73,13 @@ class RateLimitHit:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Paused:
-    """Every worker of a token stops sending for ``seconds`` (after a 429)."""
+    """Every worker of a token stops sending for ``seconds`` (after a 429 that spent the budget).
+
+    ``seconds`` is the pause as applied: the server's ``Retry-After`` (or the rest of the window)
+    bounded by the client's ``max_pause``; ``reason`` says when it was cut short. A pause that
+    overlaps one already running extends it to the later end (never adds to it), and only an
+    extension is announced.
+    """
 
     token_key: str
     seconds: float

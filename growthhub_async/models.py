@@ -18,6 +18,7 @@ Contract: ../shared/contract/apps/contacts.json, ``UpdateContactDto`` and
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, TypeAlias
@@ -157,6 +158,19 @@ class CustomField(_Request):
     key: str | UnsetType = UNSET
     value: CustomFieldValue | UnsetType = field(default=UNSET, name="field_value")
 
+    def __post_init__(self) -> None:
+        # JSON has no NaN or infinity: msgspec would send them as null, which *clears* the
+        # field on the server. Refused here (construction and decoding) and again at encoding.
+        _check_finite(self.value)
+
+
+def _check_finite(value: object) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(
+            f"a custom field value must be a finite number, not {value!r}"
+            " (JSON has no NaN or infinity; it would be sent as null, clearing the field)"
+        )
+
 
 # YYYY/MM/DD, MM/DD/YYYY, YYYY-MM-DD, MM-DD-YYYY, YYYY.MM.DD, MM.DD.YYYY, YYYY_MM_DD,
 # MM_DD_YYYY (the spec's description of dateOfBirth). No day-first format exists.
@@ -239,7 +253,14 @@ class UpdateContactCodec:
         self._update_decoder = msgspec.json.Decoder(UpdateContact)
 
     def encode(self, update: UpdateContact) -> bytes:
-        """The JSON body for ``update``."""
+        """The JSON body for ``update``.
+
+        Raises ``ValueError`` for a custom field value set to NaN or infinity after the field
+        was built (structs are mutable): sent, it would be ``null`` and clear the field.
+        """
+        if update.custom_fields is not UNSET:
+            for item in update.custom_fields:
+                _check_finite(item.value)
         if self.value_key == "field_value" or update.custom_fields is UNSET:
             return self._json_encoder.encode(update)
         body = msgspec.to_builtins(update)

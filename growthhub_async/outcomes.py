@@ -117,6 +117,8 @@ class Summary:
         self.retries = 0
         self.rate_limited = 0
         self.elapsed = 0.0
+        self.paused_until = 0.0
+        """The ``elapsed`` at which the latest 429 pause of a token ends (the progress shows it)."""
 
     def add(self, outcome: Outcome) -> None:
         """Count one finished record."""

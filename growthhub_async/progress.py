@@ -42,11 +42,18 @@ def _counts(summary: Summary) -> str:
     return "  ".join([*counts, f"retries {summary.retries}", f"429s {summary.rate_limited}"])
 
 
+def _paused(summary: Summary) -> str | None:
+    # A token paused by a 429 sends nothing: say so, or the line only shows a growing ETA.
+    rest = summary.paused_until - summary.elapsed
+    return f"PAUSED {format_duration(rest)} (429)" if rest > 0 else None
+
+
 def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
     """The live terminal line, at most ``width`` characters (no newline).
 
-    Pieces go in order of use until the width is spent: bar and done/total, ETA, rate, then the
-    counts, so an 80-column terminal still shows how far and how long.
+    Pieces go in order of use until the width is spent: bar and done/total, a running 429
+    pause, ETA, rate, then the counts, so an 80-column terminal still shows how far and how
+    long.
     """
     done = summary.records
     if total:
@@ -57,11 +64,12 @@ def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
         head = f"{done} records"
     line = head[:width]
     for piece in (
+        _paused(summary),
         f"ETA {_eta(done, total, summary.elapsed)}",
         f"{summary.rate:.1f} req/s",
         _counts(summary),
     ):
-        if len(line) + 2 + len(piece) <= width:
+        if piece is not None and len(line) + 2 + len(piece) <= width:
             line += "  " + piece
     return line
 
@@ -69,10 +77,11 @@ def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
 def render_line(summary: Summary, total: int | None) -> str:
     """The plain progress line for logs and pipes (no terminal control characters)."""
     of_total = f"/{total}" if total else ""
+    paused = _paused(summary)
     return (
         f"progress: {summary.records}{of_total} records, {summary.rate:.1f} req/s, "
         f"{_counts(summary)}, elapsed {format_duration(summary.elapsed)}, "
-        f"ETA {_eta(summary.records, total, summary.elapsed)}"
+        f"ETA {_eta(summary.records, total, summary.elapsed)}" + (f", {paused}" if paused else "")
     )
 
 

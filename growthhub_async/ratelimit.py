@@ -28,8 +28,13 @@ monotonic clock):
    own log does not explain was spent by someone else (another client with the same
    token/location). Until that estimate expires (one window later) our own limit shrinks by
    it, and requests spread ``span / limit`` apart, so we slow down *before* a 429.
-4. **A 429 pauses the whole token** until ``Retry-After``, or else until our oldest request in
-   the window leaves it (the rest of the window); every worker of the token waits together.
+4. **A 429 pauses the whole token only when the budget is spent**: when its
+   ``X-RateLimit-Remaining`` is 0 (or it has no such header: no evidence either way). A 429 that
+   says budget is left is about something else (one contact, a proxy): only its record waits.
+   The pause lasts until ``Retry-After``, or else until our oldest request in the window leaves
+   it (the rest of the window), and never longer than :attr:`Budget.pause_cap` (the window's
+   length unless configured): one ``Retry-After: 86400`` must not stall every record for a day.
+   Pauses merge (the later end wins), never add up; every worker of the token waits together.
 5. ``X-RateLimit-Daily-Remaining: 0`` marks the day's budget spent (:attr:`Budget.daily_exhausted`);
    the engine stops the token.
 
@@ -52,6 +57,7 @@ from aiolimiter import AsyncLimiter
 from growthhub_async.errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_MAX_PAUSE",
     "Budget",
     "Pacer",
     "Rate",
@@ -66,6 +72,9 @@ SMOOTHING: Final = 0.9
 
 MIN_SMOOTHING_GAP: Final = 0.001
 """Seconds: a smoother gap shorter than this (rates above about 900 per second) is not used."""
+
+DEFAULT_MAX_PAUSE: Final = 60.0
+"""Seconds: the longest 429 pause of a token when no window is known (no rate, no headers)."""
 
 _PRUNE_MIN: Final = 256  # the send-time log is never pruned below this length
 _POLL: Final = 0.005  # how often to look again while every slot of the window is in flight
@@ -134,6 +143,14 @@ class RateHeaders:
     daily_remaining: int | None = None
     """``X-RateLimit-Daily-Remaining``."""
 
+    @property
+    def spent(self) -> bool:
+        """Whether these headers leave the window's budget spent: ``remaining`` is 0, or unknown.
+
+        A 429 with budget left is not about the budget (rule 4): it pauses only its record.
+        """
+        return self.remaining is None or self.remaining <= 0
+
 
 def _int(value: str | None) -> int | None:
     if value is None:
@@ -174,11 +191,16 @@ def parse_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
 class Budget:
     """One token's pacing state (rules 1-5 of this module). Pure: time is always passed in."""
 
-    def __init__(self, rate: Rate | None, *, margin: float | None = None) -> None:
+    def __init__(
+        self, rate: Rate | None, *, margin: float | None = None, max_pause: float | None = None
+    ) -> None:
         self.rate = rate
         self.margin = margin if margin is not None else default_margin(rate.window) if rate else 0.0
         if self.margin < 0:
             raise ConfigurationError("rate margin must not be negative")
+        if max_pause is not None and not (math.isfinite(max_pause) and max_pause >= 0):
+            raise ConfigurationError("max_pause must be a non-negative number of seconds")
+        self.max_pause = max_pause
         self.daily_exhausted = False
         """``X-RateLimit-Daily-Remaining`` reached 0: the token must stop."""
         self.paused_until = -math.inf
@@ -299,6 +321,20 @@ class Budget:
         if first < len(self._sent):
             return max(self._sent[first] + span - now, span / self.rate.requests)
         return span
+
+    @property
+    def pause_cap(self) -> float:
+        """The longest one 429 may pause the token (rule 4): ``max_pause`` when configured, else
+        our window with its margin (after a window the server's count has started over), else
+        the server's ``X-RateLimit-Interval`` but at most :data:`DEFAULT_MAX_PAUSE` (a header
+        claiming a window of a day must not buy a pause of a day), else that default."""
+        if self.max_pause is not None:
+            return self.max_pause
+        if self.rate is not None:
+            return self.span
+        if self._server_window is not None:
+            return min(self._server_window, DEFAULT_MAX_PAUSE)
+        return DEFAULT_MAX_PAUSE
 
     def pause(self, until: float) -> bool:
         """Send nothing before ``until``; returns whether this extended the pause."""

@@ -8,7 +8,9 @@ JSON, most likely an answer truncated by a proxy, or ``succeded: false``).
 
 Never retried: 400, 403, 404, 422 (the same request gets the same answer), and 401, which is
 final unless a token refresher is configured (the engine then refreshes once and retries; that
-retry is not counted here).
+retry is not counted here). Nor a 3xx (:class:`~growthhub_async.errors.Redirected`: the API
+never redirects, and the same request would be redirected again) or a 2xx naming another contact
+(:class:`~growthhub_async.errors.ContactMismatch`: sending it again could repeat the damage).
 
 Retrying is safe because ``PUT /contacts/{id}`` is idempotent: sending the same body twice
 leaves the contact as sending it once does, so a request that timed out, whose fate we cannot
@@ -23,7 +25,9 @@ The delay before retry number *n* (1-based):
   (``backoff.expo`` and ``backoff.full_jitter``; the jitter function is injectable for tests).
 
 A record gives up after ``max_tries`` requests, or when the next try would start more than
-``max_time`` seconds after its first one.
+``max_time`` seconds after its first one: at once, then, however long the server asks to wait
+(a ``Retry-After: 86400`` ends the record now, with that reason, rather than in a day). The
+engine also ends a request still in flight at ``max_time`` (see ``GrowthHubClient``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import backoff
 
 from growthhub_async.errors import (
     ConfigurationError,
+    ContactMismatch,
     HTTPStatusError,
     RateLimited,
     ResponseError,
@@ -58,6 +63,8 @@ def is_transient(error: BaseException) -> bool:
     """Whether sending the same request again may succeed."""
     if isinstance(error, HTTPStatusError):
         return classify_status(error.status_code) is Status.FAILED
+    if isinstance(error, ContactMismatch):
+        return False
     return isinstance(error, TransportError | ResponseError)
 
 
@@ -162,13 +169,38 @@ class RetryPolicy:
 
         ``tries`` is how many requests were sent for the record, ``elapsed`` the seconds since
         its first one, ``hint`` the caller's estimate when the server gave no ``Retry-After``
-        (the rest of the rate window after a 429), ``now`` Unix seconds for HTTP dates.
+        (the rest of a token's pause after a 429), ``now`` Unix seconds for HTTP dates.
         """
-        if not is_transient(error) or tries >= self.max_tries:
-            return None
+        decision = self.decide(error, tries=tries, elapsed=elapsed, hint=hint, now=now)
+        return decision if isinstance(decision, float) else None
+
+    def decide(
+        self,
+        error: BaseException,
+        *,
+        tries: int,
+        elapsed: float,
+        hint: float | None = None,
+        now: float | None = None,
+    ) -> float | str:
+        """:meth:`next_delay`, with the reason instead of ``None``: a delay, or why not.
+
+        The reason completes the record's error message: ``"not retried"``, ``"gave up after 6
+        tries"``, or that the server asked for a wait beyond ``max_time``.
+        """
+        if not is_transient(error):
+            return "not retried"
+        if tries >= self.max_tries:
+            return f"gave up after {tries} tries"
         delay = retry_after_of(error, now=now)
+        asked = delay is not None
         if delay is None:
             delay = hint if hint is not None else self.backoff_delay(tries)
         if elapsed + delay > self.max_time:
-            return None
-        return delay
+            if asked:
+                return (
+                    f"the server asks to wait {delay:g}s (Retry-After), beyond the retry"
+                    f" budget of {self.max_time:g}s; gave up after {tries} tries"
+                )
+            return f"gave up after {tries} tries, at max_time {self.max_time:g}s"
+        return float(delay)
