@@ -179,10 +179,18 @@ def acquire_token(args: argparse.Namespace) -> str | TokenProvider:
 
 
 def resume_command(args: argparse.Namespace) -> str:
-    """The shell command that resumes the run ``args`` describes (printed on interruption)."""
-    words = ["update", args.input, "--out", args.out, "--resume"]
+    """The shell command that resumes the run ``args`` describes (printed on interruption).
+
+    It must run as printed: a file name that starts with ``-`` would be taken for an option, so
+    such a value is joined to its option (``--out=-o.jsonl``) and such an INPUT follows ``--``.
+    """
+    words = ["update"]
+    odd_input = args.input.startswith("-") and args.input != "-"
+    if not odd_input:
+        words.append(args.input)
+    words += [*_option("--out", args.out), "--resume"]
     if args.base_url != DEFAULT_BASE_URL:
-        words += ["--base-url", args.base_url]
+        words += _option("--base-url", args.base_url)
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
     if str(rate) != DEFAULT_RATE:
         words += ["--rate", str(rate)]
@@ -191,10 +199,16 @@ def resume_command(args: argparse.Namespace) -> str:
     if args.value_key != "field_value":
         words += ["--value-key", args.value_key]
     if getattr(args, "oauth", None):
-        words += ["--oauth", args.oauth]
+        words += _option("--oauth", args.oauth)
     if args.no_progress:
         words.append("--no-progress")
+    if odd_input:
+        words += ["--", args.input]
     return f"{invoked_as()} {shlex.join(words)}"
+
+
+def _option(name: str, value: str) -> list[str]:
+    return [f"{name}={value}"] if value.startswith("-") else [name, value]
 
 
 def fatal(command: str, message: object) -> int:

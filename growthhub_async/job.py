@@ -68,6 +68,8 @@ ProgressMode: TypeAlias = Literal["auto", "bar", "line", "off"]
 
 _BAR_EVERY: Final = 0.2  # seconds between two redraws of the live bar
 _REJECTED_SHOWN: Final = 20  # a dry run lists this many rejected records, then counts the rest
+_SAME_STDIN: Final = "  with the same records on its standard input again (INPUT was -)"
+_CHECK_EVERY: Final = 0.5  # seconds between two checks of the journal while a run waits
 _PROBLEMS_SHOWN: Final = 5  # a live run's summary lists this many records not updated
 
 
@@ -310,7 +312,7 @@ def _non_empty(path: str) -> bool:
         return False
 
 
-async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
+async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop)
     settings: JobSettings,
     *,
     source: Source,
@@ -381,17 +383,26 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
             installed.append(signum)
     failure: BaseException | None = None
     try:
+        next_draw = started + progress.every
         while True:
-            done, _ = await asyncio.wait((consumer,), timeout=progress.every)
+            # Wake at least twice a second: the journal is checked even while no record ends
+            # (slow answers, a pause), so a deleted or overwritten file stops the run in time.
+            done, _ = await asyncio.wait((consumer,), timeout=min(progress.every, _CHECK_EVERY))
             if counting.done() and progress.total is None:
                 total = counting.result()
                 progress.total = (
                     total - len(state) if total is not None and state is not None else total
                 )
-            summary.elapsed = loop.time() - started
+            now = loop.time()
+            summary.elapsed = now - started
             if done:
                 break
-            progress.draw(summary)
+            _check_journal(journal, journal_error)
+            if journal_error:
+                consumer.cancel()
+            if now >= next_draw:
+                next_draw = now + progress.every
+                progress.draw(summary)
         with contextlib.suppress(asyncio.CancelledError):
             consumer.result()
     except (GrowthHubError, OSError) as exc:  # the input failed mid-way (a read error)
@@ -428,7 +439,7 @@ async def _send(  # noqa: PLR0915 (one linear story: start, watch, stop)
 
 
 def _check_journal(journal: Journal, errors: list[BaseException]) -> None:
-    """At the end: a journal deleted or truncated after its last line fails the run too."""
+    """A journal deleted, truncated or overwritten fails the run, even after its last line."""
     if not errors:
         try:
             journal.check()
@@ -476,11 +487,19 @@ def _report(
         + "\n"
     )
     counts = whole_job if whole_job is not None else summary.by_status
-    all_updated = counts.total() == counts[Status.UPDATED]
-    if not all_updated and failure is None and not interrupted:
+    # Final lines of the journal that this input never reached (a shorter or another file, an
+    # empty standard input): the whole job cannot be called done.
+    unseen = len(state) - skipped_count - state.mismatched if state is not None else 0
+    all_updated = counts.total() == counts[Status.UPDATED] and unseen <= 0
+    if counts.total() != counts[Status.UPDATED] and failure is None and not interrupted:
         out.writelines(f"{line}\n" for line in _next_steps(settings, counts, problems))
     out.flush()
     _warnings(summary, state, err, settings.token_hint or TOKEN_ENV)
+    if unseen > 0 and failure is None and not interrupted:
+        err.write(
+            f"warning: {unseen} records final in {settings.out} were not in this input (a"
+            " shorter or another file?): they are not in the whole job's totals\n"
+        )
     if not summary.records and not skipped_count and failure is None and not interrupted:
         err.write(f"warning: {settings.input} holds no records: nothing was sent\n")
     if failure is not None:
@@ -529,6 +548,8 @@ def _next_steps(
     else:
         lines.append("next: send the failed and refused records again (and only those):")
     lines.append(f"  {settings.resume_command}")
+    if settings.input == "-":
+        lines.append(_SAME_STDIN)
     return lines
 
 
@@ -555,4 +576,6 @@ def _warnings(summary: Summary, state: ResumeState | None, err: TextIO, token_hi
 def _resume_hint(settings: JobSettings, err: TextIO) -> None:
     if settings.resume_command:
         err.write(f"to resume, run:\n  {settings.resume_command}\n")
+        if settings.input == "-":
+            err.write(_SAME_STDIN + "\n")
     err.flush()

@@ -78,6 +78,7 @@ MAX_LINE: Final = 1 << 28
 _SIGNATURE: Final = b'{"line":'
 _READ_CHUNK: Final = 1 << 16
 _HASH_SIZE: Final = 16
+_TAIL: Final = 4096  # bytes of the last line that check() compares with the end of the file
 # Seconds between two checks that the path still names the file written (two stat calls, a few
 # microseconds: not for every line of a fast run, often enough to stop a run within a second).
 _CHECK_EVERY: Final = 0.5
@@ -280,9 +281,10 @@ class Journal:
         self.resume_state: ResumeState | None = None
         """With ``resume``: what the journal held when it was opened."""
         try:
-            # Resume reads the file back; a fresh run only writes, which also suits write-only
-            # targets such as a FIFO. The file is created 0600: errors may quote the server.
-            access = os.O_RDWR if resume else os.O_WRONLY
+            # A file is read back (resume, and check() of its end); other targets are only
+            # written, which suits write-only ones such as a FIFO or /dev/full. The file is
+            # created 0600: errors may quote the server.
+            access = os.O_RDWR if resume or _is_file_or_new(self.path) else os.O_WRONLY
             fd = os.open(self.path, access | os.O_CREAT | os.O_APPEND | _OPEN_EXTRA, 0o600)
         except OSError as exc:
             raise JournalError(f"cannot open outcomes {self.path!r}: {exc.strerror}") from None
@@ -296,6 +298,8 @@ class Journal:
             size = os.fstat(fd).st_size  # after the lock: what no other run will change
             self.resume_state = _prepare(fd, self.path, size, resume=resume)
             self._size = os.fstat(fd).st_size
+            self._tail = b""  # the end of the last line written: still there at the file's end?
+            self._overwritten = False
             self._next_check = 0.0
         except BaseException:
             os.close(fd)
@@ -314,6 +318,7 @@ class Journal:
         key = b'"' + record_hash.hex().encode() + b'"' if record_hash is not None else b"null"
         data = b'%s,"recordHash":%s}\n' % (data[:-2], key)
         self._size += len(data)
+        self._tail = data[-_TAIL:]
         # One write per line: with O_APPEND a line lands whole at the end. A short write (a full
         # disk, a signal) continues where it stopped rather than dropping the rest.
         while data:
@@ -343,6 +348,15 @@ class Journal:
             problem = "was replaced by another file"
         elif mine.st_size < self._size:
             problem = f"was truncated ({mine.st_size} bytes, {self._size} written)"
+        elif (
+            self._overwritten
+            or mine.st_size > self._size
+            or _pread(fd, len(self._tail), self._size - len(self._tail)) != self._tail
+        ):
+            self._overwritten = True  # the lines after it cannot make the file whole again
+            # This run holds the lock and alone appends: anything else wrote to the file (a
+            # copy over it in place keeps its inode, and may leave it longer than ours).
+            problem = "was overwritten or written to by another program"
         else:
             return
         raise JournalError(
@@ -469,6 +483,15 @@ def _cut_torn_tail(fd: int, size: int) -> None:
             return
         end = start
     os.ftruncate(fd, 0)
+
+
+def _is_file_or_new(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:

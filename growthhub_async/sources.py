@@ -256,12 +256,23 @@ def _utf8_lines(stream: BinaryLines) -> tuple[bytes, Callable[[int], bytes], str
     the encoding found: UTF-8 is read as it is; UTF-16 and UTF-32 are transcoded, line by line.
     """
     readline = stream.readline
-    first = readline(_READ_LIMIT)
-    encoding, bom = _sniff(first)
-    if encoding == "utf-8":
-        return first[bom:], readline, encoding
-    transcoded = _Transcoded(first[bom:], readline, encoding)
-    return transcoded.readline(_READ_LIMIT), transcoded.readline, encoding
+    head = [readline(_READ_LIMIT)]
+    # A first line of fewer than four bytes cannot show its encoding: a blank line in UTF-16-LE
+    # is LF alone, its zero byte starting the next line. Look at the lines after it too.
+    while len(joined := b"".join(head)) < 4 and head[-1]:
+        head.append(readline(_READ_LIMIT))
+    encoding, bom = _sniff(joined)
+    if encoding != "utf-8":
+        transcoded = _Transcoded(joined[bom:], readline, encoding)
+        return transcoded.readline(_READ_LIMIT), transcoded.readline, encoding
+    if len(head) == 1:
+        return head[0][bom:], readline, encoding
+    ahead = [line for line in head[:0:-1] if line]  # the lines read after the first, last first
+
+    def again(size: int = -1, /) -> bytes:
+        return ahead.pop() if ahead else readline(size)
+
+    return head[0][bom:], again, encoding
 
 
 def _is_too_long(raw: bytes) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import signal
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from cli_helpers import (
 from conftest import StartSandbox, sandbox_config
 
 from growthhub_async import __version__
-from growthhub_async.cli import build_parser
+from growthhub_async.cli import build_parser, resume_command
 from growthhub_async.job import JobSettings, run_job
 from growthhub_async.journal import record_hash
 from growthhub_async.outcomes import FINAL_STATUSES
@@ -432,3 +433,39 @@ async def test_version_and_bare_command() -> None:
     assert bare.status == 2
     for command in ("update", "sandbox", "demo"):
         assert command in bare.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["update", "x.jsonl", "--out", "o.jsonl"],
+        ["update", "--out=-o.jsonl", "--base-url", "http://127.0.0.1:9", "--", "-in.jsonl"],
+        ["update", "-", "--out", "o.jsonl", "--oauth=-oauth.json"],
+    ],
+)
+def test_the_resume_command_parses_back_to_the_same_run(argv: list[str]) -> None:
+    """File names that start with '-' (red team B4) survive the printed command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    words = shlex.split(resume_command(args))
+    again = parser.parse_args(words[words.index("update") :])
+    assert (again.input, again.out, again.base_url) == (args.input, args.out, args.base_url)
+    assert again.oauth == args.oauth
+    assert again.resume
+
+
+async def test_a_resume_over_an_input_without_the_journals_records_is_not_exit_0(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    """Red team B5: the journal's records were not in this input (an empty stdin)."""
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(3)])
+    out = tmp_path / "out.jsonl"
+    first = await run_cli(*update_args(data, out, sandbox.base_url, rate=FAST))
+    assert first.status == 0, first.stderr
+    ran = await run_cli(
+        "update", "-", "--out", str(out), "--resume", "--base-url", sandbox.base_url, data=b""
+    )
+    assert ran.status == 1, (ran.stdout, ran.stderr)
+    assert "3 records final in" in ran.stderr
+    assert "were not in this input" in ran.stderr

@@ -58,8 +58,11 @@ def items_of(data: bytes, *, jsonl: bool) -> list[Item]:
 @pytest.mark.parametrize("bom", [True, False], ids=["bom", "no-bom"])
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("jsonl", [True, False], ids=["jsonl", "csv"])
-def test_utf16_and_utf32_read_like_utf8(encoding: str, bom: bool, jsonl: bool) -> None:
-    text = JSONL if jsonl else CSV
+# Blank lines first (red team B2): in UTF-16-LE without a BOM the first line, LF alone, shows
+# no zero byte; the zero starts the next line.
+@pytest.mark.parametrize("lead", ["", "\n", "\n\n", "\r\n"], ids=["", "lf", "2lf", "crlf"])
+def test_utf16_and_utf32_read_like_utf8(encoding: str, bom: bool, jsonl: bool, lead: str) -> None:
+    text = lead + (JSONL if jsonl else CSV)
     expected = items_of(text.encode(), jsonl=jsonl)
     data = (BOMS[encoding] if bom else b"") + text.encode(encoding)
     assert items_of(data, jsonl=jsonl) == expected

@@ -105,7 +105,9 @@ def line(n: int) -> Outcome:
     return Outcome(line=n, contact_id=f"c{n}", status=Status.UPDATED, http_status=200, attempts=1)
 
 
-@pytest.mark.parametrize("change", ["deleted", "truncated", "replaced", "emptied"])
+@pytest.mark.parametrize(
+    "change", ["deleted", "truncated", "replaced", "emptied", "copied over", "same size"]
+)
 def test_the_journal_notices_its_file_changing_under_it(tmp_path: Path, change: str) -> None:
     path = tmp_path / "out.jsonl"
     journal = Journal(path, check_every=0)
@@ -118,9 +120,21 @@ def test_the_journal_notices_its_file_changing_under_it(tmp_path: Path, change: 
     elif change == "replaced":
         (tmp_path / "other").write_bytes(path.read_bytes())
         os.replace(tmp_path / "other", path)
+    elif change == "copied over":
+        # `cp other.jsonl out.jsonl`: the same inode, a longer file (red team B6).
+        with path.open("r+b") as f:
+            f.write(b'{"line":1,"contactId":"other"}\n' * 50)
+    elif change == "same size":
+        data = path.read_bytes()
+        with path.open("r+b") as f:
+            f.write(data.replace(b'"c2"', b'"x2"'))
     else:
         path.write_bytes(b"")  # a shell's `> out.jsonl`
-    expected = "truncated" if change == "emptied" else change
+    expected = {
+        "emptied": "truncated",
+        "copied over": "overwritten",
+        "same size": "overwritten",
+    }.get(change, change)
     # Noticed at the end (check) and by the next line, whichever comes first.
     with pytest.raises(JournalError, match=f"was {expected}"):
         journal.check()
@@ -146,6 +160,30 @@ async def test_a_journal_deleted_mid_run_stops_the_run_with_exit_2(
     assert "to resume, run:" in ran.stderr
     assert len(recorder.puts) < 100  # it stopped; it did not go on sending into the void
     assert not out.exists()
+
+
+async def test_a_journal_deleted_while_every_answer_waits_is_noticed_in_time(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """No outcome is written while the server holds every answer (red team B7): the run
+    checks the file on its own clock, not only when it writes."""
+    data = write_jsonl(tmp_path / "in.jsonl", records(3))
+    out = tmp_path / "out.jsonl"
+    recorder.gate.clear()  # no answer until the test says so
+    proc = await start_cli(*args(data, out, recorder.base_url, "--concurrency", "1"))
+    for _ in range(500):
+        if recorder.puts and out.exists():
+            break
+        await asyncio.sleep(0.01)
+    out.unlink()
+    try:
+        ran = await finish(proc, limit=5)  # the answer never comes: only the clock can tell
+    finally:
+        recorder.gate.set()
+    assert ran.status == 2, (ran.stdout, ran.stderr)
+    assert "was deleted while this run was writing to it" in ran.stderr
+    assert "to resume, run:" in ran.stderr
+    assert len(recorder.puts) == 1
 
 
 async def test_a_journal_emptied_while_the_last_record_is_in_flight_exits_2(
