@@ -19,6 +19,11 @@ An OAuth app's refresh token rotates on every use: the file's copy is the instal
   file itself would not exclude a process that opened the new one). Processes sharing the file
   therefore never refresh at once, and each re-reads the file under the lock (another may
   have rotated it meanwhile).
+- **Links are followed once, at the start.** A token file that is a symbolic link (to a shared
+  secrets folder, say) is resolved to its target: the rename replaces the *target*, the lock
+  is taken on the target's directory, and leftovers are looked for there. Renaming over the
+  link itself would turn it into a private copy and leave every other user of the target with
+  a spent refresh token.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def write_token_file(path: str | os.PathLike[str], data: Mapping[str, Any]) -> N
     ``os.replace``: a reader, or a crash, sees the old file or the new one, never half of
     one. The directory is synced too, so the rename survives a power cut where supported.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))  # a link stays a link: its target is replaced
     directory = target.parent
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -103,7 +108,8 @@ class TokenFile:
     """A token file on disk: locked, recovered, and saved with fallbacks (see the module)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.realpath(path))
+        """The file itself: a symbolic link's target (see the module)."""
         self._lock_fd: int | None = None
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ here; the secrets have characters that URL-encoding changes (``+``, ``/``, ``=``
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 import pytest
 import yarl
+from aiohttp import web
 
 from growthhub_async import GrowthHubClient, Status, UpdateContact
 from growthhub_async.auth import OAuthProvider, read_token_answer
@@ -279,6 +281,74 @@ async def test_a_put_401_echoing_authorization_leaks_no_token(
         assert form not in caplog.text
 
 
+def _escaped(text: str, form: str) -> str:
+    return "".join(form.format(ord(c)) for c in text)
+
+
+# How servers and gateways have been seen to mangle an echoed Authorization header.
+MANGLED = {
+    "cut-mid-text": lambda t: f"got {t[:20]}... (truncated) at {t[-14:]}",
+    "wrapped": lambda t: f"auth:\n  {t[:16]}\n  {t[16:32]}\n  {t[32:]}\nend",
+    "spaced": lambda t: " ".join(t[i : i + 4] for i in range(0, len(t), 4)),
+    "json-u-escaped": lambda t: _escaped(t, "\\u{:04x}"),
+    "percent-every-char": lambda t: _escaped(t, "%{:02X}"),
+    "base64-basic": lambda t: "Basic " + base64.b64encode(f"u:{t}".encode()).decode(),
+    "base64-aligned-1": lambda t: base64.b64encode(f"x{t}".encode()).decode(),
+    "base64-urlsafe": lambda t: base64.urlsafe_b64encode(f"ab{t}".encode()).decode(),
+}
+
+
+@pytest.mark.parametrize("mangle", MANGLED.values(), ids=MANGLED.keys())
+async def test_a_secret_echoed_in_pieces_or_encoded_leaks_no_run_of_it(
+    mangle: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An adversarial server (not the sandbox): every PUT gets a 401 quoting the token mangled.
+    caplog.set_level(logging.DEBUG)
+    token = "pit-5f0e9c1b7a/42d8+b3e6a9c0d1f2e3a4b5c6d7e8f9"
+
+    async def put(request: web.Request) -> web.Response:
+        echoed = mangle(request.headers["Authorization"].removeprefix("Bearer "))
+        headers = {"X-Debug": echoed.replace("\n", " ")}
+        body = {"statusCode": 401, "message": echoed}
+        return web.json_response(body, status=401, headers=headers)
+
+    app = web.Application()
+    app.router.add_put("/contacts/{id}", put)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        gh = GrowthHubClient(token, base_url=f"http://127.0.0.1:{port}", rate=None, retry=FAST)
+        async with gh:
+            outcomes = [o async for o in gh.update_contacts((f"c{n}", UPDATE) for n in range(3))]
+            with pytest.raises(GrowthHubError) as raised:
+                await gh.update_contact("x1", UPDATE)
+    finally:
+        await runner.cleanup()
+    assert {o.status for o in outcomes} == {Status.UNAUTHORIZED}
+    assert REDACTED in (outcomes[0].error or "")
+    text = "\n".join(
+        [
+            *(encode_outcome(o).decode() for o in outcomes),
+            str(raised.value),
+            repr(vars(raised.value)),
+            caplog.text,
+        ]
+    )
+    # No run of 12 characters of the token, nor of its base64, in what was kept or logged.
+    runs = {token[i : i + 12] for i in range(len(token) - 11)}
+    for align in range(3):
+        encoded = base64.b64encode(b"#" * align + token.encode()).decode()
+        runs |= {encoded[i : i + 12] for i in range(4, len(encoded) - 15)}
+    readable = re.sub(r"\s+", "", text)
+    readable = re.sub(r"\\\\u([0-9a-f]{4})", lambda m: chr(int(m.group(1), 16)), readable)
+    readable = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), readable)
+    leaked = sorted(run for run in runs if run in readable)
+    assert not leaked, leaked
+
+
 # -- 4. a 403 for another location stops the token -----------------------------------------
 
 
@@ -315,6 +385,47 @@ async def test_two_providers_sharing_a_file_refresh_once_and_both_succeed(
     assert [o.status for r in results for o in r] == [Status.UPDATED] * 400
     assert strict.token_statuses == [200]  # the loser took the winner's rotation
     assert json.loads(path.read_text())["refresh_token"] == strict.live_refresh_token()
+
+
+async def test_a_token_file_behind_a_link_stays_a_link_and_its_target_gets_the_rotation(
+    strict: OAuthServer, tmp_path: Path
+) -> None:
+    # A shared secrets folder, linked from two places: each rotation must reach the target,
+    # and the two names must share one lock (the target's directory's).
+    shared = tmp_path / "secrets"
+    shared.mkdir()
+    target = write_file(shared)
+    links = []
+    for name in ("app-a", "app-b"):
+        (tmp_path / name).mkdir()
+        links.append(tmp_path / name / "oauth.json")
+        links[-1].symlink_to(target)
+    first = OAuthProvider.from_file(links[0], retry=FAST)
+    second = OAuthProvider.from_file(links[1], retry=FAST)
+    results = await asyncio.gather(
+        run(client(strict, first, concurrency=10), 100, "a"),
+        run(client(strict, second, concurrency=10), 100, "b"),
+    )
+    assert [o.status for r in results for o in r] == [Status.UPDATED] * 200
+    assert strict.token_statuses == [200]  # one lock: the second took the first's rotation
+    assert all(link.is_symlink() for link in links)
+    assert json.loads(target.read_text())["refresh_token"] == strict.live_refresh_token()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(os.listdir(shared)) == ["oauth.json"]  # no temporary file left beside it
+    # A third app reading the target directly starts from the live tokens.
+    outcomes = await run(client(strict, OAuthProvider.from_file(target, retry=FAST)), 5, "c")
+    assert {o.status for o in outcomes} == {Status.UPDATED}
+    assert strict.token_statuses == [200]
+
+
+def test_write_token_file_through_a_link_replaces_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "real.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_token_file(link, {"a": 1})
+    assert link.is_symlink()
+    assert json.loads(target.read_text()) == {"a": 1}
 
 
 async def test_after_invalid_grant_the_file_is_read_again(
