@@ -232,6 +232,8 @@ def _read_state(f: IO[bytes], path: str) -> ResumeState:
         if not raw.endswith(b"\n"):
             state.torn = True  # only the last line can lack its newline
             break
+        if raw.isspace():
+            continue  # a blank line (an editor's, an `echo >>`) holds no outcome
         try:
             entry = decode(raw)
             key = entry.record_hash
@@ -283,7 +285,7 @@ class Journal:
         try:
             # A file is read back (resume, and check() of its end); other targets are only
             # written, which suits write-only ones such as a FIFO or /dev/full. The file is
-            # created 0600: errors may quote the server.
+            # created 0600 (or narrowed to it below): errors may quote the server.
             access = os.O_RDWR if resume or _is_file_or_new(self.path) else os.O_WRONLY
             fd = os.open(self.path, access | os.O_CREAT | os.O_APPEND | _OPEN_EXTRA, 0o600)
         except OSError as exc:
@@ -295,6 +297,8 @@ class Journal:
             self._regular = stat.S_ISREG(info.st_mode)
             if self._regular:
                 _lock(fd, self.path, info)
+                if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                    os.fchmod(fd, 0o600)  # one that was there before (touched, resumed) too
             size = os.fstat(fd).st_size  # after the lock: what no other run will change
             self.resume_state = _prepare(fd, self.path, size, resume=resume)
             self._size = os.fstat(fd).st_size

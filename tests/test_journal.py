@@ -139,6 +139,21 @@ def test_torn_last_line_is_ignored_then_cut_before_appending(tmp_path: Path, tor
     assert read_outcomes(path) == [outcome(1), outcome(2), outcome(3)]
 
 
+def test_blank_lines_in_a_journal_are_skipped_on_resume(tmp_path: Path) -> None:
+    # `echo >> out.jsonl`, or an editor that saved it with a blank line: not a foreign file.
+    path = tmp_path / "out.jsonl"
+    first, second = journal_line(outcome(1), key(1)), journal_line(outcome(2), key(2))
+    path.write_bytes(first + b"\n  \r\n" + second + b"\n")
+    state = load_resume_state(path)
+    assert (state.entries, state.torn) == (2, False)
+    assert state.is_final(1, key(1))
+    assert state.is_final(2, key(2))
+    with Journal(path, resume=True) as journal:
+        journal.write(outcome(3))
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    assert [decode_outcome(line).line for line in lines] == [1, 2, 3]
+
+
 def test_a_journal_holding_only_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_bytes(b'{"li')

@@ -98,6 +98,16 @@ def test_the_journal_is_created_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_journal_that_was_already_there_is_made_private(tmp_path: Path, resume: bool) -> None:
+    """An empty file made by `touch`, or an older journal resumed, may be 0644: narrowed."""
+    path = tmp_path / "out.jsonl"
+    path.touch()
+    path.chmod(0o644)
+    Journal(path, resume=resume).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 # -- item 9: a journal deleted or truncated mid-run ----------------------------------------------
 
 
