@@ -67,6 +67,7 @@ import yarl
 from growthhub_async.errors import (
     ConfigurationError,
     HTTPStatusError,
+    ResponseError,
     TokenRefreshFailed,
     TransportError,
     error_for_status,
@@ -74,7 +75,12 @@ from growthhub_async.errors import (
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, is_transient
 from growthhub_async.token_file import Saved, TokenFile, write_token_file
-from growthhub_async.transport import check_base_url, map_exceptions, no_hidden_resend
+from growthhub_async.transport import (
+    check_base_url,
+    map_exceptions,
+    no_hidden_resend,
+    read_capped,
+)
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -383,7 +389,8 @@ class OAuthProvider(TokenProvider):
       :data:`DEFAULT_TOKEN_URL` until attached.
     - ``refresh_margin``: seconds before expiry to refresh (capped at a tenth of the lifetime).
     - ``user_type``: sent as ``user_type`` (``"Location"`` or ``"Company"``) when given.
-    - ``timeout``: seconds to connect and between reads; ``retry``: tries for transient
+    - ``timeout``: seconds for each token request, its whole answer included (read up to
+      :data:`~growthhub_async.transport.MAX_ANSWER`); ``retry``: tries for transient
       failures of the token endpoint (connection errors, timeouts, 429, 5xx); other answers
       are final at once.
 
@@ -779,8 +786,10 @@ class OAuthProvider(TokenProvider):
         loop = asyncio.get_running_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(
+                # The whole answer within ``timeout``: a body that trickles a byte at a time
+                # must not hold every record of the token waiting for the refresh.
                 timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.timeout, sock_read=self.timeout
+                    total=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
                 ),
                 headers={"Accept": "application/json"},
                 trust_env=False,
@@ -808,10 +817,10 @@ class OAuthProvider(TokenProvider):
                     async with self._session.post(
                         self.token_url, data=form, allow_redirects=False
                     ) as resp:
-                        raw = await resp.read()
+                        raw = await read_capped(resp)
                         status = resp.status
                 answer = read_token_answer(status, raw, self.redactor)
-            except (TransportError, HTTPStatusError) as exc:
+            except (TransportError, HTTPStatusError, ResponseError) as exc:
                 if isinstance(exc, TokenRefreshFailed):
                     raise
                 delay = self.retry.next_delay(exc, tries=tries, elapsed=loop.time() - first)

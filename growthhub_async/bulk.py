@@ -102,12 +102,14 @@ class Lane(Protocol):
         ends with :class:`~growthhub_async.errors.RequestTimeout`.
         """
 
-    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
-        """After the 401 ``error``: ``True`` when a token is ready to send again with (a newer
-        one, or a fresh one after a pause); ``again``: the record had a refresh already.
+    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
+        """After the 401 ``error``: the seconds to wait before sending again (0: at once, with
+        a newer token; more: a pause before sending again with a fresh one, which the record
+        spends waiting like a retry, holding no worker); ``again``: the record had a refresh.
 
-        ``False`` when nothing can be refreshed (no refresher, a scope 401); raises an
-        ``HTTPStatusError`` (``TokenRefreshFailed``) when the refresh failed: the record's error.
+        ``None`` when nothing can be refreshed (no refresher, a scope 401, the token stopped);
+        raises an ``HTTPStatusError`` (``TokenRefreshFailed``) when the refresh failed: the
+        record's error.
         """
 
     def pause_remaining(self, now: float) -> float:
@@ -139,6 +141,7 @@ class _Job:
         "lane",
         "line",
         "reauths",
+        "resend_after",
         "sink",
         "state",
         "task",
@@ -155,6 +158,7 @@ class _Job:
         self.attempts = 0
         self.http_status: int | None = None
         self.reauths = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
+        self.resend_after = 0.0  # the pause a 401 asked for before the record is sent again
         self.cancel_requested = False
         self.task: asyncio.Task[Any] | None = None
         """The worker running this record (set only while its attempts are awaited)."""
@@ -456,6 +460,9 @@ class Engine:
             if error is None:
                 return job.outcome(Status.UPDATED, None)
             if error is _REFRESHED:
+                if job.resend_after > 0:
+                    delay, job.resend_after = job.resend_after, 0.0
+                    return delay  # waits like a retry: the worker is free meanwhile
                 continue
             if not is_transient(error):
                 return job.outcome(_status_of(error), _describe(error))
@@ -470,7 +477,7 @@ class Engine:
                     )
                 )
             if lane.stopped is not None:
-                return job.outcome(*lane.stopped)
+                continue  # ends at the top, with the token's reason
             now = loop.time()
             decision = policy.decide(
                 error,
@@ -507,8 +514,10 @@ class Engine:
             job.http_status = exc.status_code
             if exc.status_code == 401 and job.reauths < _REAUTHS:
                 try:
-                    if await job.lane.refresh(exc, again=job.reauths > 0):
+                    delay = await job.lane.refresh(exc, again=job.reauths > 0)
+                    if delay is not None:
                         job.reauths += 1
+                        job.resend_after = delay
                         return _REFRESHED
                 except HTTPStatusError as failed:  # the refresh failed: its reason is ours
                     return failed

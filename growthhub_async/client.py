@@ -96,16 +96,19 @@ from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rat
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
 from growthhub_async.transport import (
+    MAX_ANSWER,
     check_base_url,
     is_loopback,
     map_exceptions,
     no_hidden_resend,
+    read_capped,
 )
 
 __all__ = [
     "API_VERSION",
     "DEFAULT_BASE_URL",
     "DEFAULT_TOKEN_KEY",
+    "MAX_ANSWER",
     "GrowthHubClient",
     "TokenView",
     "check_base_url",
@@ -136,27 +139,6 @@ def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
     if any(c.isspace() or not c.isprintable() for c in token):
         raise ConfigurationError(f"token {key!r} contains whitespace or control characters")
     return FixedToken(token)
-
-
-MAX_ANSWER: Final = 1 << 20
-"""Bytes: the largest answer read (decompressed). The API's answer is one contact, a few KB."""
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """The answer's body, or :class:`ResponseError` once it passes :data:`MAX_ANSWER`.
-
-    ``resp.read()`` would hold whatever the server sends (a 50 MB body, a gzip bomb that
-    inflates from KB to GB) in memory; this stops reading at the cap.
-    """
-    body = bytearray()
-    async for chunk in resp.content.iter_any():
-        body += chunk
-        if len(body) > MAX_ANSWER:
-            raise ResponseError(
-                f"HTTP {resp.status} with an answer over {MAX_ANSWER} bytes: not read further",
-                status_code=resp.status,
-            )
-    return bytes(body)
 
 
 def _closed_by_peer(transport: asyncio.BaseTransport | None) -> bool:
@@ -366,8 +348,8 @@ class _Lane:
         assert self._pacer is not None
         return await self._pacer.acquire()
 
-    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
-        """After a 401: ``True`` when a token is ready to send again with, else ``False``.
+    async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
+        """After a 401: seconds to wait before sending again (0: at once), or ``None``: not.
 
         Only a 401 that means "expired or invalid token", from a provider that can refresh,
         gets here as :class:`_RejectedToken`; the provider refreshes once for every caller
@@ -377,28 +359,28 @@ class _Lane:
 
         A token fresh from a refresh is not refreshed again: see :meth:`_fresh_token_refused`.
         ``again``: this record already had its refresh, so it may not cause another one (it
-        pauses and sends again instead).
+        pauses and sends again instead). The caller does the waiting (the engine schedules the
+        record like a retry, so a pause holds no worker).
         """
-        if not isinstance(error, _RejectedToken):
-            return False
+        if not isinstance(error, _RejectedToken) or self.stopped is not None:
+            return None
         if self.provider.fresh(error.generation):
-            return await self._fresh_token_refused(error)
+            return self._fresh_token_refused(error)
         if again:
             # The record had its refresh, and this token is not fresh: it works for others.
             # An intermittent 401 ("Invalid JWT"): pause and send again, no new refresh (the
             # engine bounds how often per record).
-            await asyncio.sleep(self._client.retry.backoff_delay(1))
-            return self.stopped is None
+            return self._client.retry.backoff_delay(1)
         try:
             renewed = await self.provider.rejected(error.generation)
         except TokenRefreshFailed as exc:
             self.stop(Status.UNAUTHORIZED, str(exc))
             raise
         if renewed:
-            return True
-        return await self._fresh_token_refused(error)
+            return 0.0
+        return self._fresh_token_refused(error)
 
-    async def _fresh_token_refused(self, error: _RejectedToken) -> bool:
+    def _fresh_token_refused(self, error: _RejectedToken) -> float | None:
         """The token a refresh just issued was refused, before it ever worked.
 
         The API sometimes refuses a brand-new token ("Invalid JWT") for a moment. So the record
@@ -416,9 +398,8 @@ class _Lane:
                 f"not sent: the token from the last refresh was refused (401) "
                 f"{self._fresh_refusals} times in a row, with pauses between",
             )
-            return False
-        await asyncio.sleep(self._client.retry.backoff_delay(self._fresh_refusals))
-        return self.stopped is None
+            return None
+        return self._client.retry.backoff_delay(self._fresh_refusals)
 
     def _count_unauthorized(self) -> None:
         self._unauthorized += 1
@@ -466,7 +447,7 @@ class _Lane:
             else:
                 request = self._session.put(url, data=body, headers=auth, allow_redirects=False)
             async with request as resp:
-                return resp.status, resp.headers, await _read_capped(resp)
+                return resp.status, resp.headers, await read_capped(resp)
 
     def _pause(self, asked: float | None, now: float) -> None:
         """After a 429 that spent the budget: pause the token, bounded (rule 4 of ratelimit)."""
@@ -748,8 +729,10 @@ class GrowthHubClient:
             _, response = await lane.request(contact_id, body, sent_at=sent_at)
         except Unauthorized as exc:
             # An expired OAuth token: refreshed once for every caller, then one more try.
-            if exc.status_code != 401 or not await lane.refresh(exc):
+            wait = await lane.refresh(exc) if exc.status_code == 401 else None
+            if wait is None:
                 raise
+            await asyncio.sleep(wait)
             sent_at = await lane.acquire()
             _, response = await lane.request(contact_id, body, sent_at=sent_at)
         return response

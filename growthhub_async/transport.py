@@ -3,7 +3,8 @@
 Both talk to the network through aiohttp and must apply the same rules: which URLs may carry
 a secret (:func:`check_base_url`), how aiohttp's and the socket layer's exceptions become ours
 (:func:`map_exceptions`, the one place it happens), and no hidden re-send by aiohttp
-(:func:`no_hidden_resend`). ``client.py`` and ``auth.py`` both import this module; neither
+(:func:`no_hidden_resend`), and how much of an answer is read (:func:`read_capped`).
+``client.py`` and ``auth.py`` both import this module; neither
 imports the other's internals.
 """
 
@@ -12,13 +13,47 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Final
 
 import aiohttp
 import yarl
 
-from growthhub_async.errors import ConfigurationError, ConnectionFailed, RequestTimeout
+from growthhub_async.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    RequestTimeout,
+    ResponseError,
+)
 
-__all__ = ["check_base_url", "is_loopback", "map_exceptions", "no_hidden_resend"]
+__all__ = [
+    "MAX_ANSWER",
+    "check_base_url",
+    "is_loopback",
+    "map_exceptions",
+    "no_hidden_resend",
+    "read_capped",
+]
+
+MAX_ANSWER: Final = 1 << 20
+"""Bytes: the largest answer read (decompressed). The API's answer is one contact, a few KB;
+a token endpoint's, a few hundred bytes."""
+
+
+async def read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, or :class:`ResponseError` once it passes :data:`MAX_ANSWER`.
+
+    ``resp.read()`` would hold whatever the server sends (a 50 MB body, a gzip bomb that
+    inflates from KB to GB) in memory; this stops reading at the cap.
+    """
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise ResponseError(
+                f"HTTP {resp.status} with an answer over {MAX_ANSWER} bytes: not read further",
+                status_code=resp.status,
+            )
+    return bytes(body)
 
 
 def is_loopback(host: str | None) -> bool:

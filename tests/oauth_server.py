@@ -41,6 +41,7 @@ class OAuthServer:
     answer: Callable[[dict[str, Any]], Any] | None = None
     fresh_refusals: int = 0
     every_nth_refused: int = 0
+    refused_contacts: dict[str, int] = field(default_factory=dict)  # contact -> 401s still due
     location_403: bool = False
     before_token: Callable[[], None] | None = None
     lifetime: Any = 86_399
@@ -125,6 +126,10 @@ class OAuthServer:
             refused = True
         if self.every_nth_refused and self.puts % self.every_nth_refused == 0:
             refused = True
+        contact_id = request.match_info["contact_id"]
+        if self.refused_contacts.get(contact_id, 0) > 0:
+            self.refused_contacts[contact_id] -= 1
+            refused = True
         if refused:
             message = "Invalid JWT"
             headers: dict[str, str] = {}
@@ -132,7 +137,6 @@ class OAuthServer:
                 message += f": got {authorization!r}"
                 headers["X-Echo-Authorization"] = authorization
             return 401, {"statusCode": 401, "message": message, "error": "Unauthorized"}, headers
-        contact_id = request.match_info["contact_id"]
         return 200, {"succeded": True, "contact": {"id": contact_id}}, {}
 
 

@@ -822,9 +822,8 @@ async def raw_server(
         await server.wait_closed()
 
 
-async def test_a_huge_answer_is_not_read_into_memory() -> None:
-    size = 64 << 20
-    sent: list[int] = []
+def huge_answer(size: int, sent: list[int]) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
+    """A 200 of ``size`` spaces, sent as fast as the client reads; ``sent`` gets the bytes sent."""
 
     async def respond(writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
@@ -837,6 +836,14 @@ async def test_a_huge_answer_is_not_read_into_memory() -> None:
                 total += len(chunk)
         finally:
             sent.append(total)
+
+    return respond
+
+
+async def test_a_huge_answer_is_not_read_into_memory() -> None:
+    size = 64 << 20
+    sent: list[int] = []
+    respond = huge_answer(size, sent)
 
     policy = RetryPolicy(max_tries=2, jitter=lambda _: 0.0)
     async with (
@@ -869,3 +876,50 @@ async def test_a_gzip_bomb_is_not_inflated_into_memory() -> None:
         with pytest.raises(ResponseError, match="answer over"):
             await gh.update_contact("c1", UpdateContact(first_name="A"))
     assert len(bomb) < MAX_ANSWER // 8
+
+
+# -- the token endpoint has the same limits as Update Contact ----------------------------------
+
+
+async def test_a_trickling_token_endpoint_times_out_and_the_refresh_fails_in_time() -> None:
+    loop = asyncio.get_running_loop()
+    policy = RetryPolicy(max_tries=2, max_time=5, jitter=lambda _: 0.0)
+    async with trickling_server(every=0.05) as (url, starts):
+        provider = OAuthProvider(
+            "client-id",
+            "client-secret-Zz",
+            "refresh-Yy",
+            token_url=f"{url}/token",
+            timeout=0.3,
+            retry=policy,
+        )
+        started = loop.time()
+        try:
+            with pytest.raises(TokenRefreshFailed, match="RequestTimeout"):
+                await asyncio.wait_for(provider.token(), 10)  # a regression fails, not hangs
+        finally:
+            await provider.aclose()
+        elapsed = loop.time() - started
+    assert len(starts) == 2
+    assert elapsed < 1.5  # two tries of 0.3 s and a backoff, not 100000 bytes x 50 ms
+
+
+async def test_a_huge_token_answer_is_not_read_into_memory() -> None:
+    size = 64 << 20
+    sent: list[int] = []
+    respond = huge_answer(size, sent)
+
+    async with raw_server(respond) as url:
+        provider = OAuthProvider(
+            "client-id",
+            "client-secret-Zz",
+            "refresh-Yy",
+            token_url=f"{url}/token",
+            retry=RetryPolicy(max_tries=1),
+        )
+        try:
+            with pytest.raises(TokenRefreshFailed, match="answer over"):
+                await asyncio.wait_for(provider.token(), 10)
+        finally:
+            await provider.aclose()
+    assert max(sent) < size // 4

@@ -508,6 +508,26 @@ async def test_intermittent_401s_end_no_record_unauthorized(tmp_path: Path) -> N
     assert {o.status for o in outcomes} == {Status.UPDATED}
 
 
+async def test_a_record_pausing_after_a_401_holds_no_worker(tmp_path: Path) -> None:
+    # One contact's requests are refused three times ("Invalid JWT" for a moment): after its
+    # refresh, it pauses 0.4 s, then 0.8 s, before it is sent again. With one worker, the
+    # other records must not wait behind those pauses.
+    async with serve(OAuthServer(refused_contacts={"flaky": 3})) as server:
+        issued = server.issue()  # the file's access token works from the start
+        tokens = {k: issued[k] for k in ("access_token", "refresh_token")}
+        path = write_file(tmp_path, **tokens)
+        policy = RetryPolicy(max_tries=6, max_time=10, base_delay=0.4, jitter=lambda v: v)
+        provider = OAuthProvider.from_file(path, retry=FAST)
+        gh = client(server, provider, concurrency=1, retry=policy)
+        ids = ["flaky"] + [f"c{n}" for n in range(30)]
+        async with gh:
+            outcomes = [o async for o in gh.update_contacts((i, UPDATE) for i in ids)]
+    assert {o.status for o in outcomes} == {Status.UPDATED}
+    assert outcomes[-1].contact_id == "flaky"  # everyone else went while it paused
+    assert outcomes[-1].attempts == 4
+    assert server.token_statuses == [200]  # one refresh; the pauses did not refresh again
+
+
 async def test_a_fresh_token_always_refused_is_declared_dead_after_the_limit(
     tmp_path: Path,
 ) -> None:
