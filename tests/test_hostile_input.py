@@ -88,9 +88,15 @@ def check_items(items: list[Item], data: bytes, *, jsonl: bool) -> None:
 
 
 def as_utf8(data: bytes) -> bytes:
-    """``data`` as the readers see it: UTF-16 or UTF-32 (by BOM or zeros) transcoded."""
-    end = data.find(b"\n") + 1
-    encoding, bom = _sniff(data[: end or len(data)])
+    """``data`` as the readers see it: UTF-16 or UTF-32 (by BOM or zeros) transcoded.
+
+    The readers sniff whole lines until they hold four bytes (a blank UTF-16 line is LF
+    alone, its zero byte starting the next line), or the input ends.
+    """
+    head = 0
+    while head < min(4, len(data)):
+        head = data.find(b"\n", head) + 1 or len(data)
+    encoding, bom = _sniff(data[:head])
     if encoding == "utf-8":
         return data
     return data[bom:].decode(encoding, _MARK).encode("utf-8", "surrogatepass")

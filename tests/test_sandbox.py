@@ -320,6 +320,17 @@ async def test_rate_limit_rate_one_forces_429(
     assert sb.stats()["rateLimited"] == 1
 
 
+async def test_a_forced_429_may_say_the_budget_is_spent(
+    start_sandbox: StartSandbox, http: aiohttp.ClientSession
+) -> None:
+    faults = Faults(rate_limit_rate=1.0, spent_429_share=1.0)
+    sb = await start_sandbox(sandbox_config(faults=faults, rate_window=4.0))
+    status, _, headers = await put(http, sb, "c", {})
+    assert status == 429
+    assert headers["X-RateLimit-Remaining"] == "0"  # as if another client spent it
+    assert headers["Retry-After"] == "2"  # half the window
+
+
 async def raw_put(sb: Sandbox, contact_id: str) -> bytes:
     """One PUT over a bare socket; returns every byte the server sent before closing."""
     reader, writer = await asyncio.open_connection(sb.host, sb.port)

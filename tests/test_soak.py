@@ -33,6 +33,7 @@ import msgspec
 import pytest
 
 from growthhub_async import GrowthHubClient, UpdateContact
+from growthhub_async.events import Paused
 from growthhub_async.models import CustomField, UpdateContactCodec
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.retry import RetryPolicy
@@ -90,7 +91,12 @@ async def burst_429s(sandbox: Sandbox, stop: asyncio.Event, every: float) -> int
             break
         bursts += 1
         # A new seed each time, so that bursts do not replay the same faults.
-        sandbox.set_faults(dataclasses.replace(FAULTS, seed=100 + bursts, rate_limit_rate=0.5))
+        # Half the forced 429s say the budget is spent: the token pauses, the others only
+        # delay their own record.
+        burst = dataclasses.replace(
+            FAULTS, seed=100 + bursts, rate_limit_rate=0.5, spent_429_share=0.5
+        )
+        sandbox.set_faults(burst)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
         sandbox.set_faults(dataclasses.replace(FAULTS, seed=200 + bursts))
@@ -106,6 +112,7 @@ async def soak(start_sandbox: StartSandbox, records: int, *, seed: int, burst_ev
     stop = asyncio.Event()
     bursts = asyncio.create_task(burst_429s(sandbox, stop, burst_every))
     outcomes: list[Outcome] = []
+    pauses: list[Paused] = []
     try:
         async with (
             GrowthHubClient(
@@ -115,6 +122,7 @@ async def soak(start_sandbox: StartSandbox, records: int, *, seed: int, burst_ev
                 concurrency=64,
                 timeout=10.0,
                 retry=policy,
+                hooks=[lambda e: pauses.append(e) if isinstance(e, Paused) else None],
             ) as gh,
             gh.update_contacts(read_jsonl(io.BytesIO(data))) as stream,
         ):
@@ -152,6 +160,7 @@ async def soak(start_sandbox: StartSandbox, records: int, *, seed: int, burst_ev
     # The faults did happen: the proof is not vacuous.
     assert burst_count >= 1
     assert stats["rateLimited"] > 0
+    assert pauses  # a 429 that spent the budget paused the token
     assert stats["byStatus"].get("dropped", 0) > 0
     assert sum(stats["byStatus"].get(s, 0) for s in ("500", "502", "503", "504")) > 0
     assert summary.retries > 0 or summary.requests > records

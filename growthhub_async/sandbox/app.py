@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -239,6 +240,11 @@ def _faulted(
     decision = None
     if token is not None:
         decision = state.budget(token).peek(asyncio.get_running_loop().time())
+    if fate.status == 429 and fate.mode == "spent" and decision is not None:
+        # Someone else spent the budget, says the server: none left until the window moves.
+        decision = dataclasses.replace(
+            decision, remaining=0, retry_after=state.config.rate_window / 2
+        )
     headers = state.headers(decision)
     if fate.status == 429:
         return _too_many(state, decision, headers)

@@ -92,6 +92,10 @@ class Faults:
     """Probability of closing the connection without any response."""
     rate_limit_rate: float = 0.0
     """Probability of a 429 whatever the budget says."""
+    spent_429_share: float = 0.0
+    """Share of those forced 429s that say the budget is spent (``X-RateLimit-Remaining: 0``
+    and a ``Retry-After``), as when another client spends the same budget; the others report
+    the budget as it is (a 429 that is not about the budget)."""
     latency: float = 0.0
     """Seconds added before every PUT is answered."""
     jitter: float = 0.0
@@ -104,6 +108,7 @@ class Faults:
         _check_probability("error_rate", self.error_rate)
         _check_probability("drop_rate", self.drop_rate)
         _check_probability("rate_limit_rate", self.rate_limit_rate)
+        _check_probability("spent_429_share", self.spent_429_share)
         if self.error_rate + self.drop_rate + self.rate_limit_rate > 1.0:
             raise ValueError("error_rate + drop_rate + rate_limit_rate must not exceed 1")
         if not (math.isfinite(self.latency) and self.latency >= 0):

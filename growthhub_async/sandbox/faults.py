@@ -118,7 +118,8 @@ class FaultInjector:
                 status = ERROR_STATUSES[min(int(which * len(ERROR_STATUSES)), 3)]
                 fate = Fate("status", status=status, delay=delay)
             elif pick < threshold + faults.rate_limit_rate:
-                fate = Fate("status", status=429, delay=delay)
+                spent = which < faults.spent_429_share
+                fate = Fate("status", status=429, delay=delay, mode="spent" if spent else "")
             elif delay:
                 fate = Fate("normal", delay=delay)
         if self._scripts:
