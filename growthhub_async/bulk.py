@@ -140,6 +140,7 @@ class _Job:
         "http_status",
         "lane",
         "line",
+        "on_wire",
         "reauths",
         "resend_after",
         "sink",
@@ -159,6 +160,7 @@ class _Job:
         self.http_status: int | None = None
         self.reauths = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
         self.resend_after = 0.0  # the pause a 401 asked for before the record is sent again
+        self.on_wire = False  # a request of this record is being sent or answered
         self.cancel_requested = False
         self.task: asyncio.Task[Any] | None = None
         """The worker running this record (set only while its attempts are awaited)."""
@@ -506,11 +508,12 @@ class Engine:
     @staticmethod
     async def _send(job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
         """One request: ``None`` when applied, else the error (``_REFRESHED``: send again)."""
+        job.on_wire = True
         try:
             job.http_status, _ = await job.lane.request(
                 job.contact_id, job.body, sent_at=sent_at, deadline=deadline
             )
-        except HTTPStatusError as exc:
+        except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
             job.http_status = exc.status_code
             if exc.status_code == 401 and job.reauths < _REAUTHS:
                 try:
@@ -525,6 +528,8 @@ class Engine:
         except (TransportError, ResponseError) as exc:
             job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
             return exc
+        finally:
+            job.on_wire = False
         return None
 
     # -- shutdown --------------------------------------------------------------------------
@@ -781,6 +786,23 @@ class OutcomeStream:
         if self._engine is not None:
             self._engine.runs.discard(self)
             self.summary.elapsed = asyncio.get_running_loop().time() - self._started_at
+
+    def stop(self) -> None:
+        """Take no more records and send no more requests; let those on the wire finish.
+
+        The reader stops; every record of this run that has no request on the wire (queued,
+        waiting for its budget or for a retry) ends ``failed`` (``"cancelled"``) at once. The
+        stream then ends once the requests on the wire are answered. For a graceful stop on
+        SIGTERM; :meth:`aclose` cancels those on the wire too.
+        """
+        if self._feeder is None or self._closed:
+            return
+        assert self._engine is not None
+        if not self._feeder.done():
+            self._feeder.cancel()
+        for job in list(self._jobs):
+            if not job.on_wire:
+                self._engine.cancel_job(job)
 
     async def aclose(self) -> None:
         """Stop the run; every record read ends with an outcome (see the class docstring)."""

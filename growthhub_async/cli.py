@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -59,13 +61,19 @@ def _rate_arg(text: str) -> Rate:
     return rate
 
 
-def _positive_int(text: str) -> int:
+MAX_CONCURRENCY = 1000
+"""More requests in flight than this cannot help one token (100 per 10 s) and cost memory."""
+
+
+def _concurrency(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number from 1 to {MAX_CONCURRENCY}"
+        )
     return value
 
 
@@ -132,10 +140,10 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=_concurrency,
         default=10,
         metavar="N",
-        help="requests in flight at once (default 10)",
+        help=f"requests in flight at once, 1 to {MAX_CONCURRENCY} (default 10)",
     )
     parser.add_argument(
         "--value-key",
@@ -287,7 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    status = handler(args)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            # Closed, full or a broken pipe: what is left unwritten goes nowhere, so that
+            # Python's own flush at exit cannot turn the run's exit status into 120.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

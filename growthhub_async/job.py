@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shlex
 import shutil
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TextIO, TypeAlias
+from typing import Any, Final, Literal, TextIO, TypeAlias, cast
 
 from growthhub_async.auth import TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
-from growthhub_async.errors import ConfigurationError, GrowthHubError
+from growthhub_async.errors import ConfigurationError, GrowthHubError, InputError
 from growthhub_async.events import Event, RecordFinished
 from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
@@ -163,7 +164,7 @@ class _Reader:
                 return
             if state is not None or keys is not None:
                 key = record_hash(item, encode)
-                if state is not None and state.is_final(item.line, key):
+                if state is not None and state.skips(item, key):
                     self.skipped[state.final_status(item.line) or Status.UPDATED] += 1
                     continue
                 if keys is not None:
@@ -205,6 +206,35 @@ class _Progress:
             self.stream.flush()
 
 
+class _Terminal(io.TextIOBase):
+    """stdout or stderr for the job: one that is closed, full or a broken pipe is given up.
+
+    What the job prints is for the user; the outcomes are in the journal. A progress line
+    that cannot be written must not stop the run, nor a summary change its exit status.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self.broken = stream is None
+
+    def _do(self, action: Callable[[TextIO], object]) -> None:
+        if not self.broken:
+            try:
+                action(self._stream)  # type: ignore[arg-type]
+            except (OSError, ValueError):  # ENOSPC, EPIPE, EBADF; or a closed file object
+                self.broken = True
+
+    def write(self, text: str) -> int:
+        self._do(lambda stream: stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._do(lambda stream: stream.flush())
+
+    def isatty(self) -> bool:
+        return not self.broken and _isatty(self._stream)  # type: ignore[arg-type]
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -228,10 +258,15 @@ async def run_job(
     :class:`~growthhub_async.errors.GrowthHubError` (input, journal or configuration problems)
     before any request is sent.
     """
-    out = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
+    out = cast(TextIO, _Terminal(stdout if stdout is not None else sys.stdout))
+    err = cast(TextIO, _Terminal(stderr if stderr is not None else sys.stderr))
     source = open_source(settings.input, settings.value_key)
     with source:
+        if source.is_file(settings.out):
+            # Each outcome appended would be read back as one more record, for ever.
+            raise InputError(
+                f"--out {settings.out!r} is the input itself: choose another file for the outcomes"
+            )
         if settings.dry_run:
             return _dry_run(settings, source, out, err)
         options: dict[str, Any] = {
@@ -250,6 +285,11 @@ async def run_job(
         # Locked before its state is read: no other run can write between the two.
         journal = Journal(settings.out, resume=settings.resume)
         state = journal.resume_state
+        if not journal.regular:
+            err.write(
+                f"warning: the outcomes go to {settings.out!r}, which is not a regular file: "
+                "they cannot be read back, so this run cannot be resumed\n"
+            )
         try:
             async with client:
                 return await _send(
@@ -368,6 +408,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             return
         interrupted = True
         reader.stopped = True
+        stream.stop()  # records not on the wire end "cancelled": a resumed run sends them
         err.write(
             f"\n{signal.Signals(signum).name}: reading no more records; waiting up to "
             f"{settings.grace:g}s for those in flight (signal again to stop at once)\n"
@@ -489,7 +530,9 @@ def _report(
     counts = whole_job if whole_job is not None else summary.by_status
     # Final lines of the journal that this input never reached (a shorter or another file, an
     # empty standard input): the whole job cannot be called done.
-    unseen = len(state) - skipped_count - state.mismatched if state is not None else 0
+    unseen = 0
+    if state is not None:
+        unseen = len(state) - skipped_count - state.mismatched - state.reordered
     all_updated = counts.total() == counts[Status.UPDATED] and unseen <= 0
     if counts.total() != counts[Status.UPDATED] and failure is None and not interrupted:
         out.writelines(f"{line}\n" for line in _next_steps(settings, counts, problems))
@@ -537,7 +580,9 @@ def _next_steps(
         http = f", HTTP {o.http_status}" if o.http_status is not None else ""
         lines.append(f"  line {o.line} ({o.status}{http}): {error}")
     lines.append("every one of them, from the outcomes:")
-    lines.append(f"  {_JQ_NOT_UPDATED} {shlex.quote(settings.out)}")
+    # jq takes a name that starts with "-" for an option: "./-x" is the same file.
+    out_name = f"./{settings.out}" if settings.out.startswith("-") else settings.out
+    lines.append(f"  {_JQ_NOT_UPDATED} {shlex.quote(out_name)}")
     if settings.resume_command is None:
         return lines
     if any(counts[s] for s in FINAL_STATUSES if s is not Status.UPDATED):
@@ -564,6 +609,11 @@ def _warnings(summary: Summary, state: ResumeState | None, err: TextIO, token_hi
             f"note: {state.mismatched} records changed since the earlier run (their line now "
             "holds another contactId or other values than the outcomes record), so they were "
             "sent again\n"
+        )
+    if state is not None and state.reordered:
+        err.write(
+            f"note: {state.reordered} records updated earlier were sent again after an earlier "
+            "record of their contact, so that the contact's records apply in input order\n"
         )
     if summary.by_status[Status.UNAUTHORIZED]:
         err.write(

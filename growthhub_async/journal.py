@@ -145,6 +145,9 @@ class ResumeState:
         self.entries = 0
         self.torn = False
         self.mismatched = 0
+        self.reordered = 0
+        """Final records sent again after an earlier record of their contact (:meth:`skips`)."""
+        self._behind: set[str] = set()  # contacts with an earlier record being sent again
 
     def record(self, line: int, key: bytes | None, status: Status) -> None:
         """Note one outcome (``key``: :func:`record_hash`, or ``None`` when unknown); a later
@@ -179,13 +182,29 @@ class ResumeState:
         self.mismatched += 1
         return False
 
+    def skips(self, item: Record | Outcome, key: bytes) -> bool:
+        """Whether a resumed run skips ``item`` (``key``: its :func:`record_hash`), in input order.
+
+        It does when its line holds a final outcome for this same record, unless an earlier
+        record of the same contact is being sent again: that one would then be applied after
+        this later one, against input order, so this one is sent again after it.
+        """
+        contact = item.contact_id if isinstance(item, Record) else None
+        if contact is not None and contact in self._behind:
+            self.reordered += self.final_status(item.line) is not None
+            return False
+        if self.is_final(item.line, key):
+            return True
+        if contact is not None:
+            self._behind.add(contact)
+        return False
+
     def pending(
         self, items: Iterable[_ItemT], key: Callable[[_ItemT], bytes] = record_hash
     ) -> Iterator[_ItemT]:
-        """The items whose line has no final outcome yet: what a resumed run must still do."""
-        is_final = self.is_final
+        """The items a resumed run must still do (see :meth:`skips`)."""
         for item in items:
-            if not is_final(item.line, key(item)):
+            if not self.skips(item, key(item)):
                 yield item
 
     def trim(self) -> None:
@@ -294,8 +313,9 @@ class Journal:
             info = os.fstat(fd)
             # Only a regular file can be locked, measured and replaced; a pipe or a terminal
             # (--out /dev/stdout) is written as it is.
-            self._regular = stat.S_ISREG(info.st_mode)
-            if self._regular:
+            self.regular = stat.S_ISREG(info.st_mode)
+            """A regular file (else a pipe, a device: written, never read back)."""
+            if self.regular:
                 _lock(fd, self.path, info)
                 if info.st_mode & 0o077 and info.st_uid == os.geteuid():
                     os.fchmod(fd, 0o600)  # one that was there before (touched, resumed) too
@@ -339,7 +359,7 @@ class Journal:
         or truncated since it was opened: the lines written would be lost to whoever reads the
         path. A few microseconds (two ``stat`` calls); nothing to do for a pipe or a terminal."""
         fd = self._fd
-        if fd is None or not self._regular:
+        if fd is None or not self.regular:
             return
         mine = os.fstat(fd)
         try:

@@ -14,12 +14,14 @@ tokens, the client secret) and removes each in every form a server may echo it i
 - whole: bare (so ``Bearer <token>`` too), URL-encoded (a form body: ``%2B`` or ``+`` for a
   space, upper or lower case hex), JSON-escaped (``\\/``);
 - cut short at the end of a truncated text (a prefix of at least :data:`MIN_PREFIX` characters);
-- in pieces: any run of :data:`MIN_RUN` characters or more of a secret, or of its base64 (a
-  ``Basic`` header, a debug dump; standard or URL-safe, at any of the three byte alignments),
-  anywhere in the text: a body cut in the middle (``eyJhbGciOi...``), a token wrapped over
-  lines or split by spaces, each character escaped as ``\\u00XX`` or ``%XX``. The pieces are
-  looked for in a *reading* of the text with whitespace removed and JSON and URL escapes
-  decoded, and removed from the text itself (with the whitespace and escapes inside them).
+- in pieces: any run of :data:`MIN_RUN` characters or more of a secret, of its hex (either
+  case) or of its base64 (a ``Basic`` header, a debug dump; standard or URL-safe, at any of
+  the three byte alignments), anywhere in the text: a body cut in the middle
+  (``eyJhbGciOi...``), a token wrapped over lines or split by spaces, each character escaped
+  as ``\\u00XX``, ``%XX`` or an HTML character reference (``&#x74;``, ``&#116;``). The
+  pieces are looked for in a *reading* of the text with whitespace removed and JSON, URL and
+  HTML escapes decoded, and removed from the text itself (with the whitespace and escapes
+  inside them).
 
 Pure: no I/O, no clock.
 """
@@ -27,6 +29,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from collections.abc import Mapping
@@ -48,7 +51,10 @@ _STEP: Final = MIN_RUN // 2
 """Window size and stride of the search: every run of MIN_RUN holds a window at a multiple."""
 
 _HEX = re.compile(r"%[0-9A-F]{2}")
-_ESCAPE = re.compile(r"\\u[0-9a-fA-F]{4}|\\/|%[0-9a-fA-F]{2}|\s+")
+_ESCAPE = re.compile(
+    r"\\u[0-9a-fA-F]{4}|\\/|%[0-9a-fA-F]{2}|\s+"
+    r"|&#[0-9]{1,7};|&#[xX][0-9a-fA-F]{1,6};|&(?:amp|sol|plus|equals|lowbar|period|colon);"
+)
 
 
 def forms_of(secret: str) -> set[str]:
@@ -62,14 +68,13 @@ def forms_of(secret: str) -> set[str]:
     return forms
 
 
-def base64_forms(secret: str) -> set[str]:
-    """The part of ``secret``'s base64 that does not depend on the bytes around it.
-
-    Standard and URL-safe alphabets, with the secret starting at each of the three byte
-    alignments (an ``user:secret`` pair puts it anywhere).
+def encoded_forms(secret: str) -> set[str]:
+    """``secret`` as hex (either case), and the part of its base64 that does not depend on the
+    bytes around it: standard and URL-safe alphabets, with the secret starting at each of the
+    three byte alignments (an ``user:secret`` pair puts it anywhere).
     """
     raw = secret.encode("utf-8")
-    forms = set()
+    forms = {raw.hex(), raw.hex().upper()}
     for align in range(3):
         encoded = base64.b64encode(b"\0" * align + raw).decode("ascii").rstrip("=")
         first = -(-align * 8 // 6)  # the first character made of the secret's bits alone
@@ -91,6 +96,9 @@ def _reading(text: str) -> tuple[str, list[tuple[int, int, str]]]:
             value = "/" if found == "\\/" else chr(int(found[2:], 16))
         elif found[0] == "%":
             value = chr(int(found[1:], 16))
+        elif found[0] == "&":
+            value = html.unescape(found)
+            value = value if len(value) == 1 else ""  # a number beyond Unicode
         else:
             value = ""
         escapes.append((match.start(), match.end(), value))
@@ -171,7 +179,7 @@ class Redactor:
             self._pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
             self._windows = {}
             long = {s for s in self._all() if len(s) >= MIN_RUN}
-            for piece in long.union(*map(base64_forms, long)):
+            for piece in long.union(*map(encoded_forms, long)):
                 if len(piece) >= MIN_RUN:
                     for at in range(len(piece) - _STEP + 1):
                         self._windows.setdefault(piece[at : at + _STEP], []).append((piece, at))

@@ -92,7 +92,9 @@ import csv
 import io
 import itertools
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -866,6 +868,14 @@ class Source:
     def __iter__(self) -> Iterator[Item]:
         return self._items
 
+    def is_file(self, path: str) -> bool:
+        """Whether ``path`` names the very file this source reads (another name, a link)."""
+        try:
+            mine, theirs = os.fstat(self._stream.fileno()), os.stat(path)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return False
+        return stat.S_ISREG(mine.st_mode) and os.path.samestat(mine, theirs)
+
     def close(self) -> None:
         """Close the file (standard input is left open: it is not ours)."""
         if self._owned:
@@ -911,6 +921,8 @@ def open_source(
     """
     kind = input_kind(path)
     if path == "-":
+        if stdin is None and sys.stdin is None:
+            raise InputError("cannot read input '-': standard input is closed")
         stream = stdin if stdin is not None else sys.stdin.buffer
         owned = False
     else:

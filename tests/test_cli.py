@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import signal
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from cli_helpers import (
     SECRET_TOKEN,
     Ran,
+    cli_env,
     finish,
     journal_lines,
     run_cli,
@@ -29,9 +34,9 @@ from conftest import StartSandbox, sandbox_config
 
 from growthhub_async import __version__
 from growthhub_async.cli import build_parser, resume_command
-from growthhub_async.job import JobSettings, run_job
+from growthhub_async.job import JobSettings, _next_steps, run_job
 from growthhub_async.journal import record_hash
-from growthhub_async.outcomes import FINAL_STATUSES
+from growthhub_async.outcomes import FINAL_STATUSES, Status
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import Faults, Sandbox
 from growthhub_async.sources import read_jsonl
@@ -203,6 +208,8 @@ async def test_all_updated_exits_0_and_stdin_input(
         ("bad rate", "--rate"),
         ("insecure base url", "https"),
         ("unknown input kind", "in.xlsx"),
+        ("outcomes are the input", "is the input itself"),
+        ("concurrency too high", "--concurrency"),
     ],
 )
 async def test_fatal_errors_exit_2_with_one_clear_line(
@@ -226,6 +233,12 @@ async def test_fatal_errors_exit_2_with_one_clear_line(
     elif case == "unknown input kind":
         args[1] = str(tmp_path / "in.xlsx")
         (tmp_path / "in.xlsx").write_text("x\n")
+    elif case == "outcomes are the input":
+        # Under another name: each outcome appended would be read back as a record, for ever.
+        (tmp_path / "link.jsonl").symlink_to(data)
+        args[3:4] = [str(tmp_path / "link.jsonl"), "--resume"]
+    elif case == "concurrency too high":
+        args += ["--concurrency", "100000"]
 
     ran = await run_cli(*args, token=token)
 
@@ -236,6 +249,8 @@ async def test_fatal_errors_exit_2_with_one_clear_line(
     assert sandbox.stats()["requests"] == 0
     if case == "journal exists":
         assert out.read_text() == '{"line":1}\n'  # never overwritten
+    if case == "outcomes are the input":
+        assert data.read_text().count("\n") == 1  # nothing appended to it
     assert_no_token(ran, out)
 
 
@@ -338,6 +353,7 @@ async def test_sigterm_finishes_in_flight_and_prints_the_resume_command(
     proc = await start_cli(*args)
     await wait_for_lines(out, 10, proc)
 
+    sent_before = sandbox.stats()["requests"]
     proc.send_signal(signal.SIGTERM)
     ran = await finish(proc, limit=15)
 
@@ -352,15 +368,21 @@ async def test_sigterm_finishes_in_flight_and_prints_the_resume_command(
     assert raw.endswith(b"\n")
     journal = journal_lines(out)
     assert 10 <= len(journal) < 150
-    # The records taken before the stop finished normally: none was cut off.
-    assert all(o["status"] == "updated" for o in journal)
-    assert len(journal) == sandbox.stats()["requests"]
+    # The requests on the wire finished normally: none was cut off. No new request went after
+    # the signal (at most the 4 in flight, and one more that started as it was sent); records
+    # read ahead but never sent end "cancelled", unsent, for the resumed run to send.
+    updated = [o for o in journal if o["status"] == "updated"]
+    assert len(updated) == sandbox.stats()["requests"]
+    assert sandbox.stats()["requests"] - sent_before <= 5
+    for o in journal:
+        if o["status"] != "updated":
+            assert (o["status"], o["error"], o["attempts"]) == ("failed", "cancelled", 0)
     assert_no_token(ran, out)
 
     ran = await run_command(resume_line, limit=30)  # as printed, whatever runs the program
     assert ran.status == 0, ran.stderr
     assert {o["line"] for o in journal_lines(out)} == set(range(1, 151))
-    assert f"skipped {len(journal)} records" in ran.stdout
+    assert f"skipped {len(updated)} records" in ran.stdout
 
 
 async def test_progress_bar_and_line_in_process(
@@ -469,3 +491,92 @@ async def test_a_resume_over_an_input_without_the_journals_records_is_not_exit_0
     assert ran.status == 1, (ran.stdout, ran.stderr)
     assert "3 records final in" in ran.stderr
     assert "were not in this input" in ran.stderr
+
+
+def test_a_closed_standard_input_exits_2_naming_it(tmp_path: Path) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", "growthhub_async", "update", "-", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=cli_env(SECRET_TOKEN),
+        preexec_fn=lambda: os.close(0),
+        timeout=30,
+        check=False,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert "standard input is closed" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("out", "shown"), [("o.jsonl", " o.jsonl"), ("-o.jsonl", " ./-o.jsonl"), ("a b", " 'a b'")]
+)
+def test_the_jq_line_names_the_outcomes_so_jq_reads_them(out: str, shown: str) -> None:
+    # jq would take "-o.jsonl" for an option and print its usage instead of the records.
+    lines = _next_steps(JobSettings(input="in.jsonl", out=out), Counter({Status.FAILED: 1}), [])
+    [jq] = [line for line in lines if line.strip().startswith("jq ")]
+    assert jq.endswith(shown)
+
+
+class _Broken(io.StringIO):
+    """A terminal that fails like a full disk or a closed pipe, from the first write on."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_broken_stdout_or_stderr_changes_neither_the_run_nor_its_exit_status(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(40)])
+    for name, out, err in (("stdout", _Broken(), io.StringIO()), ("stderr", None, _Broken())):
+        settings = JobSettings(
+            input=str(data),
+            out=str(tmp_path / f"{name}.jsonl"),
+            base_url=sandbox.base_url,
+            rate=Rate(100, 1.0),
+            progress="line",
+            progress_every=0.05,  # progress lines while records are on their way
+            handle_signals=False,
+        )
+        result = await run_job(
+            settings, token=SECRET_TOKEN, stdout=out or io.StringIO(), stderr=err
+        )
+        assert result.exit_status == 0, name
+        assert [o["status"] for o in journal_lines(tmp_path / f"{name}.jsonl")] == ["updated"] * 40
+
+
+def test_the_command_exits_0_with_stdout_and_stderr_on_a_full_disk(tmp_path: Path) -> None:
+    # Python flushes stdout at exit; a failure there would make the exit status 120.
+    data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(5)])
+    with open("/dev/full", "w") as full:
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "growthhub_async",
+                "update",
+                str(data),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--dry-run",
+            ],
+            stdout=full,
+            stderr=full,
+            env=cli_env(None),
+            timeout=30,
+            check=False,
+        )
+    assert ran.returncode == 0
+
+
+async def test_outcomes_that_cannot_be_read_back_are_warned_of(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", [good(n) for n in range(3)])
+    ran = await run_cli(*update_args(data, Path(os.devnull), sandbox.base_url, rate="100/1s"))
+    assert ran.status == 0, ran.stderr
+    assert "which is not a regular file" in ran.stderr
+    assert "cannot be resumed" in ran.stderr

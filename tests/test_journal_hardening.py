@@ -263,6 +263,35 @@ async def test_resume_sends_records_edited_or_fixed_since(
     assert "skipped 3 records" in ran.stdout
 
 
+async def test_resume_keeps_a_contacts_records_in_input_order(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    # Line 1 of a contact is rejected, line 2 of it updated. The user fixes line 1 and
+    # resumes: sending line 1 alone would leave the contact with line 1's older value, so
+    # line 2 goes again after it. Another contact's later record is still skipped.
+    first = [
+        {"contactId": "same", "emial": "a@example.com"},  # a typo: rejected, never sent
+        {"contactId": "same", "firstName": "Newest"},
+        {"contactId": "other", "firstName": "Kept"},
+        {"contactId": "same", "lastName": "Last"},
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", first)
+    out = tmp_path / "out.jsonl"
+    ran = await run_cli(*args(data, out, recorder.base_url), limit=20)
+    assert ran.status == 1, ran.stderr
+    write_jsonl(data, [{"contactId": "same", "firstName": "Oldest"}, *first[1:]])
+    recorder.puts.clear()
+    ran = await run_cli(*args(data, out, recorder.base_url, "--resume"), limit=20)
+    assert ran.status == 0, ran.stderr
+    assert recorder.puts == [
+        ("same", {"firstName": "Oldest"}),
+        ("same", {"firstName": "Newest"}),
+        ("same", {"lastName": "Last"}),
+    ]
+    assert "skipped 1 records" in ran.stdout
+    assert "note: 2 records updated earlier were sent again after an earlier record" in ran.stderr
+
+
 # -- item 12: a full disk ------------------------------------------------------------------------
 
 

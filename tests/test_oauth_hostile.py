@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import logging
 import os
@@ -292,6 +293,10 @@ MANGLED = {
     "spaced": lambda t: " ".join(t[i : i + 4] for i in range(0, len(t), 4)),
     "json-u-escaped": lambda t: _escaped(t, "\\u{:04x}"),
     "percent-every-char": lambda t: _escaped(t, "%{:02X}"),
+    "html-hex-references": lambda t: _escaped(t, "&#x{:x};"),
+    "html-decimal-references": lambda t: _escaped(t, "&#{};"),
+    "hex": lambda t: t.encode().hex(),
+    "hex-upper-cut": lambda t: "dump " + t.encode().hex().upper()[3:40] + "...",
     "base64-basic": lambda t: "Basic " + base64.b64encode(f"u:{t}".encode()).decode(),
     "base64-aligned-1": lambda t: base64.b64encode(f"x{t}".encode()).decode(),
     "base64-urlsafe": lambda t: base64.urlsafe_b64encode(f"ab{t}".encode()).decode(),
@@ -345,6 +350,9 @@ async def test_a_secret_echoed_in_pieces_or_encoded_leaks_no_run_of_it(
     readable = re.sub(r"\s+", "", text)
     readable = re.sub(r"\\\\u([0-9a-f]{4})", lambda m: chr(int(m.group(1), 16)), readable)
     readable = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), readable)
+    readable = html.unescape(readable)
+    runs |= {token.encode().hex()[i : i + 12] for i in range(2 * len(token) - 11)}
+    readable += " " + readable.lower()  # hex in either case
     leaked = sorted(run for run in runs if run in readable)
     assert not leaked, leaked
 

@@ -128,3 +128,66 @@ async def test_command_serves_until_interrupted() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("env_token", "argv", "says"),
+    [
+        (None, [], "accepts only the token 'sandbox-token' (GROWTHHUB_TOKEN is not set)"),
+        ("env-token-1234", [], "accepts the token in GROWTHHUB_TOKEN"),
+        (None, ["--token", "t-one-1", "--token", "t-two-2"], "accepts the 2 token(s) given"),
+    ],
+    ids=["default", "environment", "argv"],
+)
+async def test_the_start_up_line_says_which_token_is_accepted(
+    env_token: str | None, argv: list[str], says: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GROWTHHUB_TOKEN"}
+    if env_token is not None:
+        env["GROWTHHUB_TOKEN"] = env_token
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "growthhub_async", "sandbox", "--port", "0", *argv),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert says in line, line
+    for secret in ("env-token-1234", "t-one-1", "t-two-2"):
+        assert secret not in line
+
+
+def test_sandbox_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sandbox", "--help"])
+    text = capsys.readouterr().out
+    for shown in (
+        "(default: 100/10s)",
+        "(default: 200000)",
+        "(default: sliding)",
+        "(default: 127.0.0.1)",
+        "(default: 8080)",
+        "default 'sandbox-token'",
+    ):
+        assert shown in " ".join(text.split()), shown
+
+
+def test_update_help_gives_examples_units_and_the_trial_rate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["update", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "examples:",
+        "in ms, s, m or h",
+        "25/10s for sandbox and trial accounts",
+        "Exit status: 0",
+        "never from the command line",
+    ):
+        assert shown in text, shown

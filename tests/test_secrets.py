@@ -88,6 +88,8 @@ HOSTILE_IDS = [
     "a\u2044b",
     "a\uff1fb",
     "\u2025",
+    "\uff0e",  # FULLWIDTH FULL STOP alone: "." once NFKC-normalised
+    "\uff41\uff42\uff43",  # fullwidth "abc": another contact's id once normalised
     "a\u200bb",
     "\ud800",
     "",
