@@ -91,17 +91,12 @@ def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFix
     capsys.readouterr()
 
 
-async def test_command_serves_until_interrupted() -> None:
-    env = {**os.environ, "GROWTHHUB_TOKEN": "cli-token"}
+async def start_sandbox_command(
+    env: dict[str, str], *argv: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``growthhub-async sandbox --port 0 ARGV`` in a subprocess, and its start-up line."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "growthhub_async",
-        "sandbox",
-        "--port",
-        "0",
-        "--rate",
-        "5/10s",
+        *(sys.executable, "-m", "growthhub_async", "sandbox", "--port", "0", *argv),
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -109,6 +104,18 @@ async def test_command_serves_until_interrupted() -> None:
     assert proc.stderr is not None
     try:
         line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, line
+
+
+async def test_command_serves_until_interrupted() -> None:
+    env = {**os.environ, "GROWTHHUB_TOKEN": "cli-token"}
+    proc, line = await start_sandbox_command(env, "--rate", "5/10s")
+    assert proc.stderr is not None
+    try:
         match = re.search(r"http://127\.0\.0\.1:\d+", line)
         assert match, line
         headers = {"Authorization": "Bearer cli-token", "Version": "2021-07-28"}
@@ -145,18 +152,9 @@ async def test_the_start_up_line_says_which_token_is_accepted(
     env = {k: v for k, v in os.environ.items() if k != "GROWTHHUB_TOKEN"}
     if env_token is not None:
         env["GROWTHHUB_TOKEN"] = env_token
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "growthhub_async", "sandbox", "--port", "0", *argv),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    try:
-        line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
-    finally:
-        proc.kill()
-        await proc.wait()
+    proc, line = await start_sandbox_command(env, *argv)
+    proc.kill()
+    await proc.wait()
     assert says in line, line
     for secret in ("env-token-1234", "t-one-1", "t-two-2"):
         assert secret not in line
