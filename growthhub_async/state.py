@@ -582,7 +582,10 @@ def _check_owner(db: sqlite3.Connection, path: str) -> None:
     if tables:
         check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if check != "ok":
-            raise StateError(f"state {path!r} is corrupt ({check}); nothing was sent")
+            raise StateError(
+                f"state {path!r} is corrupt ({' '.join(check.split())}): move it away (a run"
+                " without it sends every record) or restore a copy"
+            )
 
 
 # -- one run's use of the state -------------------------------------------------------------
