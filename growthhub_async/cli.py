@@ -333,7 +333,7 @@ def run_state(args: argparse.Namespace) -> int:
 
 async def _state_command(args: argparse.Namespace) -> int:
     writing = args.forget_location is not None or args.forget_contact
-    if not writing and not await asyncio.to_thread(_exists, args.file):
+    if not await asyncio.to_thread(_exists, args.file):
         return fatal("state", f"{args.file!r} does not exist")
     async with SyncState(args.file, readonly=not writing) as state:
         if args.forget_location is not None:

@@ -229,7 +229,7 @@ class SyncState:
         self.written = 0
         """Rows committed (remembered or forgotten) since the file was opened."""
         self.missing = False
-        """Opened ``readonly`` where no file exists: an empty state."""
+        """Opened ``readonly`` where no state exists (no file, or an empty one)."""
 
     def __repr__(self) -> str:
         return f"<SyncState {self.path!r}{' readonly' if self.readonly else ''}>"
@@ -360,7 +360,11 @@ class SyncState:
             raise self._fail("cannot open it", exc) from None
         try:
             db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            _check_owner(db, path)
+            ours = _check_owner(db, path)
+            if self.readonly and not ours:
+                db.close()  # an empty file: an empty state, left as it is
+                self.missing = True
+                return
             if not self.readonly:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
@@ -562,8 +566,9 @@ def _check_header(path: str) -> None:
         )
 
 
-def _check_owner(db: sqlite3.Connection, path: str) -> None:
-    """Refuse another program's database, a newer schema, or a damaged file."""
+def _check_owner(db: sqlite3.Connection, path: str) -> bool:
+    """Refuse another program's database, a newer schema, or a damaged file; ``True`` for a
+    state file, ``False`` for an empty database (a state yet to be made)."""
     app_id = db.execute("PRAGMA application_id").fetchone()[0]
     version = db.execute("PRAGMA user_version").fetchone()[0]
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
@@ -579,13 +584,15 @@ def _check_owner(db: sqlite3.Connection, path: str) -> None:
             f"state {path!r} was written by a newer growthhub-async (schema {version}, this one"
             f" knows {SCHEMA_VERSION}): upgrade, or use another --state"
         )
-    if tables:
-        check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
-        if check != "ok":
-            raise StateError(
-                f"state {path!r} is corrupt ({' '.join(check.split())}): move it away (a run"
-                " without it sends every record) or restore a copy"
-            )
+    if not tables:
+        return False
+    check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+    if check != "ok":
+        raise StateError(
+            f"state {path!r} is corrupt ({' '.join(check.split())}): move it away (a run"
+            " without it sends every record) or restore a copy"
+        )
+    return True
 
 
 # -- one run's use of the state -------------------------------------------------------------

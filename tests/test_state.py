@@ -656,3 +656,54 @@ async def test_a_contact_in_flight_is_never_judged_unchanged(tmp_path: Path) -> 
         await state.flush()
         again = [item async for item in StateRun(state).filter([Record(1, "c1", old)])]
         assert again == [Outcome(line=1, contact_id="c1", status=Status.UNCHANGED)]
+
+
+async def test_locations_are_kept_apart(start_sandbox: StartSandbox, tmp_path: Path) -> None:
+    """One contact id under two locations (token keys) is two entries of the state."""
+    sandbox = await start_sandbox(sandbox_config(rate_limit=10_000, rate_window=1.0))
+    path = tmp_path / "multi.db"
+
+    def records(b_name: str) -> list[Record]:
+        return [
+            Record(1, "same1", UpdateContact(first_name="A"), token_key="locA"),
+            Record(2, "same1", UpdateContact(first_name=b_name), token_key="locB"),
+        ]
+
+    async with GrowthHubClient(
+        tokens={"locA": TEST_TOKEN, "locB": TEST_TOKEN},
+        base_url=sandbox.base_url,
+        rate=None,
+        state=path,
+    ) as gh:
+        first = [o.status async for o in gh.update_contacts(records("B"))]
+        again = [(o.line, o.status) async for o in gh.update_contacts(records("B2"))]
+        assert gh.state is not None
+        stats = await gh.state.stats()
+    assert first == [Status.UPDATED, Status.UPDATED]
+    assert sorted(again) == [(1, Status.UNCHANGED), (2, Status.UPDATED)]
+    assert [(loc.location, loc.contacts) for loc in stats.locations] == [
+        ("locA", 1),
+        ("locB", 1),
+    ]
+    shown = await run_cli("state", str(path), "--forget-location", "locB")
+    assert shown.status == 0, shown.stderr
+    assert "1 contacts in 1 locations" in shown.stdout
+    missing = await run_cli("state", str(tmp_path / "nope.db"))
+    assert missing.status == 2
+    assert "does not exist" in missing.stderr
+    assert not (tmp_path / "nope.db").exists()
+
+
+async def test_a_read_only_view_of_an_empty_or_missing_file_is_an_empty_state(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for path in (empty, tmp_path / "missing.db"):
+        async with SyncState(path, readonly=True) as state:
+            assert state.missing
+            assert await state.lookup([("", "c1")]) == {}
+            with pytest.raises(StateError, match="read-only"):
+                state.forget(("", "c1"))
+    assert empty.read_bytes() == b""
+    assert not (tmp_path / "missing.db").exists()
