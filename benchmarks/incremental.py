@@ -43,10 +43,11 @@ from benchmarks._common import (
     write_result,
 )
 from benchmarks.cpu_per_record import commands, run_child
+from growthhub_async.incremental import StateRun, canonical_body, digest_of
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Status
 from growthhub_async.sources import Record
-from growthhub_async.state import StateRun, SyncState, canonical_body, digest_of, state_size
+from growthhub_async.state import SyncState, state_size
 
 NAME = "incremental"
 GOAL = 50_000

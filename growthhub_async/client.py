@@ -84,6 +84,7 @@ from growthhub_async.errors import (
     error_for_status,
 )
 from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
+from growthhub_async.incremental import StateRun
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -97,7 +98,7 @@ from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rat
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
 from growthhub_async.sources import Record
-from growthhub_async.state import StateRun, SyncState
+from growthhub_async.state import SyncState
 from growthhub_async.transport import (
     check_base_url,
     is_loopback,

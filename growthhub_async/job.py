@@ -38,13 +38,14 @@ from growthhub_async.auth import TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.errors import ConfigurationError, GrowthHubError
 from growthhub_async.events import Event, RecordFinished
+from growthhub_async.incremental import StateRun
 from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
 from growthhub_async.outcomes import FINAL_STATUSES, SUCCEEDED, Outcome, Status, Summary
 from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sources import Item, Source, count_records, open_source
-from growthhub_async.state import StateRun, SyncState
+from growthhub_async.state import SyncState
 
 __all__ = [
     "EXIT_FATAL",

@@ -33,16 +33,11 @@ from conftest import TEST_TOKEN, StartSandbox, sandbox_config
 
 from growthhub_async import GrowthHubClient, Outcome, Status, UpdateContact
 from growthhub_async.errors import StateError
+from growthhub_async.incremental import StateRun, canonical_body, changed_fields, digest_of
 from growthhub_async.models import CustomField, UpdateContactCodec
 from growthhub_async.sandbox import Faults, Sandbox
 from growthhub_async.sources import Record
-from growthhub_async.state import (
-    StateRun,
-    SyncState,
-    canonical_body,
-    changed_fields,
-    digest_of,
-)
+from growthhub_async.state import SyncState
 
 FAST = "1000/1s"
 
