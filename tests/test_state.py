@@ -702,3 +702,28 @@ async def test_a_read_only_view_of_an_empty_or_missing_file_is_an_empty_state(
                 state.forget(("", "c1"))
     assert empty.read_bytes() == b""
     assert not (tmp_path / "missing.db").exists()
+
+
+async def test_sqlite_waits_never_block_the_event_loop(tmp_path: Path) -> None:
+    """Item 5: a commit waiting on the disk (here, on another writer's lock) waits on the
+    state's thread; the event loop keeps running meanwhile."""
+    path = tmp_path / "s.db"
+    async with SyncState(path) as state:
+        blocker = sqlite3.connect(path, isolation_level=None, timeout=10)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            body = canonical_body(UpdateContact(first_name="A"))
+            state.remember(("", "c1"), digest_of(body), body, 1.0)
+            flushing = asyncio.ensure_future(state.flush())
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            assert loop.time() - started < 1.0  # twenty ticks, none held up
+            assert not flushing.done()  # the commit still waits for the lock
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await flushing
+        found = await state.lookup([("", "c1")])
+        assert found[("", "c1")].digest == digest_of(body)
