@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -539,15 +542,31 @@ async def test_a_file_that_is_not_a_usable_state_sends_nothing(
         assert state.read_bytes() == before  # not touched
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files")
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` made unwritable: mode 0400, or for root (whom modes do not stop) the immutable
+    attribute (``chattr +i``); skips the test where neither is possible."""
+    if os.geteuid() != 0:
+        path.chmod(0o400)
+        yield
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], check=False).returncode:
+        pytest.skip("running as root, and the immutable attribute cannot be set here")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
 async def test_a_read_only_state_sends_nothing(start_sandbox: StartSandbox, tmp_path: Path) -> None:
     sandbox = await fast_sandbox(start_sandbox)
     data = write_jsonl(tmp_path / "in.jsonl", people(3))
     state = tmp_path / "sync.db"
     assert (await sync(sandbox, data, tmp_path / "o1.jsonl", state)).status == 0
-    state.chmod(0o400)
-    ran = await sync(sandbox, data, tmp_path / "o2.jsonl", state, "--full")
-    assert ran.status == 2
+    with read_only(state):
+        ran = await sync(sandbox, data, tmp_path / "o2.jsonl", state, "--full")
+    assert ran.status == 2, ran.stdout + ran.stderr
     assert "cannot be written" in ran.stderr
     assert attempts(sandbox) == 3
 
