@@ -23,7 +23,13 @@ Rules, and why:
    may still change it, so the later one is judged against what the run sends, not the file:
    it is sent. Which contacts are in flight is noted before each lookup is asked for, and the
    state commits what finished before that lookup runs (rule 2 of
-   :mod:`~growthhub_async.state`), so no finished record is missed either.
+   :mod:`~growthhub_async.state`), so no finished record is missed either. A contact's body is
+   remembered when its last record in flight is applied (the one with the last word).
+3. **What is about to be sent is forgotten first.** Before a batch's records go out, the state
+   forgets (and commits the forgetting of) every contact among them that it holds: from then
+   until the 2xx, the server may hold the old body or the new one. A kill in that window leaves
+   the contact unknown, so the next run sends it whatever its body, even one reverted to what
+   was applied before the killed run. One transaction per batch that has such records.
 """
 
 from __future__ import annotations
@@ -213,6 +219,7 @@ class StateRun:
         busy = {key for _, _, key in records if key in in_flight}  # before the lookup (rule 2)
         keys = [key for _, _, key in records]
         rows = {} if full else await self.state.lookup(keys, bodies=changed)
+        doubtful: list[Key] = []  # contacts about to be sent that the state may hold (rule 3)
         for i, record, key in records:
             try:
                 body = canonical_body(record.update)
@@ -231,6 +238,12 @@ class StateRun:
             if self.track:
                 self._sent[record.line, record.contact_id] = _Sent(key, digest, body)
                 in_flight[key] += 1
+                if full or row is not None:
+                    doubtful.append(key)
+        if doubtful:
+            for key in doubtful:
+                self.state.forget(key)
+            await self.state.flush()  # committed before any of them can be sent
         return items
 
     def finished(self, outcome: Outcome) -> None:
@@ -244,7 +257,8 @@ class StateRun:
         else:
             del self._in_flight[sent.key]
         if outcome.status is Status.UPDATED:
-            self.state.remember(sent.key, sent.digest, sent.body, self.clock())
+            if not left:  # a later record of the contact, still in flight, has the last word
+                self.state.remember(sent.key, sent.digest, sent.body, self.clock())
         elif outcome.attempts:
             self.state.forget(sent.key)
 

@@ -459,6 +459,37 @@ async def test_sigkill_between_the_2xx_and_the_state_write(
     assert len(state_rows(state)) == 200
 
 
+async def test_a_kill_while_a_change_is_in_flight_leaves_the_contact_unknown(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    """Rule 3 of incremental.py: the old body is forgotten before the new one goes out, so a
+    kill mid-request cannot leave the state claiming a body the server may no longer hold: an
+    input reverted to that old body is sent, not taken as unchanged."""
+    sandbox = await fast_sandbox(start_sandbox, scripts={"rev1": ["ok", "slow:30"]})
+    state = tmp_path / "sync.db"
+    data = write_jsonl(tmp_path / "in.jsonl", [{"contactId": "rev1", "firstName": "Old"}])
+    assert (await sync(sandbox, data, tmp_path / "o1.jsonl", state)).status == 0
+    assert set(state_rows(state)) == {"rev1"}
+
+    write_jsonl(data, [{"contactId": "rev1", "firstName": "New"}])
+    args = update_args(data, tmp_path / "o2.jsonl", sandbox.base_url, rate=FAST)
+    proc = await start_cli(*args, "--state", str(state))
+    for _ in range(500):  # until the new body's request has reached the server
+        if sandbox.stats()["attempts"].get("rev1") == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sandbox.stats()["attempts"]["rev1"] == 2
+    proc.send_signal(signal.SIGKILL)
+    assert (await finish(proc, limit=10)).status == -signal.SIGKILL
+    assert state_rows(state) == {}  # unknown now: the server may hold "Old" or "New"
+
+    write_jsonl(data, [{"contactId": "rev1", "firstName": "Old"}])  # the input reverted
+    again = await sync(sandbox, data, tmp_path / "o3.jsonl", state)
+    assert again.status == 0, again.stderr
+    assert [o["status"] for o in journal_lines(tmp_path / "o3.jsonl")] == ["updated"]
+    assert sandbox.contacts["rev1"]["firstName"] == "Old"
+
+
 async def test_two_runs_on_one_state_file(start_sandbox: StartSandbox, tmp_path: Path) -> None:
     sandbox = await start_sandbox(
         sandbox_config(
