@@ -256,6 +256,8 @@ class SyncState:
         if os.path.isdir(path):
             raise StateError(f"state {path!r} is a directory, not a state file")
         exists = os.path.exists(path)
+        if exists and not os.path.isfile(path):  # a FIFO or a device would hang or lie
+            raise StateError(f"state {path!r} is not a regular file")
         if self.readonly and not exists:
             self.missing = True
             return  # an empty state: nothing to read, nothing created

@@ -551,8 +551,9 @@ def _damaged_state(path: Path) -> None:
         (_foreign_db, "an SQLite database of another program"),
         (_damaged_state, "corrupt"),
         (lambda p: p.mkdir(), "is a directory"),
+        (os.mkfifo, "is not a regular file"),
     ],
-    ids=["random-bytes", "text", "foreign-sqlite", "damaged", "directory"],
+    ids=["random-bytes", "text", "foreign-sqlite", "damaged", "directory", "fifo"],
 )
 async def test_a_file_that_is_not_a_usable_state_sends_nothing(
     start_sandbox: StartSandbox, tmp_path: Path, make: Any, says: str
