@@ -24,6 +24,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("latency", [], []),
     ("sandbox_throughput", [], []),
     ("memory", [], ["--quick"]),
+    ("incremental", [], ["--contacts", "100000", "--records", "10000"]),
 ]
 
 

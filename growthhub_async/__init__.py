@@ -22,6 +22,7 @@ from growthhub_async.errors import (
     RequestTimeout,
     ResponseError,
     ServerError,
+    StateError,
     TokenRefreshFailed,
     TransportError,
     Unauthorized,
@@ -54,6 +55,7 @@ from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.retry import RetryPolicy
 from growthhub_async.sources import Record
+from growthhub_async.state import SyncState
 
 __version__ = "0.1.0"
 
@@ -94,8 +96,10 @@ __all__ = [
     "RetryPolicy",
     "RetryScheduled",
     "ServerError",
+    "StateError",
     "Status",
     "Summary",
+    "SyncState",
     "TokenProvider",
     "TokenRefreshFailed",
     "TokenSet",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import shlex
 import sys
@@ -24,8 +25,10 @@ from growthhub_async.job import (
     run_job,
     token_from_environment,
 )
+from growthhub_async.progress import format_duration
 from growthhub_async.ratelimit import Rate, parse_rate
 from growthhub_async.sandbox import cli as sandbox_cli
+from growthhub_async.state import SyncState
 
 DEFAULT_RATE = "100/10s"
 
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each subcommand registers itself and sets ``handler`` (Namespace -> exit status).
     add_update_parser(subparsers)
+    add_state_parser(subparsers)
     sandbox_cli.add_parser(subparsers)
     demo.add_parser(subparsers)
     for subparser in subparsers.choices.values():
@@ -93,8 +97,13 @@ refresh_token, optionally access_token, expires_at, token_url, which defaults to
 under --base-url): the access token is refreshed when due or refused, and FILE is rewritten
 (mode 0600) with the rotated tokens before they are used, so keep it where only you can read it.
 
-Exit status: 0 every record updated (with --dry-run: every record valid); 1 some record was not,
-or the run was interrupted; 2 a usage or fatal error."""
+With --state FILE (an SQLite file, created if missing), a record whose body equals the one last
+applied to its contact (answered 2xx) is not sent: its outcome is "unchanged". Only what the server
+applied is remembered; --full sends every record once more, --changed-fields-only sends only the
+fields that differ from the body last applied. One run at a time per state file.
+
+Exit status: 0 every record updated or unchanged (with --dry-run: every record valid); 1 some
+record was not, or the run was interrupted; 2 a usage or fatal error."""
 
 UPDATE_EXAMPLES = """\
 examples:
@@ -103,6 +112,8 @@ examples:
   {prog} update contacts.csv --out outcomes.jsonl --dry-run
   {prog} update contacts.csv --out outcomes.jsonl
   {prog} update contacts.csv --out outcomes.jsonl --resume
+  {prog} update contacts.csv --out o.jsonl --state sync.db            # only what changed
+  {prog} update contacts.csv --out o.jsonl --state sync.db --dry-run  # how much changed
   {prog} update contacts.jsonl --out o.jsonl --rate 25/10s          # a trial account
   {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox"""
 
@@ -170,6 +181,23 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"an OAuth token file to use instead of {TOKEN_ENV}; rewritten on each rotation",
     )
     parser.add_argument(
+        "--state",
+        metavar="FILE",
+        help="incremental sync: skip records whose body was applied already (outcome "
+        "unchanged), remember what is applied (SQLite; created if missing)",
+    )
+    parser.add_argument(
+        "--changed-fields-only",
+        action="store_true",
+        help="with --state: send only the fields that differ from the body last applied "
+        "(tags as a whole list, custom fields by id)",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="with --state: send every record this once (what is applied is still recorded)",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
@@ -208,6 +236,12 @@ def resume_command(args: argparse.Namespace) -> str:
         words += ["--value-key", args.value_key]
     if getattr(args, "oauth", None):
         words += _option("--oauth", args.oauth)
+    if getattr(args, "state", None):
+        words += _option("--state", args.state)
+    if getattr(args, "changed_fields_only", False):
+        words.append("--changed-fields-only")
+    if getattr(args, "full", False):
+        words.append("--full")
     if args.no_progress:
         words.append("--no-progress")
     if odd_input:
@@ -241,6 +275,9 @@ def run_update(args: argparse.Namespace) -> int:
         progress="line" if args.no_progress else "auto",
         resume_command=resume_command(args),
         token_hint=f"the OAuth token file {args.oauth}" if getattr(args, "oauth", None) else None,
+        state=args.state,
+        full=args.full,
+        changed_fields_only=args.changed_fields_only,
     )
     token: str | TokenProvider | None = None
     try:
@@ -255,6 +292,108 @@ def run_update(args: argparse.Namespace) -> int:
         if isinstance(token, OAuthProvider):
             report_token_file(token, args.oauth)
     return result.exit_status
+
+
+STATE_DESCRIPTION = """\
+Show what a state file (update --state FILE) holds: contacts remembered per location, when the
+first and the last of them were applied, and the file's size; or forget a location or some
+contacts, so that the next run sends their records again. Forgetting takes the state's lock: it
+waits for no run, and is refused while one uses the file."""
+
+
+def add_state_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``state`` subcommand: show or prune a sync state file (issue 14)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "state",
+        help="show what a --state file holds, or forget a location or contacts",
+        description=STATE_DESCRIPTION,
+    )
+    parser.add_argument("file", metavar="FILE", help="the state file of update --state")
+    forget = parser.add_mutually_exclusive_group()
+    forget.add_argument(
+        "--forget-location",
+        metavar="LOCATION",
+        help='forget every contact of LOCATION ("" is the location of single-token runs)',
+    )
+    forget.add_argument(
+        "--forget-contact",
+        metavar="CONTACT_ID",
+        action="append",
+        help="forget this contact (repeat for more) of --location",
+    )
+    parser.add_argument(
+        "--location",
+        default="",
+        metavar="LOCATION",
+        help='the location of --forget-contact (default "", that of single-token runs)',
+    )
+    parser.set_defaults(handler=run_state)
+    return parser
+
+
+def run_state(args: argparse.Namespace) -> int:
+    """Handle ``growthhub-async state``; returns the exit status."""
+    try:
+        return asyncio.run(_state_command(args))
+    except GrowthHubError as exc:
+        return fatal("state", exc)
+
+
+async def _state_command(args: argparse.Namespace) -> int:
+    writing = args.forget_location is not None or args.forget_contact
+    if not await asyncio.to_thread(_exists, args.file):
+        return fatal("state", f"{args.file!r} does not exist")
+    async with SyncState(args.file, readonly=not writing) as state:
+        if args.forget_location is not None:
+            count = await state.forget_location(args.forget_location)
+            sys.stdout.write(f"forgot {count} contacts of location {args.forget_location!r}\n")
+        elif args.forget_contact:
+            count = await state.forget_contacts(args.location, args.forget_contact)
+            sys.stdout.write(
+                f"forgot {count} of {len(args.forget_contact)} contacts of location "
+                f"{args.location!r} (the others were not in the state)\n"
+            )
+        stats = await state.stats()
+    sys.stdout.write(render_state(args.file, stats.locations, stats.file_bytes) + "\n")
+    return 0
+
+
+def _exists(path: str) -> bool:
+    import os  # noqa: PLC0415 (only this command needs it)
+
+    return os.path.exists(path)
+
+
+def render_state(path: str, locations: Sequence[Any], size: int) -> str:
+    """The ``state`` command's table: per location, contacts and first/last applied (UTC)."""
+    contacts = sum(loc.contacts for loc in locations)
+    lines = [f"state {path}: {contacts} contacts in {len(locations)} locations, {size:,} bytes"]
+    if contacts:
+        lines[0] += f" ({size / contacts:,.0f} bytes per contact)"
+    rows = [("location", "contacts", "first applied (UTC)", "last applied (UTC)")]
+    rows += [
+        (
+            loc.location or repr(loc.location),
+            str(loc.contacts),
+            _utc(loc.first_applied),
+            _utc(loc.last_applied),
+        )
+        for loc in locations
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines += [
+        ("  " + "  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True))).rstrip()
+        for row in rows
+    ]
+    if locations:
+        newest = max(loc.last_applied for loc in locations)
+        ago = dt.datetime.now(dt.UTC).timestamp() - newest
+        lines.append(f"  last sync: {_utc(newest)} ({format_duration(max(0.0, ago))} ago)")
+    return "\n".join(lines)
+
+
+def _utc(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def report_token_file(provider: OAuthProvider, path: str) -> None:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import select
 import time
 import weakref
@@ -82,7 +83,8 @@ from growthhub_async.errors import (
     Unauthorized,
     error_for_status,
 )
-from growthhub_async.events import Event, Hook, Paused, TokenStopped
+from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
+from growthhub_async.incremental import StateRun
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -95,6 +97,8 @@ from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
+from growthhub_async.sources import Record
+from growthhub_async.state import SyncState
 from growthhub_async.transport import (
     MAX_ANSWER,
     check_base_url,
@@ -536,6 +540,10 @@ class GrowthHubClient:
     - ``max_pause``: the longest one 429 may pause a whole token (default: the rate window;
       see rule 4 of :mod:`~growthhub_async.ratelimit`). A record still waits as long as its
       ``Retry-After`` says, or ends ``failed`` at once when that is beyond its ``max_time``.
+    - ``state``: incremental sync (issue 14): a state file's path (opened by ``async with`` or
+      on first use, closed with the client) or a :class:`~growthhub_async.state.SyncState`
+      (the caller closes it). ``update_contacts`` and ``submit`` then skip records whose body
+      equals the one last applied (outcome ``unchanged``) and remember what their 2xx applied.
     """
 
     def __init__(
@@ -556,6 +564,7 @@ class GrowthHubClient:
         max_pause: float | None = None,
         allow_insecure: bool = False,
         user_agent: str | None = None,
+        state: str | os.PathLike[str] | SyncState | None = None,
     ) -> None:
         if (token is None) == (tokens is None):
             raise ConfigurationError("give exactly one of token= or tokens=")
@@ -604,6 +613,13 @@ class GrowthHubClient:
         self._engine: Engine | None = None
         self._closed = False
         self._submitted = itertools.count(1)
+        self._owns_state = state is not None and not isinstance(state, SyncState)
+        self.state: SyncState | None = (
+            None if state is None else state if isinstance(state, SyncState) else SyncState(state)
+        )
+        """The sync state (issue 14), or ``None``."""
+        # One view of the state for every submit(): concurrent submits see each other in flight.
+        self._submit_run = StateRun(self.state) if self.state is not None else None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._connector else "not started"
@@ -627,6 +643,8 @@ class GrowthHubClient:
 
     async def __aenter__(self) -> GrowthHubClient:
         self._open()
+        if self.state is not None:
+            await self.state.open()
         return self
 
     async def __aexit__(
@@ -663,6 +681,8 @@ class GrowthHubClient:
             await lane.close()
         if self._connector is not None:
             await self._connector.close()
+        if self.state is not None and self._owns_state:
+            await self.state.close()
 
     def _broadcast(self, event: Event) -> None:
         if self._engine is not None:
@@ -743,6 +763,8 @@ class GrowthHubClient:
         *,
         token_key: str | None = None,
         hooks: Iterable[Hook] = (),
+        full: bool = False,
+        changed_fields_only: bool = False,
     ) -> OutcomeStream:
         """Send many records; iterate the result for one :class:`Outcome` per record.
 
@@ -752,7 +774,23 @@ class GrowthHubClient:
         yield), or ready ``Outcome`` objects (records a reader already rejected: passed
         through). See
         :class:`~growthhub_async.bulk.OutcomeStream` for ordering, memory and cancellation.
+
+        With a ``state``: records whose body equals the one last applied end ``unchanged``
+        (never sent); ``changed_fields_only`` sends only the fields that differ from it;
+        ``full`` sends every record (and still remembers what is applied). A record's location
+        in the state is its token key (``""`` with a single ``token=``).
         """
+        if self.state is not None:
+            run = StateRun(
+                self.state,
+                location=token_key,
+                full=full,
+                changed_fields_only=changed_fields_only,
+            )
+            records = run.filter(records)
+            hooks = [*hooks, run.on_event]  # after the caller's (a journal line comes first)
+        elif full or changed_fields_only:
+            raise ConfigurationError("full= and changed_fields_only= need a client with state=")
         return OutcomeStream(
             self._get_engine,
             records,
@@ -768,6 +806,8 @@ class GrowthHubClient:
         *,
         token_key: str | None = None,
         line: int | None = None,
+        full: bool = False,
+        changed_fields_only: bool = False,
     ) -> Outcome:
         """Send one record through the engine (shared workers, budget, retries) for its Outcome.
 
@@ -775,9 +815,37 @@ class GrowthHubClient:
         ``error``. Cancelling the awaiting task cancels this record only (its outcome goes to
         the hooks as ``failed``, ``"cancelled"``). ``line`` defaults to a running count.
         After :meth:`close` it raises :class:`~growthhub_async.errors.ClientClosed`.
+        With a ``state``, as :meth:`update_contacts` (an ``unchanged`` record is not sent);
+        a state that cannot be read raises :class:`~growthhub_async.errors.StateError`.
         """
         number = line if line is not None else next(self._submitted)
-        return await self._get_engine().submit(number, contact_id, update, token_key)
+        engine = self._get_engine()
+        run = self._submit_run
+        if run is None:
+            if full or changed_fields_only:
+                raise ConfigurationError("full= and changed_fields_only= need state=")
+            return await engine.submit(number, contact_id, update, token_key)
+        record = Record(number, contact_id, update, token_key)
+        (judged,) = await run.judge(
+            [record], number, full=full, changed_fields_only=changed_fields_only
+        )
+        if not isinstance(judged, Record):
+            # Not sent (unchanged, or not a record at all): the engine says which.
+            outcome = judged if isinstance(judged, Outcome) else None
+            if outcome is None:
+                return await engine.submit(number, contact_id, update, token_key)
+            Engine.call_hooks(self.hooks, RecordFinished(outcome=outcome, token_key=token_key))
+            return outcome
+        try:
+            outcome = await engine.submit(number, contact_id, judged.update, token_key)
+        except asyncio.CancelledError:
+            # It may have reached the server: what the contact holds is unknown now.
+            run.finished(
+                Outcome(line=number, contact_id=contact_id, status=Status.FAILED, attempts=1)
+            )
+            raise
+        run.finished(outcome)
+        return outcome
 
     def for_token(self, token_key: str) -> TokenView:
         """A view of this client bound to one token key (same pool, same budgets)."""
@@ -804,10 +872,13 @@ class TokenView:
         records: Iterable[RecordInput] | AsyncIterable[RecordInput],
         *,
         hooks: Iterable[Hook] = (),
+        **options: Any,
     ) -> OutcomeStream:
         """:meth:`GrowthHubClient.update_contacts` with this view's token as the default."""
-        return self.client.update_contacts(records, token_key=self.token_key, hooks=hooks)
+        return self.client.update_contacts(
+            records, token_key=self.token_key, hooks=hooks, **options
+        )
 
-    async def submit(self, contact_id: str, update: UpdateContact) -> Outcome:
+    async def submit(self, contact_id: str, update: UpdateContact, **options: Any) -> Outcome:
         """:meth:`GrowthHubClient.submit` with this view's token."""
-        return await self.client.submit(contact_id, update, token_key=self.token_key)
+        return await self.client.submit(contact_id, update, token_key=self.token_key, **options)

@@ -6,6 +6,7 @@
     ├── ClientClosed                the client was used after ``close()``
     ├── InputError                  an input file that cannot be read at all (missing, unknown kind)
     ├── JournalError                an outcome journal that must not be written (exists, not ours)
+    ├── StateError                  a sync state file that cannot be used (foreign, corrupt, locked)
     ├── TransportError              no HTTP answer: the request may or may not have arrived
     │   ├── ConnectionFailed        refused, reset, dropped before the status line
     │   └── RequestTimeout          no complete answer in time
@@ -48,6 +49,7 @@ __all__ = [
     "RequestTimeout",
     "ResponseError",
     "ServerError",
+    "StateError",
     "TokenRefreshFailed",
     "TransportError",
     "Unauthorized",
@@ -81,6 +83,11 @@ class InputError(GrowthHubError):
 
 class JournalError(GrowthHubError):
     """The outcome journal must not be written: it exists without resume, or is not a journal."""
+
+
+class StateError(GrowthHubError):
+    """The sync state (``--state FILE``) cannot be used: not a state file, corrupt, locked by
+    another run, unwritable, or a write failed (issue 14)."""
 
 
 class TransportError(GrowthHubError):

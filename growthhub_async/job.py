@@ -31,7 +31,7 @@ import shutil
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TextIO, TypeAlias, cast
 
@@ -39,12 +39,14 @@ from growthhub_async.auth import TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.errors import ConfigurationError, GrowthHubError, InputError
 from growthhub_async.events import Event, RecordFinished
+from growthhub_async.incremental import StateRun
 from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
-from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, Summary
+from growthhub_async.outcomes import FINAL_STATUSES, SUCCEEDED, Outcome, Status, Summary
 from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sources import Item, Source, count_records, open_source
+from growthhub_async.state import SyncState
 
 __all__ = [
     "EXIT_FATAL",
@@ -72,6 +74,8 @@ _REJECTED_SHOWN: Final = 20  # a dry run lists this many rejected records, then 
 _SAME_STDIN: Final = "  with the same records on its standard input again (INPUT was -)"
 _CHECK_EVERY: Final = 0.5  # seconds between two checks of the journal while a run waits
 _PROBLEMS_SHOWN: Final = 5  # a live run's summary lists this many records not updated
+DAILY_BUDGET: Final = 200_000
+"""Requests per location per day that the API allows (../shared/contract/README.md)."""
 
 
 def token_from_environment(environ: Mapping[str, str] | None = None) -> str:
@@ -114,6 +118,12 @@ class JobSettings:
     """Install SIGINT/SIGTERM handlers on the running loop for the job's duration."""
     token_hint: str | None = None
     """Where the token came from, named when it is refused (default: ``GROWTHHUB_TOKEN``)."""
+    state: str | None = None
+    """The sync state file (issue 14): records whose body was applied already are not sent."""
+    full: bool = False
+    """With ``state``: send every record this once (what is applied is still recorded)."""
+    changed_fields_only: bool = False
+    """With ``state``: send only the fields that differ from the body last applied."""
 
 
 @dataclass(slots=True)
@@ -127,6 +137,8 @@ class JobResult:
     """Records skipped by ``resume`` (their last outcome in the journal is final)."""
     valid: int = 0
     """With ``dry_run``: records that would have been sent."""
+    unchanged: int = 0
+    """With ``dry_run`` and a state: records that would not be sent (same body applied)."""
 
 
 class _Reader:
@@ -260,6 +272,8 @@ async def run_job(
     """
     out = cast(TextIO, _Terminal(stdout if stdout is not None else sys.stdout))
     err = cast(TextIO, _Terminal(stderr if stderr is not None else sys.stderr))
+    if (settings.full or settings.changed_fields_only) and not settings.state:
+        raise ConfigurationError("--full and --changed-fields-only need --state FILE")
     source = open_source(settings.input, settings.value_key)
     with source:
         if source.is_file(settings.out):
@@ -268,7 +282,7 @@ async def run_job(
                 f"--out {settings.out!r} is the input itself: choose another file for the outcomes"
             )
         if settings.dry_run:
-            return _dry_run(settings, source, out, err)
+            return await _dry_run(settings, source, out, err)
         options: dict[str, Any] = {
             "base_url": settings.base_url,
             "rate": settings.rate,
@@ -279,6 +293,9 @@ async def run_job(
             "max_pending": max(16, 2 * settings.concurrency),
         }
         options.update(client_options or {})
+        sync_state = SyncState(settings.state) if settings.state else None
+        if sync_state is not None:
+            options["state"] = sync_state  # the job opens and closes it
         if token is not None and "tokens" not in options:
             options["token"] = token
         client = GrowthHubClient(**options)  # checks the base URL and the token's shape
@@ -291,41 +308,87 @@ async def run_job(
                 "they cannot be read back, so this run cannot be resumed\n"
             )
         try:
+            if sync_state is not None:
+                await sync_state.open()  # a file that is not ours fails here, nothing sent
             async with client:
                 return await _send(
                     settings,
                     source=source,
                     state=state,
                     journal=journal,
+                    sync_state=sync_state,
                     client=client,
                     out=out,
                     err=err,
                 )
         finally:
             journal.close()
+            if sync_state is not None:
+                await sync_state.close()
 
 
-def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
-    """Validate every record, send nothing, count, and estimate the real run's duration."""
+async def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
+    """Validate every record, send nothing, count, and estimate the real run's duration; with a
+    state, judge every record against it (read-only, no lock) and count the unchanged ones."""
     state = load_resume_state(settings.out) if settings.resume else None
     reader = _Reader(source, state, settings.value_key, journaled=False)
     summary = Summary()
     valid = 0
     shown = 0
-    for item in reader:
-        if isinstance(item, Outcome):
-            summary.add(item)
-            if shown < _REJECTED_SHOWN:
-                err.write(f"rejected: {item.error}\n")
-            shown += 1
-        else:
-            valid += 1
+    sync_state = SyncState(settings.state, readonly=True) if settings.state else None
+    run = (
+        StateRun(
+            sync_state,
+            full=settings.full,
+            changed_fields_only=settings.changed_fields_only,
+            track=False,
+        )
+        if sync_state is not None
+        else None
+    )
+    try:
+        async for item in _items(reader, run):
+            if isinstance(item, Outcome):
+                summary.add(item)
+                if item.status is Status.REJECTED:
+                    if shown < _REJECTED_SHOWN:
+                        err.write(f"rejected: {item.error}\n")
+                    shown += 1
+            else:
+                valid += 1
+    finally:
+        if sync_state is not None:
+            await sync_state.close()
     if shown > _REJECTED_SHOWN:
         err.write(f"rejected: ... and {shown - _REJECTED_SHOWN} more\n")
+    _dry_run_report(settings, summary, valid=valid, skipped=reader.skipped_count, run=run, out=out)
     rejected = summary.by_status[Status.REJECTED]
-    rows = [("valid (would be sent)", valid), ("rejected", rejected), ("total", valid + rejected)]
-    if reader.skipped:
-        rows.insert(0, ("skipped (final in outcomes)", reader.skipped_count))
+    status = EXIT_OK if rejected == 0 else EXIT_NOT_ALL
+    unchanged = summary.by_status[Status.UNCHANGED]
+    return JobResult(
+        status, summary, skipped=reader.skipped_count, valid=valid, unchanged=unchanged
+    )
+
+
+def _dry_run_report(
+    settings: JobSettings,
+    summary: Summary,
+    *,
+    valid: int,
+    skipped: int,
+    run: StateRun | None,
+    out: TextIO,
+) -> None:
+    """The dry run's counts, the time the sending would take and, with a state, its share of
+    a location's daily budget."""
+    rejected = summary.by_status[Status.REJECTED]
+    unchanged = summary.by_status[Status.UNCHANGED]
+    rows = [("valid (would be sent)", valid), ("rejected", rejected)]
+    if run is not None:
+        rows.insert(0, ("unchanged (not sent)", unchanged))
+    rows.append(("total", valid + rejected + unchanged))
+    if skipped:
+        rows.insert(0, ("skipped (final in outcomes)", skipped))
     width = max(len(name) for name, _ in rows)
     out.write("dry run: nothing was sent\n")
     out.writelines(f"  {name:<{width}}  {count:>7}\n" for name, count in rows)
@@ -335,14 +398,31 @@ def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) ->
             f"  at {settings.rate} the real run needs about {format_duration(seconds)} "
             f"for {valid} requests (more if the server asks for retries)\n"
         )
+    if run is not None:
+        busiest = max(run.to_send.values(), default=0)
+        where = "the busiest location's" if len(run.to_send) > 1 else "a location's"
+        out.write(
+            f"  daily budget: {busiest} requests are {busiest / DAILY_BUDGET:.1%} of {where} "
+            f"{DAILY_BUDGET:,} a day\n"
+        )
+        if run.state.missing:
+            out.write(f"  note: {settings.state} does not exist yet: every record would be sent\n")
     if not settings.resume and _non_empty(settings.out):
         out.write(
             f"  note: {settings.out} already holds outcomes: the real run needs --resume "
             "or another --out\n"
         )
     out.flush()
-    status = EXIT_OK if rejected == 0 else EXIT_NOT_ALL
-    return JobResult(status, summary, skipped=reader.skipped_count, valid=valid)
+
+
+async def _items(reader: _Reader, run: StateRun | None) -> AsyncIterator[Item]:
+    """The reader's items, judged against the state when there is one."""
+    if run is None:
+        for item in reader:
+            yield item
+        return
+    async for judged in run.filter(reader):
+        yield judged
 
 
 def _non_empty(path: str) -> bool:
@@ -358,6 +438,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     source: Source,
     state: ResumeState | None,
     journal: Journal,
+    sync_state: SyncState | None,
     client: GrowthHubClient,
     out: TextIO,
     err: TextIO,
@@ -373,7 +454,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     def on_event(event: Event) -> None:
         if not isinstance(event, RecordFinished) or journal_error:
             return
-        if event.outcome.status is not Status.UPDATED and len(problems) < _PROBLEMS_SHOWN:
+        if event.outcome.status not in SUCCEEDED and len(problems) < _PROBLEMS_SHOWN:
             problems.append(event.outcome)
         try:
             journal.write(event.outcome, keys.pop(event.outcome.line, None))
@@ -384,7 +465,14 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             if consumer is not None:
                 consumer.cancel()
 
-    stream = client.update_contacts(reader, hooks=[on_event])
+    # With a state, the client judges the records and remembers what is applied: in a hook
+    # of its own after this one, so the state never holds a record the journal does not.
+    stream = client.update_contacts(
+        reader,
+        hooks=[on_event],
+        full=settings.full,
+        changed_fields_only=settings.changed_fields_only,
+    )
     summary = stream.summary
     progress = _Progress(settings.progress, err, settings.progress_every)
     counting = asyncio.ensure_future(asyncio.to_thread(count_records, settings.input))
@@ -438,7 +526,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             summary.elapsed = now - started
             if done:
                 break
-            _check_journal(journal, journal_error)
+            _check_journal(journal, journal_error, sync_state)
             if journal_error:
                 consumer.cancel()
             if now >= next_draw:
@@ -459,7 +547,11 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
                 await consumer
         if not counting.done():
             counting.cancel()
-        _check_journal(journal, journal_error)
+        if sync_state is not None and not journal_error:
+            # What the last records applied is committed before the summary says "done".
+            with contextlib.suppress(GrowthHubError):
+                await sync_state.flush()
+        _check_journal(journal, journal_error, sync_state)
         journal.close()
     summary.elapsed = summary.elapsed or loop.time() - started
     progress.end(summary)
@@ -479,11 +571,16 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     )
 
 
-def _check_journal(journal: Journal, errors: list[BaseException]) -> None:
-    """A journal deleted, truncated or overwritten fails the run, even after its last line."""
+def _check_journal(
+    journal: Journal, errors: list[BaseException], sync_state: SyncState | None = None
+) -> None:
+    """A journal deleted, truncated or overwritten fails the run, even after its last line;
+    so does a state that could not record what was applied (a full disk)."""
     if not errors:
         try:
             journal.check()
+            if sync_state is not None:
+                sync_state.check()
         except GrowthHubError as exc:
             errors.append(exc)
 
@@ -533,8 +630,9 @@ def _report(
     unseen = 0
     if state is not None:
         unseen = len(state) - skipped_count - state.mismatched - state.reordered
-    all_updated = counts.total() == counts[Status.UPDATED] and unseen <= 0
-    if counts.total() != counts[Status.UPDATED] and failure is None and not interrupted:
+    succeeded = sum(counts[s] for s in SUCCEEDED)
+    all_updated = counts.total() == succeeded and unseen <= 0
+    if counts.total() != succeeded and failure is None and not interrupted:
         out.writelines(f"{line}\n" for line in _next_steps(settings, counts, problems))
     out.flush()
     _warnings(summary, state, err, settings.token_hint or TOKEN_ENV)
@@ -561,7 +659,7 @@ def _report(
 # runs holds earlier outcomes of lines that a later run updated.
 _JQ_NOT_UPDATED: Final = (
     "jq -c -n 'reduce inputs as $o ({}; .[$o.line|tostring] = $o) | .[] "
-    '| select(.status != "updated")\''
+    '| select(.status != "updated" and .status != "unchanged")\''
 )
 
 
@@ -570,7 +668,7 @@ def _next_steps(
 ) -> list[str]:
     """How many records were not updated, the first of this run's, where every one of them
     is, and what to run next."""
-    not_updated = counts.total() - counts[Status.UPDATED]
+    not_updated = counts.total() - sum(counts[s] for s in SUCCEEDED)
     lines = [f"{not_updated} of {counts.total()} records were not updated"]
     if problems:
         lines[0] += f"; the first {len(problems)} of this run:"
@@ -585,7 +683,7 @@ def _next_steps(
     lines.append(f"  {_JQ_NOT_UPDATED} {shlex.quote(out_name)}")
     if settings.resume_command is None:
         return lines
-    if any(counts[s] for s in FINAL_STATUSES if s is not Status.UPDATED):
+    if any(counts[s] for s in FINAL_STATUSES - SUCCEEDED):
         lines.append(
             "next: fix those records in the input (a rejected, invalid, bad_request or "
             "not_found record is sent again only once its line has changed), then:"

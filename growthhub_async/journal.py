@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
 import stat
-import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -61,12 +59,10 @@ from typing import IO, Final, TypeVar
 import msgspec
 
 from growthhub_async.errors import JournalError
+from growthhub_async.filelock import try_lock
 from growthhub_async.models import UpdateContact, encode_update
 from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, encode_outcome
 from growthhub_async.sources import Record
-
-if sys.platform != "win32":
-    import fcntl
 
 __all__ = ["MAX_LINE", "Journal", "ResumeState", "load_resume_state", "record_hash"]
 
@@ -423,44 +419,12 @@ class Journal:
 
 def _lock(fd: int, path: str, info: os.stat_result) -> None:
     """Hold ``fd`` exclusively (``flock``: per open file, released on close or death)."""
-    if sys.platform == "win32":  # pragma: no cover - no flock; one run at a time is on the user
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    holder = try_lock(fd, info)
+    if holder is not None:
         raise JournalError(
-            f"{path!r} is in use by {_holder(info)}: two runs on one outcomes file would send"
+            f"{path!r} is in use by {holder}: two runs on one outcomes file would send"
             " its records twice; wait for that run to end, or choose another --out"
-        ) from None
-    except OSError:
-        return  # a file system without flock (some network mounts): nothing to hold
-
-
-def _holder(info: os.stat_result) -> str:
-    """Who holds the lock on the file ``info`` describes, from the kernel's ``/proc/locks``."""
-    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            table = f.read()
-    except OSError:
-        return "another process (this system does not say which)"
-    for row in table.splitlines():
-        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2148961 0 EOF"; waiters show "->" and are not it.
-        words = row.split()
-        if len(words) >= 6 and words[1] == "FLOCK" and words[5] == device and words[4] != "0":
-            return f"another run: process {words[4]}{_command_of(words[4])}"
-    return "another process (this system does not say which)"
-
-
-def _command_of(pid: str) -> str:
-    """`` (the command line)`` of process ``pid``, or nothing when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            words = f.read(4096).rstrip(b"\0").split(b"\0")
-    except OSError:
-        return ""
-    text = shlex.join(w.decode(errors="replace") for w in words if w)
-    return f" ({text[:300]})" if text else ""
+        )
 
 
 def _prepare(fd: int, path: str, size: int, *, resume: bool) -> ResumeState | None:

@@ -15,6 +15,7 @@ import msgspec
 
 __all__ = [
     "FINAL_STATUSES",
+    "SUCCEEDED",
     "Outcome",
     "Status",
     "Summary",
@@ -41,13 +42,25 @@ class Status(enum.StrEnum):
     """404."""
     FAILED = "failed"
     """Transient failures outlasted the retry budget, or the run stopped before the record did."""
+    UNCHANGED = "unchanged"
+    """Never sent: with a sync state, the body equals the one last applied to this contact."""
 
 
 FINAL_STATUSES: Final[frozenset[Status]] = frozenset(
-    {Status.UPDATED, Status.REJECTED, Status.INVALID, Status.BAD_REQUEST, Status.NOT_FOUND}
+    {
+        Status.UPDATED,
+        Status.UNCHANGED,
+        Status.REJECTED,
+        Status.INVALID,
+        Status.BAD_REQUEST,
+        Status.NOT_FOUND,
+    }
 )
 """Statuses that sending the same record again cannot change: resume skips these records.
 ``unauthorized`` and ``failed`` may succeed on another try (a new token, a calmer server)."""
+
+SUCCEEDED: Final[frozenset[Status]] = frozenset({Status.UPDATED, Status.UNCHANGED})
+"""Statuses that count as success (exit status 0): applied, or already applied before."""
 
 _EXACT: Final[dict[int, Status]] = {
     400: Status.BAD_REQUEST,
@@ -136,9 +149,14 @@ class Summary:
         return self.requests / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
+    def succeeded(self) -> int:
+        """How many records were updated or found unchanged."""
+        return sum(self.by_status[s] for s in SUCCEEDED)
+
+    @property
     def all_updated(self) -> bool:
-        """Whether every record was updated (the command line's exit status 0)."""
-        return self.records == self.by_status[Status.UPDATED]
+        """Whether every record was updated or unchanged (the command line's exit status 0)."""
+        return self.records == self.succeeded
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s.value}={n}" for s, n in sorted(self.by_status.items()))

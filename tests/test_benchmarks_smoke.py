@@ -93,6 +93,16 @@ def test_encoding(tmp_path: Path) -> None:
     assert r["bodyBytes"] > 1000
 
 
+def test_incremental(tmp_path: Path) -> None:
+    r = run_smoke("incremental", tmp_path)
+    assert r["check"]["recordsPerSecond"] > 0
+    assert r["unchanged"]["requests"] == 0
+    assert r["unchanged"]["byStatus"] == {"unchanged": 1000}
+    assert r["onePercent"]["requests"] == r["changedRecords"] == 10
+    assert r["noState"]["requests"] == 1000
+    assert r["bytesPerContact"] > 0
+
+
 def test_report_table_renders_every_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The README table from result files: one row per file, and the machine line.
     from benchmarks import report  # noqa: PLC0415 (imported from the repository root)

@@ -434,6 +434,9 @@ async def test_help_lists_the_documented_options() -> None:
         "--dry-run",
         "--no-progress",
         "--value-key",
+        "--state",
+        "--changed-fields-only",
+        "--full",
         "GROWTHHUB_TOKEN",
     ):
         assert option in ran.stdout
@@ -463,6 +466,7 @@ async def test_version_and_bare_command() -> None:
         ["update", "x.jsonl", "--out", "o.jsonl"],
         ["update", "--out=-o.jsonl", "--base-url", "http://127.0.0.1:9", "--", "-in.jsonl"],
         ["update", "-", "--out", "o.jsonl", "--oauth=-oauth.json"],
+        ["update", "x.csv", "--out", "o.jsonl", "--state=-sync.db", "--changed-fields-only"],
     ],
 )
 def test_the_resume_command_parses_back_to_the_same_run(argv: list[str]) -> None:
@@ -473,6 +477,11 @@ def test_the_resume_command_parses_back_to_the_same_run(argv: list[str]) -> None
     again = parser.parse_args(words[words.index("update") :])
     assert (again.input, again.out, again.base_url) == (args.input, args.out, args.base_url)
     assert again.oauth == args.oauth
+    assert (again.state, again.changed_fields_only, again.full) == (
+        args.state,
+        args.changed_fields_only,
+        args.full,
+    )
     assert again.resume
 
 

@@ -42,6 +42,7 @@ def test_classify_status(code: int, status: Status) -> None:
 def test_final_statuses_are_those_a_resend_cannot_change() -> None:
     assert {s.value for s in FINAL_STATUSES} == {
         "updated",
+        "unchanged",  # with a sync state: the same body was applied already (issue 14)
         "rejected",
         "invalid",
         "bad_request",
