@@ -125,6 +125,10 @@ class _State(enum.Enum):
 
 
 class _Sink(Protocol):
+    halted: tuple[Status, str] | None
+    """Set when the run stops (:meth:`OutcomeStream.stop`): the outcome of every record that
+    has no request on the wire, in place of any further request or retry."""
+
     def event(self, event: Event) -> None: ...
 
     def finish(self, job: _Job, outcome: Outcome) -> None: ...
@@ -432,6 +436,8 @@ class Engine:
                 worker.uncancel()
                 if not isinstance(result, Outcome):
                     result = job.outcome(Status.FAILED, CANCELLED)
+        if not isinstance(result, Outcome) and job.sink.halted is not None:
+            result = job.outcome(*job.sink.halted)  # the run stops: no retry
         if isinstance(result, Outcome):
             self._finish(job, result)
             return True
@@ -448,10 +454,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         policy = self.policy
         while True:
-            if lane.stopped is None:
+            halt = lane.stopped or job.sink.halted
+            if halt is None:
                 sent_at = await lane.acquire()
-            if lane.stopped is not None:  # stopped before, or while we waited for the budget
-                return job.outcome(*lane.stopped)
+                halt = lane.stopped or job.sink.halted  # or while we waited for the budget
+            if halt is not None:
+                return job.outcome(*halt)
             if job.first is None:
                 job.first = sent_at
             job.attempts += 1
@@ -516,6 +524,8 @@ class Engine:
         except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
             job.http_status = exc.status_code
             if exc.status_code == 401 and job.reauths < _REAUTHS:
+                if job.sink.halted is not None:
+                    return _REFRESHED  # the run stops: no refresh, no re-send (ends halted)
                 try:
                     delay = await job.lane.refresh(exc, again=job.reauths > 0)
                     if delay is not None:
@@ -589,6 +599,8 @@ def _rejected(line: int, contact_id: str | None, error: str) -> Outcome:
 class _FutureSink:
     """Where a ``submit`` job's outcome goes: the awaiting future, and the client's hooks."""
 
+    halted: tuple[Status, str] | None = None  # a submit is never stopped, only cancelled
+
     def __init__(self, future: asyncio.Future[Outcome], engine: Engine) -> None:
         self.future = future
         self.engine = engine
@@ -660,6 +672,8 @@ class OutcomeStream:
         self._closed = False
         self._drained: asyncio.Event | None = None
         self._started_at = 0.0
+        self.halted: tuple[Status, str] | None = None
+        """Set by :meth:`stop`: what records without a request on the wire end with."""
 
     # -- sink for the engine ---------------------------------------------------------------
 
@@ -791,13 +805,16 @@ class OutcomeStream:
         """Take no more records and send no more requests; let those on the wire finish.
 
         The reader stops; every record of this run that has no request on the wire (queued,
-        waiting for its budget or for a retry) ends ``failed`` (``"cancelled"``) at once. The
-        stream then ends once the requests on the wire are answered. For a graceful stop on
+        waiting for its budget or for a retry) ends ``failed`` (``"cancelled"``) at once, and so
+        does a record whose answer comes back asking for more (a retry, a token refresh and
+        re-send): no request goes after the stop. The stream then ends once the requests on the
+        wire are answered. For a graceful stop on
         SIGTERM; :meth:`aclose` cancels those on the wire too.
         """
         if self._feeder is None or self._closed:
             return
         assert self._engine is not None
+        self.halted = (Status.FAILED, CANCELLED)
         if not self._feeder.done():
             self._feeder.cancel()
         for job in list(self._jobs):

@@ -9,8 +9,9 @@ so the rule can be strict without refusing real ones:
 - none of ``/ ? # % \\`` (the backslash because some proxies read it as ``/``);
 - not ``.`` and no ``..`` anywhere (URL normalisation would resolve them as path segments);
 - no whitespace and no control characters (C0, DEL, C1), which could split or smuggle a header
-  line, and none of the invisible formatting characters (zero-width spaces and joiners,
-  bidirectional overrides, the byte order mark), which would make an id differ from how it looks;
+  line, and no invisible character (zero-width spaces and joiners, bidirectional marks and
+  overrides, the byte order mark, every other format character, variation selectors, fillers,
+  private-use and unassigned code points), which would make an id differ from how it looks;
 - no slash look-alikes (division, fraction and fullwidth slashes...), and nothing that Unicode
   compatibility normalisation (NFKC, which some servers apply) would change: it turns U+FF0F
   FULLWIDTH SOLIDUS into ``/``, U+FF0E FULLWIDTH FULL STOP alone into ``.``, and fullwidth
@@ -40,6 +41,18 @@ _UNSAFE: Final = re.compile(
 )
 
 
+# Characters that show nothing: format characters (Cf: the Arabic letter mark, the Mongolian
+# vowel separator, tag characters...), private-use and unassigned code points, and the
+# invisible ones of other categories (combining grapheme joiner, variation selectors, Hangul
+# fillers, the braille blank).
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cf", "Co", "Cn", "Cs"})
+_INVISIBLE: Final = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
+
+
 def check_contact_id(value: str) -> None:
     """Raise :class:`~growthhub_async.errors.InvalidContactId` unless ``value`` is safe to send.
 
@@ -66,6 +79,12 @@ def check_contact_id(value: str) -> None:
             f"unsafe contact id {value!r}: contains {what} at position {m.start()}"
             " (ids must not contain / ? # % \\ .. whitespace, control or invisible characters)"
         )
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in _INVISIBLE_CATEGORIES or char in _INVISIBLE:
+            raise InvalidContactId(
+                f"unsafe contact id {value!r}: contains the invisible character"
+                f" U+{ord(char):04X} at position {position}"
+            )
     if not unicodedata.is_normalized("NFKC", value):
         folded = unicodedata.normalize("NFKC", value)
         raise InvalidContactId(

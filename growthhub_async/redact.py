@@ -14,14 +14,16 @@ tokens, the client secret) and removes each in every form a server may echo it i
 - whole: bare (so ``Bearer <token>`` too), URL-encoded (a form body: ``%2B`` or ``+`` for a
   space, upper or lower case hex), JSON-escaped (``\\/``);
 - cut short at the end of a truncated text (a prefix of at least :data:`MIN_PREFIX` characters);
-- in pieces: any run of :data:`MIN_RUN` characters or more of a secret, of its hex (either
-  case) or of its base64 (a ``Basic`` header, a debug dump; standard or URL-safe, at any of
-  the three byte alignments), anywhere in the text: a body cut in the middle
-  (``eyJhbGciOi...``), a token wrapped over lines or split by spaces, each character escaped
-  as ``\\u00XX``, ``%XX`` or an HTML character reference (``&#x74;``, ``&#116;``). The
-  pieces are looked for in a *reading* of the text with whitespace removed and JSON, URL and
-  HTML escapes decoded, and removed from the text itself (with the whitespace and escapes
-  inside them).
+- in pieces: any run of :data:`MIN_RUN` characters or more of a secret, or of its bytes (UTF-8
+  or UTF-16) as hex, decimals or base64 (a ``Basic`` header, a debug dump; standard or
+  URL-safe, at any of the three byte alignments), anywhere in the text, in any ASCII case:
+  a body cut in the middle (``eyJhbGciOi...``), a token wrapped over lines or split by
+  spaces, zero-width characters, commas or colons, each character escaped (``\\u0070``,
+  ``\\u{70}``, ``\\x70``, ``\\160``, ``%70``, ``%2570``, ``%u0070``, ``0x70``, ``=70``,
+  ``&#x70;``, ``&#112;``, named entities). The pieces are looked for in two *readings* of
+  the text (separators removed; separators removed and escapes decoded) and removed from
+  the text itself, with the separators and escapes inside them.
+  Not covered: ciphers and other encodings (rot13, base32, a reversed token).
 
 Pure: no I/O, no clock.
 """
@@ -51,10 +53,23 @@ _STEP: Final = MIN_RUN // 2
 """Window size and stride of the search: every run of MIN_RUN holds a window at a multiple."""
 
 _HEX = re.compile(r"%[0-9A-F]{2}")
-_ESCAPE = re.compile(
-    r"\\u[0-9a-fA-F]{4}|\\/|%[0-9a-fA-F]{2}|\s+"
-    r"|&#[0-9]{1,7};|&#[xX][0-9a-fA-F]{1,6};|&(?:amp|sol|plus|equals|lowbar|period|colon);"
+# Two readings of a text are searched for pieces of secrets. The first only drops what may
+# separate a secret's characters (whitespace, zero-width characters, commas, colons,
+# semicolons): "70:69:74", "[112, 105]", a token split by zero-width spaces. The second also
+# decodes escapes, one character each: "\\u0070", "\\u{70}", "%u0070", "\\x70", octal "\\160",
+# URL "%70" and "%2570", "0x70",
+# quoted-printable "=70", HTML "&#x70;" and "&#112;" (the ";" optional), named entities.
+_SEPARATORS = r"(?P<sep>[\s,:;\u200b-\u200f\u2060\ufeff]+)"
+_SPLIT: Final = re.compile(_SEPARATORS)
+_ESCAPE: Final = re.compile(
+    r"\\[u](?P<u>[0-9a-fA-F]{4})|\\u\{(?P<uc>[0-9a-fA-F]{1,6})\}|%u(?P<pu>[0-9a-fA-F]{4})"
+    r"|\\x(?P<x>[0-9a-fA-F]{2})|\\(?P<oct>[0-7]{3})|(?P<slash>\\/)"
+    r"|%25(?P<pp>[0-9a-fA-F]{2})|%(?P<p>[0-9a-fA-F]{2})|0x(?P<ox>[0-9a-fA-F]{2})"
+    r"|=(?P<qp>[0-9A-F]{2})|&#(?P<dec>[0-9]{1,7});?|&#[xX](?P<hx>[0-9a-fA-F]{1,6});?"
+    r"|(?P<ent>&[a-zA-Z]{2,12};)|" + _SEPARATORS
 )
+_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+"""ASCII only: a reading must keep its length (``"İ".lower()`` has two characters)."""
 
 
 def forms_of(secret: str) -> set[str]:
@@ -69,48 +84,57 @@ def forms_of(secret: str) -> set[str]:
 
 
 def encoded_forms(secret: str) -> set[str]:
-    """``secret`` as hex (either case), and the part of its base64 that does not depend on the
-    bytes around it: standard and URL-safe alphabets, with the secret starting at each of the
-    three byte alignments (an ``user:secret`` pair puts it anywhere).
+    """``secret``'s bytes (UTF-8, and UTF-16) as hex, as decimals, and the part of their base64
+    that does not depend on the bytes around them: standard and URL-safe alphabets, with the
+    secret starting at each of the three byte alignments (an ``user:secret`` pair puts it
+    anywhere).
     """
     raw = secret.encode("utf-8")
-    forms = {raw.hex(), raw.hex().upper()}
-    for align in range(3):
-        encoded = base64.b64encode(b"\0" * align + raw).decode("ascii").rstrip("=")
-        first = -(-align * 8 // 6)  # the first character made of the secret's bits alone
-        last = (align + len(raw)) * 8 // 6  # the characters after this one mix in what follows
-        core = encoded[first:last]
-        forms.update({core, core.replace("+", "-").replace("/", "_")})
+    # The bytes in decimal, as a byte array reads once its ", " are gone.
+    forms = {"".join(map(str, raw))}
+    for data in (raw, secret.encode("utf-16-le")):  # UTF-16: what Windows tools dump
+        forms.add(data.hex())
+        for align in range(3):
+            encoded = base64.b64encode(b"\0" * align + data).decode("ascii").rstrip("=")
+            first = -(-align * 8 // 6)  # the first character made of the secret's bits alone
+            last = (align + len(data)) * 8 // 6  # after this one, what follows mixes in
+            core = encoded[first:last]
+            forms.update({core, core.replace("+", "-").replace("/", "_")})
     return forms
 
 
-def _reading(text: str) -> tuple[str, list[tuple[int, int, str]]]:
-    """``text`` with whitespace removed and ``\\uXXXX``, ``\\/``, ``%XX`` decoded.
+def _value(match: re.Match[str]) -> str:
+    """The character an escape stands for ("" for separators, and numbers beyond Unicode)."""
+    kind = match.lastgroup
+    if kind == "sep":
+        return ""
+    if kind == "slash":
+        return "/"
+    if kind == "ent":
+        value = html.unescape(match.group(kind))
+    else:
+        base = 10 if kind == "dec" else 8 if kind == "oct" else 16
+        code = int(match.group(kind), base)  # type: ignore[arg-type]
+        value = chr(code) if code <= 0x10FFFF else ""
+    # An escaped separator (JSON's "\\u200b") separates too; an unknown entity is no character.
+    return value if len(value) == 1 and not _SPLIT.fullmatch(value) else ""
+
+
+def _reading(text: str, pattern: re.Pattern[str]) -> tuple[str, list[tuple[int, int, str]]]:
+    """``text`` as ``pattern`` reads it (see ``_SPLIT`` and ``_ESCAPE``), ASCII lower-cased.
 
     Also returns the escapes, as (start, end, value) in ``text``, for :func:`_origins`.
     """
-    escapes: list[tuple[int, int, str]] = []
-    for match in _ESCAPE.finditer(text):
-        found = match.group(0)
-        if found[0] == "\\":
-            value = "/" if found == "\\/" else chr(int(found[2:], 16))
-        elif found[0] == "%":
-            value = chr(int(found[1:], 16))
-        elif found[0] == "&":
-            value = html.unescape(found)
-            value = value if len(value) == 1 else ""  # a number beyond Unicode
-        else:
-            value = ""
-        escapes.append((match.start(), match.end(), value))
+    escapes = [(m.start(), m.end(), _value(m)) for m in pattern.finditer(text)]
     if not escapes:
-        return text, escapes
+        return text.translate(_LOWER), escapes
     pieces: list[str] = []
     done = 0
     for start, end, value in escapes:
         pieces += (text[done:start], value)
         done = end
     pieces.append(text[done:])
-    return "".join(pieces), escapes
+    return "".join(pieces).translate(_LOWER), escapes
 
 
 def _origins(text: str, escapes: list[tuple[int, int, str]]) -> tuple[list[int], list[int]]:
@@ -179,7 +203,9 @@ class Redactor:
             self._pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
             self._windows = {}
             long = {s for s in self._all() if len(s) >= MIN_RUN}
-            for piece in long.union(*map(encoded_forms, long)):
+            for found in long.union(*map(encoded_forms, long)):
+                # Compared as the readings are: ASCII lower-cased, separators gone.
+                piece = _SPLIT.sub("", found).translate(_LOWER)
                 if len(piece) >= MIN_RUN:
                     for at in range(len(piece) - _STEP + 1):
                         self._windows.setdefault(piece[at : at + _STEP], []).append((piece, at))
@@ -202,7 +228,12 @@ class Redactor:
 
     def _remove_pieces(self, text: str) -> str:
         """``text`` without any run of MIN_RUN characters of a secret (see the module)."""
-        reading, escapes = _reading(text)
+        for pattern in (_SPLIT, _ESCAPE):  # decoding could break a bare run: both readings
+            text = self._remove_pieces_of(text, pattern)
+        return text
+
+    def _remove_pieces_of(self, text: str, pattern: re.Pattern[str]) -> str:
+        reading, escapes = _reading(text, pattern)
         windows = self._windows
         spans: list[tuple[int, int]] = []
         for at in range(0, len(reading) - _STEP + 1, _STEP):

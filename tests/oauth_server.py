@@ -42,6 +42,7 @@ class OAuthServer:
     fresh_refusals: int = 0
     every_nth_refused: int = 0
     refused_contacts: dict[str, int] = field(default_factory=dict)  # contact -> 401s still due
+    put_delay: float = 0.0  # seconds before each PUT is answered
     location_403: bool = False
     before_token: Callable[[], None] | None = None
     lifetime: Any = 86_399
@@ -108,6 +109,8 @@ class OAuthServer:
     async def put(self, request: web.Request) -> web.Response:
         self.puts += 1
         await request.read()
+        if self.put_delay:
+            await asyncio.sleep(self.put_delay)
         status, body, headers = self._put_answer(request)
         self.put_statuses.append(status)
         return web.Response(

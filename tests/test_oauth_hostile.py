@@ -235,6 +235,36 @@ def test_the_redactor_removes_every_form() -> None:
     assert "later" not in repr(outer)
 
 
+ENCODED = {
+    "x-escapes": lambda t: _escaped(t, "\\x{:02x}"),
+    "u-braces": lambda t: _escaped(t, "\\u{{{:x}}}"),
+    "percent-u": lambda t: _escaped(t, "%u{:04X}"),
+    "octal": lambda t: _escaped(t, "\\{:03o}"),
+    "0x-hex": lambda t: _escaped(t, "0x{:02x}"),
+    "quoted-printable": lambda t: _escaped(t, "={:02X}"),
+    "double-percent": lambda t: _escaped(t, "%25{:02X}"),
+    "html-no-semicolon": lambda t: _escaped(t, "&#x{:x}"),
+    "hex-colons": lambda t: ":".join(f"{b:02x}" for b in t.encode()),
+    "byte-array": lambda t: str(list(t.encode())),
+    "zero-width-split": "\u200b".join,
+    "json-zero-width-split": lambda t: json.dumps("\u200b".join(t))[1:-1],
+    "comma-split": ",".join,
+    "upper-case": str.upper,
+    "utf16-hex": lambda t: t.encode("utf-16-le").hex(),
+    "utf16-base64": lambda t: base64.b64encode(t.encode("utf-16-le")).decode(),
+}
+
+
+@pytest.mark.parametrize("encode", ENCODED.values(), ids=ENCODED.keys())
+def test_a_secret_escaped_or_encoded_character_by_character_is_redacted(encode: Any) -> None:
+    token = "pit-7f3c9a1e-5b2d-4e8f-a6c0-d9e1b2f3a4c5"
+    text = f"bad token {encode(token)} end"
+    cleaned = Redactor(token)(text)
+    assert REDACTED in cleaned
+    # What is left of the encoded token is a few edge characters, never a readable run.
+    assert len(cleaned) <= len("bad token  end") + len(REDACTED) + 24, cleaned
+
+
 async def test_a_token_endpoint_echoing_the_form_leaks_no_secret(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -534,6 +564,27 @@ async def test_a_record_pausing_after_a_401_holds_no_worker(tmp_path: Path) -> N
     assert outcomes[-1].contact_id == "flaky"  # everyone else went while it paused
     assert outcomes[-1].attempts == 4
     assert server.token_statuses == [200]  # one refresh; the pauses did not refresh again
+
+
+async def test_a_401_after_the_run_stops_refreshes_nothing_and_sends_nothing_again(
+    tmp_path: Path,
+) -> None:
+    # SIGTERM's stop(): the five requests on the wire come back 401 (the file's access token
+    # is stale). A refresh would send the client secret and re-send all five: neither happens,
+    # and the records end "cancelled" (not final: a resumed run sends them).
+    async with serve(OAuthServer(put_delay=0.3)) as server:
+        provider = OAuthProvider.from_file(write_file(tmp_path), retry=FAST)
+        async with (
+            client(server, provider, concurrency=5) as gh,
+            gh.update_contacts((f"c{n}", UPDATE) for n in range(5)) as stream,
+        ):
+            first = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.15)  # all five on the wire
+            stream.stop()
+            outcomes = [await first, *[o async for o in stream]]
+    assert [(o.status, o.error) for o in outcomes] == [(Status.FAILED, "cancelled")] * 5
+    assert server.puts == 5
+    assert server.token_requests == 0
 
 
 async def test_a_fresh_token_always_refused_is_declared_dead_after_the_limit(

@@ -90,6 +90,11 @@ HOSTILE_IDS = [
     "\u2025",
     "\uff0e",  # FULLWIDTH FULL STOP alone: "." once NFKC-normalised
     "\uff41\uff42\uff43",  # fullwidth "abc": another contact's id once normalised
+    "a\u061cb",  # ARABIC LETTER MARK: invisible
+    "a\u180eb",  # MONGOLIAN VOWEL SEPARATOR
+    "a\u034fb",  # COMBINING GRAPHEME JOINER
+    "a\ufe0fb",  # VARIATION SELECTOR-16
+    "a\U000e0041b",  # TAG LATIN CAPITAL LETTER A
     "a\u200bb",
     "\ud800",
     "",

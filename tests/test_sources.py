@@ -101,6 +101,19 @@ _FORBIDDEN = re.compile(
 )
 
 
+def _invisible(value: str) -> bool:
+    # Format, private-use, unassigned: shows nothing, or nothing known; and the invisible
+    # characters of other categories (combining grapheme joiner, variation selectors, fillers).
+    others = "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    return any(
+        unicodedata.category(c) in ("Cf", "Co", "Cn", "Cs")
+        or c in others
+        or 0xFE00 <= ord(c) <= 0xFE0F
+        or 0xE0100 <= ord(c) <= 0xE01EF
+        for c in value
+    )
+
+
 def _folds_unsafe(value: str) -> bool:
     # Any change under NFKC: into "/" or "..", or into the plain id of another contact.
     return unicodedata.normalize("NFKC", value) != value
@@ -109,7 +122,7 @@ def _folds_unsafe(value: str) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(
     st.text(max_size=MAX_LENGTH + 2)
-    | st.text("ab./?%# \t\u200b\u2025\uff0f\u2215\uff0e\uff41", max_size=6)
+    | st.text("ab./?%# \t\u200b\u2025\uff0f\u2215\uff0e\uff41\u061c\u034f\ufe0f", max_size=6)
 )
 def test_contact_id_rule_holds_for_any_text(value: str) -> None:
     expected = (
@@ -118,6 +131,7 @@ def test_contact_id_rule_holds_for_any_text(value: str) -> None:
         and ".." not in value
         and not _FORBIDDEN.search(value)
         and not _folds_unsafe(value)
+        and not _invisible(value)
     )
     try:
         check_contact_id(value)
