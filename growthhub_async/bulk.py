@@ -268,7 +268,10 @@ class Engine:
                 return _Job(line, contact_id, body, lane, sink)
         # The id is shown in the outcome (never sent) unless it is not a string or absurdly long.
         shown = contact_id if isinstance(contact_id, str) and len(contact_id) <= 1024 else None
-        return _rejected(line, shown, problem or f"unknown token_key {key!r}")
+        if problem is None:
+            why = getattr(self.lanes, "why_missing", None)
+            problem = why(key) if why is not None else f"unknown token_key {key!r}"
+        return _rejected(line, shown, problem)
 
     def enqueue(self, job: _Job) -> None:
         """Hand a job to its token's workers (started on first use)."""

@@ -54,7 +54,7 @@ import logging
 import select
 import time
 import weakref
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -83,6 +83,7 @@ from growthhub_async.errors import (
     error_for_status,
 )
 from growthhub_async.events import Event, Hook, Paused, TokenStopped
+from growthhub_async.locations import LocationToken, LocationTokens, location_problem
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -219,6 +220,31 @@ class _Connector(aiohttp.TCPConnector):
                 return conn
             log.debug("a pooled connection was closed by the server; not used")
             conn.close()
+
+
+class _Lanes(dict[str, "_Lane"]):
+    """The client's lanes by key; with ``locations=``, a location's lane is made when first
+    asked for (``get``), so a run over 1,000 locations holds only the lanes it uses."""
+
+    def __init__(self, make: Callable[[str], _Lane | None] | None) -> None:
+        super().__init__()
+        self._make = make
+
+    def get(self, key: str, default: Any = None) -> Any:
+        lane: _Lane | None = dict.get(self, key)
+        if lane is None and self._make is not None and isinstance(key, str):
+            lane = self._make(key)
+            if lane is not None:
+                self[key] = lane
+        return lane if lane is not None else default
+
+    def why_missing(self, key: object) -> str:
+        """Why no lane serves ``key``, naming it (never a token)."""
+        if self._make is None:
+            return f"no token named {key!r}"
+        if isinstance(key, str) and (problem := location_problem(key)) is not None:
+            return problem
+        return f"location {key!r} has no token (not in the tokens file, and no agency app)"
 
 
 class _RejectedToken(Unauthorized):
@@ -575,11 +601,14 @@ class GrowthHubClient:
         max_pause: float | None = None,
         allow_insecure: bool = False,
         user_agent: str | None = None,
+        locations: LocationTokens | None = None,
     ) -> None:
-        if (token is None) == (tokens is None):
+        if token is not None and tokens is not None:
             raise ConfigurationError("give exactly one of token= or tokens=")
+        if token is None and tokens is None and locations is None:
+            raise ConfigurationError("give token=, tokens= or locations=")
         named = {DEFAULT_TOKEN_KEY: token} if token is not None else dict(tokens or {})
-        if not named:
+        if not named and locations is None:
             raise ConfigurationError("tokens= must name at least one token")
         providers = {key: _check_token(key, value) for key, value in named.items()}
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -608,21 +637,47 @@ class GrowthHubClient:
         for provider in providers.values():
             self.redactor.include(provider.redactor)
         self._codec = UpdateContactCodec(value_key)
-        self._lanes = {
-            key: _Lane(
-                key,
-                value,
-                Budget(self.rate, margin=rate_margin, max_pause=max_pause),
-                unauthorized_limit=unauthorized_limit,
-                client=self,
-            )
-            for key, value in providers.items()
-        }
+        self._rate_margin = rate_margin
+        self._max_pause = max_pause
+        self._unauthorized_limit = unauthorized_limit
+        self.locations = locations
+        if locations is not None:
+            locations.attach(self.base_url)
+        self._lanes = _Lanes(self._new_lane if locations is not None else None)
+        for key, provider in providers.items():
+            self._lanes[key] = self._make_lane(key, provider)
         self.default_token_key = next(iter(self._lanes)) if len(self._lanes) == 1 else None
+        self._timeouts: aiohttp.ClientTimeout | None = None
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
         self._closed = False
         self._submitted = itertools.count(1)
+
+    def _make_lane(self, key: str, provider: TokenProvider) -> _Lane:
+        return _Lane(
+            key,
+            provider,
+            Budget(self.rate, margin=self._rate_margin, max_pause=self._max_pause),
+            unauthorized_limit=self._unauthorized_limit,
+            client=self,
+        )
+
+    def _new_lane(self, key: str) -> _Lane | None:
+        """The lane of a location first named by a record (``locations=``); ``None``: no token."""
+        assert self.locations is not None
+        if location_problem(key) is not None:
+            return None
+        value = self.locations(key)
+        if value is None:
+            return None
+        provider = _check_token(key, value)
+        if not isinstance(value, LocationToken):  # minted ones share the agency's URL
+            provider.attach(self.base_url)
+        self.redactor.include(provider.redactor)
+        lane = self._make_lane(key, provider)
+        if self._connector is not None and self._timeouts is not None:
+            lane.open(self._connector, self._timeouts)
+        return lane
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._connector else "not started"
@@ -661,11 +716,12 @@ class GrowthHubClient:
             raise ClientClosed("this GrowthHubClient is closed")
         if self._connector is not None:
             return
-        self._connector = _Connector(
-            limit=self.concurrency * len(self._lanes), limit_per_host=0, keepalive_timeout=30
-        )
+        # With locations, lanes come and go with the input: the engine bounds what is in
+        # flight (per lane `concurrency`, and the records held in memory), not the pool.
+        limit = 0 if self.locations is not None else self.concurrency * len(self._lanes)
+        self._connector = _Connector(limit=limit, limit_per_host=0, keepalive_timeout=30)
         # `total`: the whole answer has a deadline, not only each read (a trickling body).
-        timeout = aiohttp.ClientTimeout(
+        timeout = self._timeouts = aiohttp.ClientTimeout(
             total=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
         )
         for lane in self._lanes.values():
@@ -678,8 +734,10 @@ class GrowthHubClient:
         self._closed = True
         if self._engine is not None:
             await self._engine.close()
-        for lane in self._lanes.values():
+        for lane in list(self._lanes.values()):
             await lane.close()
+        if self.locations is not None:
+            await self.locations.aclose()
         if self._connector is not None:
             await self._connector.close()
 
@@ -714,10 +772,10 @@ class GrowthHubClient:
         key = token_key if token_key is not None else self.default_token_key
         if key is None:
             raise ConfigurationError("several tokens are configured: name one with token_key=")
-        try:
-            return self._lanes[key]
-        except KeyError:
-            raise ConfigurationError(f"no token named {key!r}") from None
+        lane: _Lane | None = self._lanes.get(key)
+        if lane is None:
+            raise ConfigurationError(self._lanes.why_missing(key))
+        return lane
 
     # -- the API ---------------------------------------------------------------------------
 
