@@ -143,10 +143,22 @@ class _Job:
         "state",
         "task",
         "timer",
+        "token_key",
     )
 
-    def __init__(self, line: int, contact_id: str, body: bytes, lane: Lane, sink: _Sink) -> None:
+    def __init__(
+        self,
+        line: int,
+        contact_id: str,
+        body: bytes,
+        lane: Lane,
+        sink: _Sink,
+        *,
+        token_key: str | None = None,
+    ) -> None:
         self.line = line
+        self.token_key = token_key
+        """The record's own key (``None``: the run's default): what its resume key covers."""
         self.contact_id = contact_id
         self.body = body
         self.lane = lane
@@ -219,7 +231,10 @@ class Engine:
         # Per token: the contacts with a record in flight, and their parked records (None until
         # one is parked: most contacts never have one, and a deque per record costs).
         self._active: dict[str, dict[str, deque[_Job] | None]] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        # Workers start when their token has records and end when its queue is empty, so a run
+        # over 1,000 locations holds tasks for the records in memory, not 10 per location.
+        self._workers: set[asyncio.Task[None]] = set()
+        self._live: dict[str, int] = {}
         self.closed = False
 
     # -- events ----------------------------------------------------------------------------
@@ -256,6 +271,7 @@ class Engine:
         if isinstance(unpacked, Outcome):
             return unpacked
         line, contact_id, update, key = unpacked
+        own_key = key
         for fallback in (token_key, self.default_token_key):
             key = key if key is not None else fallback
         problem = _problem(contact_id, update, key)
@@ -265,7 +281,7 @@ class Engine:
             except ValueError as exc:  # a value JSON cannot carry (NaN, infinity)
                 problem = str(exc)
             else:
-                return _Job(line, contact_id, body, lane, sink)
+                return _Job(line, contact_id, body, lane, sink, token_key=own_key)
         # The id is shown in the outcome (never sent) unless it is not a string or absurdly long.
         shown = contact_id if isinstance(contact_id, str) and len(contact_id) <= 1024 else None
         if problem is None:
@@ -283,16 +299,23 @@ class Engine:
         if queue is None:
             queue = self._queues[key] = asyncio.PriorityQueue()
             self._active[key] = {}
-            self._workers.extend(
-                asyncio.create_task(self._worker(key), name=f"growthhub-worker-{key}-{n}")
-                for n in range(self.concurrency)
-            )
+            self._live[key] = 0
         queue.put_nowait((1, next(self._sequence), job))
+        if self._live[key] < self.concurrency:
+            self._start_worker(key)
+
+    def _start_worker(self, key: str) -> None:
+        self._live[key] += 1
+        worker = asyncio.create_task(self._worker(key), name=f"growthhub-worker-{key}")
+        self._workers.add(worker)
 
     def _ready(self, job: _Job) -> None:
         """Put a record that holds its contact's gate at the front of its token's queue."""
         job.state = _State.READY
-        self._queues[job.lane.key].put_nowait((0, next(self._sequence), job))
+        key = job.lane.key
+        self._queues[key].put_nowait((0, next(self._sequence), job))
+        if self._live[key] < self.concurrency:
+            self._start_worker(key)
 
     def _wait(self, job: _Job, delay: float) -> None:
         """Park a record for a retry's wait without a worker; a timer makes it ready again."""
@@ -363,10 +386,19 @@ class Engine:
         job.sink.finish(job, outcome)
 
     async def _worker(self, key: str) -> None:
+        try:
+            await self._work(key)
+        finally:
+            self._live[key] -= 1
+            worker = asyncio.current_task()
+            if not self.closed and worker is not None:
+                self._workers.discard(worker)
+
+    async def _work(self, key: str) -> None:
         queue = self._queues[key]
         active = self._active[key]
-        while True:
-            _, _, job = await queue.get()
+        while not queue.empty():
+            _, _, job = queue.get_nowait()
             contact_id = job.contact_id
             if job.state is _State.QUEUED:
                 if contact_id in active:
@@ -531,10 +563,11 @@ class Engine:
         feeders = [t for run in list(self.runs) if (t := run.stop_reading()) is not None]
         if feeders:
             await asyncio.wait(feeders)
-        for worker in self._workers:
+        workers = list(self._workers)
+        for worker in workers:
             worker.cancel()
-        if self._workers:
-            await asyncio.wait(self._workers)
+        if workers:
+            await asyncio.wait(workers)
         for job in list(self._waiting):
             self.cancel_job(job)
         for key, queue in self._queues.items():

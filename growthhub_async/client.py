@@ -241,7 +241,7 @@ class _Lanes(dict[str, "_Lane"]):
     def why_missing(self, key: object) -> str:
         """Why no lane serves ``key``, naming it (never a token)."""
         if self._make is None:
-            return f"no token named {key!r}"
+            return f"unknown token_key {key!r}"
         if isinstance(key, str) and (problem := location_problem(key)) is not None:
             return problem
         return f"location {key!r} has no token (not in the tokens file, and no agency app)"
@@ -774,7 +774,9 @@ class GrowthHubClient:
             raise ConfigurationError("several tokens are configured: name one with token_key=")
         lane: _Lane | None = self._lanes.get(key)
         if lane is None:
-            raise ConfigurationError(self._lanes.why_missing(key))
+            raise ConfigurationError(
+                self._lanes.why_missing(key).replace("unknown token_key", "no token named")
+            )
         return lane
 
     # -- the API ---------------------------------------------------------------------------
