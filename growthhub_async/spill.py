@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
-from typing import Final
+from typing import IO, Final
 
 __all__ = ["Spill"]
 
@@ -59,7 +59,7 @@ class Spill:
         self.chunk_bytes = min(chunk_bytes, (1 << _EXTENT_BITS) // 2)
         self.buffered_bytes = buffered_bytes
         self._queues: dict[str, _Queue] = {}
-        self._file: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._file: IO[bytes] | None = None
         self._fd = -1
         self._end = 0
         self._buffered = 0
@@ -123,10 +123,11 @@ class Spill:
     def _flush(self, queue: _Queue) -> None:
         if self._file is None:
             # Closed by close(): the file lives as long as the run.
-            self._file = tempfile.TemporaryFile(  # noqa: SIM115
+            file = tempfile.TemporaryFile(  # noqa: SIM115
                 dir=self.directory, prefix="growthhub-spill-"
             )
-            self._fd = self._file.fileno()
+            self._file = file
+            self._fd = file.fileno()
         data = queue.buffer
         view = memoryview(data)
         offset = self._end
