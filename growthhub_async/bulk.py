@@ -44,9 +44,11 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol, TypeAlias
+
+import msgspec
 
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
@@ -66,10 +68,12 @@ from growthhub_async.events import (
     RecordFinished,
     RetryScheduled,
 )
+from growthhub_async.journal import sent_hash
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
 from growthhub_async.sources import Record
+from growthhub_async.spill import Spill
 
 __all__ = ["Engine", "Lane", "OutcomeStream", "Record", "RecordInput"]
 
@@ -634,6 +638,9 @@ class _FeedDone:
 
 
 _END: Any = object()  # the end of the input (a sentinel no item can be)
+_BATCH = 64  # records a side-by-side reader takes before letting the workers run
+_spilled = msgspec.msgpack.Encoder().encode
+_unspilled = msgspec.msgpack.Decoder(tuple[int, str, str | None, str, bytes]).decode
 
 
 class OutcomeStream:
@@ -653,6 +660,16 @@ class OutcomeStream:
     the run like :meth:`aclose`: queued records end ``failed`` (``"cancelled"``) without a
     request, records in flight are cancelled and end ``failed`` (``"cancelled"``); their
     outcomes go to the hooks and the :attr:`summary`. No task is left running.
+
+    **Side by side** (``side_by_side=True``, issue 13): records of many tokens (locations)
+    progress at once whatever the input order, a file sorted by location included. The reader
+    then runs ahead of the workers: each token holds at most ``max_pending`` records in memory,
+    all tokens together at most ``max_held`` (never less than two per token seen), and a record
+    that finds no room goes to a spill file (:class:`~growthhub_async.spill.Spill`, in
+    ``spill_dir``) as the bytes it will be sent as. Room that frees goes round robin to the
+    tokens with spilled records, so a token with 100,000 records never starves one with 10.
+    Records still in the spill file when the run is stopped (:meth:`stop_input`, ``aclose``)
+    count as not read: they get no outcome (a resumed job sends them).
     """
 
     def __init__(
@@ -663,6 +680,10 @@ class OutcomeStream:
         token_key: str | None,
         hooks: Iterable[Hook],
         max_pending: int,
+        side_by_side: bool = False,
+        max_held: int = 1000,
+        spill_dir: str | None = None,
+        record_hashes: bool = False,
     ) -> None:
         self._get_engine = engine
         self._engine: Engine | None = None
@@ -682,6 +703,18 @@ class OutcomeStream:
         self._closed = False
         self._drained: asyncio.Event | None = None
         self._started_at = 0.0
+        self._record_hashes = record_hashes
+        self._side_by_side = side_by_side
+        self._max_held = max_held
+        self._spill_dir = spill_dir
+        self._spill: Spill | None = None
+        self._load: dict[str, int] = {}  # per token: records in memory, outcome not yet out
+        self._alive = 0  # all tokens together
+        self._turns: deque[str] = deque()  # tokens with spilled records and room, round robin
+        self._in_turns: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._input_stopped = False
+        self._position = 0
 
     # -- sink for the engine ---------------------------------------------------------------
 
@@ -707,10 +740,19 @@ class OutcomeStream:
 
     def finish(self, job: _Job | None, outcome: Outcome) -> None:
         """A record of this run has its outcome."""
+        digest = None
         if job is not None:
             self._jobs.discard(job)
+            if self._record_hashes:
+                digest = sent_hash(job.contact_id, job.token_key, job.body)
+            if self._side_by_side:
+                self._freed(job.lane.key)
         self.summary.add(outcome)
-        self._emit(RecordFinished(outcome=outcome, token_key=job.lane.key if job else None))
+        self._emit(
+            RecordFinished(
+                outcome=outcome, token_key=job.lane.key if job else None, record_hash=digest
+            )
+        )
         if not self._closed:
             self._results.put_nowait(outcome)
         elif not self._jobs and self._drained is not None:
@@ -727,7 +769,8 @@ class OutcomeStream:
         engine.runs.add(self)
         self._slots = asyncio.Semaphore(self._max_pending)
         self._started_at = asyncio.get_running_loop().time()
-        self._feeder = asyncio.create_task(self._feed(engine), name="growthhub-reader")
+        feed = self._feed_side_by_side(engine) if self._side_by_side else self._feed(engine)
+        self._feeder = asyncio.create_task(feed, name="growthhub-reader")
 
     async def _feed(self, engine: Engine) -> None:
         assert self._slots is not None
@@ -765,6 +808,137 @@ class OutcomeStream:
         finally:
             self._results.put_nowait(_FeedDone(error))
 
+    # -- the side-by-side reader (issue 13) -------------------------------------------------
+
+    def _room(self, key: str) -> bool:
+        """Whether a record of ``key`` may be held in memory now."""
+        return self._load.get(key, 0) < self._max_pending and self._alive < max(
+            self._max_held, 2 * len(self._load)
+        )
+
+    def _admit(self, engine: Engine, job: _Job) -> None:
+        key = job.lane.key
+        self._load[key] = self._load.get(key, 0) + 1
+        self._alive += 1
+        self._outstanding += 1
+        self._jobs.add(job)
+        engine.enqueue(job)
+
+    def _freed(self, key: str) -> None:
+        """A record of ``key`` is over: room for a spilled one of it (or of another token)."""
+        self._alive -= 1
+        left = self._load[key] - 1
+        # The token stays known while it has spilled records: it keeps its turn and its share.
+        if left or (self._spill is not None and self._spill.count(key)):
+            self._load[key] = left
+        else:
+            del self._load[key]
+        if self._spill is not None and self._spill.count(key) and key not in self._in_turns:
+            self._turns.append(key)
+            self._in_turns.add(key)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _spill_job(self, job: _Job) -> None:
+        if self._spill is None:
+            self._spill = Spill(self._spill_dir)
+        key = job.lane.key
+        self._spill.push(key, _spilled((job.line, job.contact_id, job.token_key, key, job.body)))
+        self._load.setdefault(key, 0)
+        if key not in self._in_turns:
+            self._turns.append(key)
+            self._in_turns.add(key)
+
+    def _take_turns(self, engine: Engine) -> None:
+        """Admit spilled records, one per token in turn, while there is room."""
+        spill = self._spill
+        turns = self._turns
+        while turns and spill is not None and not self._input_stopped:
+            key = turns[0]
+            if self._load.get(key, 0) >= self._max_pending:
+                turns.popleft()  # full: it gets its turn back when one of its records ends
+                self._in_turns.discard(key)
+                continue
+            if not self._room(key):
+                return  # no room at all: wait for a record to end
+            turns.popleft()
+            payload = spill.pop(key)
+            if payload is None:
+                self._in_turns.discard(key)
+                continue
+            line, contact_id, token_key, lane_key, body = _unspilled(payload)
+            lane = engine.lanes[lane_key]
+            self._admit(engine, _Job(line, contact_id, body, lane, self, token_key=token_key))
+            if spill.count(key):
+                turns.append(key)
+            else:
+                self._in_turns.discard(key)
+
+    async def _read_batch(
+        self,
+        engine: Engine,
+        items: Iterator[RecordInput] | None,
+        aitems: AsyncIterator[RecordInput] | None,
+    ) -> bool:
+        """Read up to ``_BATCH`` records: each held, spilled or rejected; ``False`` at the end."""
+        for _ in range(_BATCH):
+            if items is not None:
+                item = next(items, _END)
+            else:
+                assert aitems is not None
+                item = await anext(aitems, _END)
+            if item is _END:
+                return False
+            self._position += 1
+            prepared = engine.prepare(item, self._position, self._token_key, self)
+            if isinstance(prepared, Outcome):
+                self._outstanding += 1
+                self.finish(None, prepared)
+            elif prepared.lane.key not in self._in_turns and self._room(prepared.lane.key):
+                self._admit(engine, prepared)
+            else:
+                self._spill_job(prepared)
+            if self._input_stopped:
+                break
+        return True
+
+    async def _feed_side_by_side(self, engine: Engine) -> None:
+        self._wake = wake = asyncio.Event()
+        error: BaseException | None = None
+        try:
+            records = self._records
+            items = iter(records) if not isinstance(records, AsyncIterable) else None
+            aitems = aiter(records) if isinstance(records, AsyncIterable) else None
+            reading = True
+            while not self._input_stopped:
+                wake.clear()
+                self._take_turns(engine)
+                if reading and self._results.qsize() < self._max_held:
+                    reading = await self._read_batch(engine, items, aitems)
+                    await asyncio.sleep(0)  # the workers' turn (a plain iterable never waits)
+                    continue
+                if not reading and (self._spill is None or not self._spill.total):
+                    break
+                await wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the caller's input; re-raised to the consumer)
+            error = exc
+        finally:
+            if self._spill is not None:
+                self._spill.close()
+            self._results.put_nowait(_FeedDone(error))
+
+    def stop_input(self) -> None:
+        """Read no more records and admit no spilled ones; records taken go on to their end.
+
+        Records still in the spill file count as never read (no outcome): a resumed job sends
+        them. Without ``side_by_side``, the same as the input ending here.
+        """
+        self._input_stopped = True
+        if self._wake is not None:
+            self._wake.set()
+
     def stop_reading(self) -> asyncio.Task[None] | None:
         """Cancel the reader (the engine is closing); returns it for awaiting."""
         if self._feeder is not None and not self._feeder.done():
@@ -797,6 +971,8 @@ class OutcomeStream:
                     continue
                 self._outstanding -= 1
                 self._slots.release()
+                if self._wake is not None:
+                    self._wake.set()  # room in the results: the reader may go on
                 return item
         except asyncio.CancelledError:
             await self.aclose()

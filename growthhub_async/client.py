@@ -820,8 +820,19 @@ class GrowthHubClient:
         *,
         token_key: str | None = None,
         hooks: Iterable[Hook] = (),
+        side_by_side: bool | None = None,
+        max_held: int = 1000,
+        spill_dir: str | None = None,
+        record_hashes: bool = False,
     ) -> OutcomeStream:
         """Send many records; iterate the result for one :class:`Outcome` per record.
+
+        ``side_by_side`` (default: when the client has several tokens or ``locations=``): the
+        tokens' records progress at once whatever the input order, the reader running ahead
+        into a spill file in ``spill_dir`` (the system's temporary folder by default), with at
+        most ``max_pending`` records per token and ``max_held`` in all in memory (see
+        :class:`~growthhub_async.bulk.OutcomeStream`). ``record_hashes``: each
+        ``RecordFinished`` event carries the record's resume key.
 
         ``records``: an iterable or async iterable of ``(contact_id, UpdateContact)`` pairs
         (``line`` is then the 1-based position), :class:`~growthhub_async.sources.Record`
@@ -836,6 +847,14 @@ class GrowthHubClient:
             token_key=token_key,
             hooks=hooks,
             max_pending=self.max_pending,
+            side_by_side=(
+                side_by_side
+                if side_by_side is not None
+                else self.locations is not None or len(self._lanes) > 1
+            ),
+            max_held=max_held,
+            spill_dir=spill_dir,
+            record_hashes=record_hashes,
         )
 
     async def submit(
