@@ -68,7 +68,7 @@ from growthhub_async.events import (
     RecordFinished,
     RetryScheduled,
 )
-from growthhub_async.journal import sent_hash
+from growthhub_async.journal import record_hash, sent_hash
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
@@ -740,7 +740,7 @@ class OutcomeStream:
 
     def finish(self, job: _Job | None, outcome: Outcome) -> None:
         """A record of this run has its outcome."""
-        digest = None
+        digest = record_hash(outcome) if self._record_hashes and job is None else None
         if job is not None:
             self._jobs.discard(job)
             if self._record_hashes:
@@ -928,6 +928,15 @@ class OutcomeStream:
             if self._spill is not None:
                 self._spill.close()
             self._results.put_nowait(_FeedDone(error))
+
+    def left_by_token(self) -> dict[str, int]:
+        """Records read and not finished, by token key (held in memory or spilled): the
+        locations at work, for a progress display. Side by side only (else empty)."""
+        spill = self._spill
+        return {
+            key: load + (spill.count(key) if spill is not None else 0)
+            for key, load in self._load.items()
+        }
 
     def stop_input(self) -> None:
         """Read no more records and admit no spilled ones; records taken go on to their end.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from growthhub_async.job import (
     run_job,
     token_from_environment,
 )
+from growthhub_async.locations import AgencyTokens, LocationTokens, load_tokens_file
 from growthhub_async.ratelimit import Rate, parse_rate
 from growthhub_async.sandbox import cli as sandbox_cli
 
@@ -103,6 +105,8 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``update`` subcommand (the bulk job) on the command's subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "update",
+        # No abbreviations: `--token SECRET` must be refused, not taken for `--tokens`.
+        allow_abbrev=False,
         help="bulk-update contacts from a JSONL or CSV file, journaling every outcome",
         description=UPDATE_DESCRIPTION,
         epilog=UPDATE_EXAMPLES.format(env=TOKEN_ENV, prog=PROG),
@@ -162,6 +166,24 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"an OAuth token file to use instead of {TOKEN_ENV}; rewritten on each rotation",
     )
     parser.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help='many locations: a JSON object {locationId: token, or {"oauthFile": PATH}}; '
+        "a record's locationId (JSONL key or CSV column) picks its token and budget; the "
+        "file must be private (chmod 600)",
+    )
+    parser.add_argument(
+        "--allow-readable-tokens",
+        action="store_true",
+        help="accept a --tokens file that others may read (mode wider than 0600)",
+    )
+    parser.add_argument(
+        "--agency-oauth",
+        metavar="FILE",
+        help="many locations: an agency (Company) OAuth token file with company_id; each "
+        "location's token is minted from it (POST /oauth/locationToken) on first use",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
@@ -170,12 +192,32 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def acquire_token(args: argparse.Namespace) -> str | TokenProvider:
+def acquire_token(args: argparse.Namespace) -> str | TokenProvider | None:
     """The token for ``update``: an OAuth provider over ``--oauth FILE`` (which it rewrites on
-    each rotation), else ``GROWTHHUB_TOKEN``; ``ConfigurationError`` if neither works."""
+    each rotation), else ``GROWTHHUB_TOKEN``; ``ConfigurationError`` if neither works.
+
+    With ``--tokens`` or ``--agency-oauth`` (many locations), the run's own token serves the
+    records without a locationId and may be absent (``None``): such records are rejected."""
     if getattr(args, "oauth", None):
         return OAuthProvider.from_file(args.oauth)
+    if getattr(args, "tokens", None) or getattr(args, "agency_oauth", None):
+        return token_from_environment() if os.environ.get(TOKEN_ENV, "").strip() else None
     return token_from_environment()
+
+
+def acquire_locations(args: argparse.Namespace) -> LocationTokens | None:
+    """The tokens per location of ``--tokens`` and ``--agency-oauth``, if either is given."""
+    tokens_file = getattr(args, "tokens", None)
+    agency_file = getattr(args, "agency_oauth", None)
+    if not tokens_file and not agency_file:
+        return None
+    tokens = (
+        load_tokens_file(tokens_file, allow_readable=args.allow_readable_tokens)
+        if tokens_file
+        else None
+    )
+    agency = AgencyTokens.from_file(agency_file) if agency_file else None
+    return LocationTokens(tokens, agency)
 
 
 def resume_command(args: argparse.Namespace) -> str:
@@ -200,6 +242,12 @@ def resume_command(args: argparse.Namespace) -> str:
         words += ["--value-key", args.value_key]
     if getattr(args, "oauth", None):
         words += _option("--oauth", args.oauth)
+    if getattr(args, "tokens", None):
+        words += _option("--tokens", args.tokens)
+        if args.allow_readable_tokens:
+            words.append("--allow-readable-tokens")
+    if getattr(args, "agency_oauth", None):
+        words += _option("--agency-oauth", args.agency_oauth)
     if args.no_progress:
         words.append("--no-progress")
     if odd_input:
@@ -232,12 +280,17 @@ def run_update(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress="line" if args.no_progress else "auto",
         resume_command=resume_command(args),
-        token_hint=f"the OAuth token file {args.oauth}" if getattr(args, "oauth", None) else None,
+        token_hint=_token_hint(args),
+        spill_dir=os.path.dirname(os.path.abspath(args.out)),
     )
     token: str | TokenProvider | None = None
+    locations: LocationTokens | None = None
     try:
-        token = None if args.dry_run else acquire_token(args)
-        result = asyncio.run(run_job(settings, token=token))
+        if not args.dry_run:
+            locations = acquire_locations(args)
+            token = acquire_token(args)
+        options = {"locations": locations} if locations is not None else None
+        result = asyncio.run(run_job(settings, token=token, client_options=options))
     except GrowthHubError as exc:
         return fatal("update", exc)
     except KeyboardInterrupt:  # before the job's own handlers were installed
@@ -246,7 +299,21 @@ def run_update(args: argparse.Namespace) -> int:
     finally:
         if isinstance(token, OAuthProvider):
             report_token_file(token, args.oauth)
+        if locations is not None and locations.agency is not None:
+            report_token_file(locations.agency.agency, args.agency_oauth)
     return result.exit_status
+
+
+def _token_hint(args: argparse.Namespace) -> str | None:
+    """Where the tokens came from, named when one is refused."""
+    places = []
+    if getattr(args, "tokens", None):
+        places.append(f"the tokens file {args.tokens}")
+    if getattr(args, "agency_oauth", None):
+        places.append(f"the agency OAuth file {args.agency_oauth}")
+    if getattr(args, "oauth", None):
+        places.append(f"the OAuth token file {args.oauth}")
+    return " and ".join(places) or None
 
 
 def report_token_file(provider: OAuthProvider, path: str) -> None:

@@ -41,7 +41,15 @@ from growthhub_async.events import Event, RecordFinished
 from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
 from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, Summary
-from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
+from growthhub_async.progress import (
+    LocationStats,
+    format_duration,
+    render_bar,
+    render_line,
+    render_location_progress,
+    render_locations,
+    render_summary,
+)
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sources import Item, Source, count_records, open_source
 
@@ -113,6 +121,10 @@ class JobSettings:
     """Install SIGINT/SIGTERM handlers on the running loop for the job's duration."""
     token_hint: str | None = None
     """Where the token came from, named when it is refused (default: ``GROWTHHUB_TOKEN``)."""
+    spill_dir: str | None = None
+    """Where a run over many locations spills the records waiting for their location (an
+    unlinked temporary file; ``None``: the system's temporary folder). The command line gives
+    the folder of ``out``, where there is room for outcomes (``/tmp`` may be memory)."""
 
 
 @dataclass(slots=True)
@@ -131,9 +143,10 @@ class JobResult:
 class _Reader:
     """The input as the engine reads it: resume's skips, and a stop switch for signals.
 
-    Each item's resume key (:func:`~growthhub_async.journal.record_hash` over the body as it
-    will be sent) waits in ``keys`` until its outcome is journaled: a handful of records
-    (``journaled=False``, for a dry run: none kept).
+    The resume key of each record (:func:`~growthhub_async.journal.record_hash` over the body
+    as it will be sent) is computed here only to skip what the journal holds as final; the
+    key journaled with an outcome comes with its ``RecordFinished`` event, from the engine,
+    so nothing is kept per record, however far a side-by-side run reads ahead.
     """
 
     def __init__(
@@ -141,14 +154,10 @@ class _Reader:
         source: Source,
         state: ResumeState | None,
         value_key: CustomFieldValueKey,
-        *,
-        journaled: bool = True,
     ) -> None:
         self.source = source
         self.state = state
         self.encode = UpdateContactCodec(value_key).encode
-        self.keys: dict[int, bytes] = {}
-        self.journaled = journaled
         self.skipped: Counter[Status] = Counter()
         """Records skipped by resume, by the final status the journal holds for them."""
         self.stopped = False
@@ -156,18 +165,13 @@ class _Reader:
     def __iter__(self) -> Iterator[Item]:
         state = self.state
         encode = self.encode
-        keys = self.keys if self.journaled else None
         for item in self.source:
             if self.stopped:
                 # Not taken: this record has no outcome yet, so a resumed run sends it.
                 return
-            if state is not None or keys is not None:
-                key = record_hash(item, encode)
-                if state is not None and state.is_final(item.line, key):
-                    self.skipped[state.final_status(item.line) or Status.UPDATED] += 1
-                    continue
-                if keys is not None:
-                    keys[item.line] = key
+            if state is not None and state.is_final(item.line, record_hash(item, encode)):
+                self.skipped[state.final_status(item.line) or Status.UPDATED] += 1
+                continue
             yield item
 
     @property
@@ -188,14 +192,19 @@ class _Progress:
         self.total: int | None = None
         self._drawn = False
 
-    def draw(self, summary: Summary) -> None:
+    def draw(self, summary: Summary, extra: str | None = None) -> None:
+        """Redraw; ``extra`` (the locations at work) follows when there is room for it."""
         if self.mode == "bar":
             width = shutil.get_terminal_size((100, 24)).columns - 1
+            line = render_bar(summary, self.total, width)
+            if extra and len(line) + 2 + len(extra) <= width:
+                line += "  " + extra
             # \r and "erase to end of line": one line redrawn in place, never wrapped.
-            self.stream.write("\r\x1b[K" + render_bar(summary, self.total, width))
+            self.stream.write("\r\x1b[K" + line)
             self._drawn = True
         elif self.mode == "line":
-            self.stream.write(render_line(summary, self.total) + "\n")
+            self.stream.write(render_line(summary, self.total) + (f"; {extra}" if extra else ""))
+            self.stream.write("\n")
         self.stream.flush()
 
     def end(self, summary: Summary) -> None:
@@ -246,6 +255,8 @@ async def run_job(
         options.update(client_options or {})
         if token is not None and "tokens" not in options:
             options["token"] = token
+        if token is None and "tokens" not in options and "locations" not in options:
+            raise ConfigurationError("no token: a live run needs one")
         client = GrowthHubClient(**options)  # checks the base URL and the token's shape
         # Locked before its state is read: no other run can write between the two.
         journal = Journal(settings.out, resume=settings.resume)
@@ -268,7 +279,7 @@ async def run_job(
 def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
     """Validate every record, send nothing, count, and estimate the real run's duration."""
     state = load_resume_state(settings.out) if settings.resume else None
-    reader = _Reader(source, state, settings.value_key, journaled=False)
+    reader = _Reader(source, state, settings.value_key)
     summary = Summary()
     valid = 0
     shown = 0
@@ -324,19 +335,29 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
 ) -> JobResult:
     loop = asyncio.get_running_loop()
     reader = _Reader(source, state, settings.value_key)
-    keys = reader.keys
     journal_error: list[BaseException] = []
     consumer: asyncio.Task[None] | None = None
 
     problems: list[Outcome] = []
+    # By location (token key) when the run has locations: the summary's table (issue 13).
+    many = client.locations is not None or len(client.token_keys) > 1
+    by_location: dict[str, LocationStats] = {}
 
     def on_event(event: Event) -> None:
         if not isinstance(event, RecordFinished) or journal_error:
             return
-        if event.outcome.status is not Status.UPDATED and len(problems) < _PROBLEMS_SHOWN:
-            problems.append(event.outcome)
+        outcome = event.outcome
+        if outcome.status is not Status.UPDATED and len(problems) < _PROBLEMS_SHOWN:
+            problems.append(outcome)
+        if many and event.token_key is not None:
+            stats = by_location.get(event.token_key)
+            if stats is None:
+                stats = by_location[event.token_key] = LocationStats()
+            stats.records += 1
+            stats.updated += outcome.status is Status.UPDATED
+            stats.last = loop.time() - started
         try:
-            journal.write(event.outcome, keys.pop(event.outcome.line, None))
+            journal.write(outcome, event.record_hash)
         except (OSError, ValueError, GrowthHubError) as exc:
             # The engine swallows a hook's exception; a journal that cannot be written must
             # stop the run instead, or outcomes would be lost.
@@ -344,7 +365,9 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             if consumer is not None:
                 consumer.cancel()
 
-    stream = client.update_contacts(reader, hooks=[on_event])
+    stream = client.update_contacts(
+        reader, hooks=[on_event], record_hashes=True, spill_dir=settings.spill_dir
+    )
     summary = stream.summary
     progress = _Progress(settings.progress, err, settings.progress_every)
     counting = asyncio.ensure_future(asyncio.to_thread(count_records, settings.input))
@@ -368,6 +391,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             return
         interrupted = True
         reader.stopped = True
+        stream.stop_input()  # records waiting in the spill file are not sent either
         err.write(
             f"\n{signal.Signals(signum).name}: reading no more records; waiting up to "
             f"{settings.grace:g}s for those in flight (signal again to stop at once)\n"
@@ -402,7 +426,11 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
                 consumer.cancel()
             if now >= next_draw:
                 next_draw = now + progress.every
-                progress.draw(summary)
+                extra = None
+                if many:
+                    left = stream.left_by_token()
+                    extra = render_location_progress(left, len(set(by_location) - set(left)))
+                progress.draw(summary, extra)
         with contextlib.suppress(asyncio.CancelledError):
             consumer.result()
     except (GrowthHubError, OSError) as exc:  # the input failed mid-way (a read error)
@@ -425,10 +453,13 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     if journal_error:
         # Before the input's own failure: without a journal, nothing else is recorded.
         failure = _journal_failure(settings, journal_error[0])
+    if many and by_location:
+        out.write("by location:\n" + render_locations(by_location) + "\n")
     return _report(
         settings,
         summary,
         state,
+        tokens=max(1, len(by_location)),
         skipped=reader.skipped,
         problems=problems,
         interrupted=interrupted or consumer.cancelled(),
@@ -463,6 +494,7 @@ def _report(
     summary: Summary,
     state: ResumeState | None,
     *,
+    tokens: int = 1,
     skipped: Counter[Status],
     problems: Sequence[Outcome],
     interrupted: bool,
@@ -483,6 +515,7 @@ def _report(
             rate=settings.rate,
             outcomes=os.path.abspath(settings.out),
             whole_job=whole_job,
+            tokens=tokens,
         )
         + "\n"
     )
