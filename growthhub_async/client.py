@@ -388,9 +388,17 @@ class _Lane:
         return max(0.0, self.budget.paused_until - now)
 
     async def acquire(self) -> float:
-        """Wait for this token's budget; returns the send time (``loop.time()``)."""
+        """Wait for this token's budget; returns the send time (``loop.time()``).
+
+        When the token stopped while we waited, the engine sends nothing: the slot is given
+        back at once, or every later wait would count it as in flight forever (a stopped
+        location's last records hung so, found with issue 13).
+        """
         assert self._pacer is not None
-        return await self._pacer.acquire()
+        sent_at = await self._pacer.acquire()
+        if self.stopped is not None:
+            self.budget.complete(sent_at)
+        return sent_at
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> bool:
         """After a 401: ``True`` when a token is ready to send again with, else ``False``.

@@ -561,3 +561,20 @@ async def test_the_command_refuses_a_tokens_file_others_can_read(tmp_path: Path)
     assert ran.status == 2
     assert "chmod 600" in ran.stderr
     assert not any(token in ran.stderr + ran.stdout for token in LOCATION_TOKENS)
+
+
+async def test_a_location_stopped_while_its_records_wait_for_budget_ends_them_all() -> None:
+    """A 403 stops a location whose other records wait for its budget (3 per second): each
+    ends at once, none waits forever for a slot that a record never sent still held."""
+    seeded = {f"s{i}": {"locationId": "loc1"} for i in range(12)}
+    records = [Record(i + 1, f"s{i}", UpdateContact(first_name="x"), "loc0") for i in range(12)]
+    async with (
+        run_sandbox(_config(contacts=seeded, rate_limit=3, rate_window=1.0)) as sb,
+        GrowthHubClient(tokens=TOKENS, base_url=sb.base_url, rate="3/1s") as gh,
+    ):
+        async with asyncio.timeout(10):
+            outcomes = await _collect(gh.update_contacts(records))
+        sent = sb.stats()["requests"]
+    assert len(outcomes) == 12
+    assert all(o.status is Status.UNAUTHORIZED for o in outcomes)
+    assert sent <= 3
