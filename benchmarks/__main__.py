@@ -24,6 +24,8 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("latency", [], []),
     ("sandbox_throughput", [], []),
     ("memory", [], ["--quick"]),
+    ("memory", ["--by-location"], ["--quick", "--by-location"]),
+    ("locations", [], []),
 ]
 
 
