@@ -61,6 +61,20 @@ def _rate_arg(text: str) -> Rate:
     return rate
 
 
+def _shard_arg(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not K/N with K from 0 to N-1 (e.g. 0/4; Kubernetes Indexed Jobs: "
+            "$JOB_COMPLETION_INDEX/N)"
+        )
+    return shard
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -184,6 +198,14 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         "location's token is minted from it (POST /oauth/locationToken) on first use",
     )
     parser.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="K/N",
+        help="send only the records of the locations in shard K of N (K from 0; a stable hash "
+        "of locationId), so that N machines never share a location; records without a "
+        "locationId belong to shard 0. Give each shard its own --out",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
@@ -248,6 +270,8 @@ def resume_command(args: argparse.Namespace) -> str:
             words.append("--allow-readable-tokens")
     if getattr(args, "agency_oauth", None):
         words += _option("--agency-oauth", args.agency_oauth)
+    if getattr(args, "shard", None):
+        words += ["--shard", f"{args.shard[0]}/{args.shard[1]}"]
     if args.no_progress:
         words.append("--no-progress")
     if odd_input:
@@ -282,6 +306,7 @@ def run_update(args: argparse.Namespace) -> int:
         resume_command=resume_command(args),
         token_hint=_token_hint(args),
         spill_dir=os.path.dirname(os.path.abspath(args.out)),
+        shard=args.shard,
     )
     token: str | TokenProvider | None = None
     locations: LocationTokens | None = None

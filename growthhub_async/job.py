@@ -39,6 +39,7 @@ from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.errors import ConfigurationError, GrowthHubError
 from growthhub_async.events import Event, RecordFinished
 from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
+from growthhub_async.locations import shard_of
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
 from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, Summary
 from growthhub_async.progress import (
@@ -51,7 +52,7 @@ from growthhub_async.progress import (
     render_summary,
 )
 from growthhub_async.ratelimit import Rate
-from growthhub_async.sources import Item, Source, count_records, open_source
+from growthhub_async.sources import Item, Record, Source, count_records, open_source
 
 __all__ = [
     "EXIT_FATAL",
@@ -121,6 +122,10 @@ class JobSettings:
     """Install SIGINT/SIGTERM handlers on the running loop for the job's duration."""
     token_hint: str | None = None
     """Where the token came from, named when it is refused (default: ``GROWTHHUB_TOKEN``)."""
+    shard: tuple[int, int] | None = None
+    """``(K, N)``: send only the records of locations that :func:`~growthhub_async.locations.
+    shard_of` puts in shard K of N; records without a location, and lines rejected before
+    their location is known, belong to shard 0 (so each is reported once)."""
     spill_dir: str | None = None
     """Where a run over many locations spills the records waiting for their location (an
     unlinked temporary file; ``None``: the system's temporary folder). The command line gives
@@ -154,9 +159,13 @@ class _Reader:
         source: Source,
         state: ResumeState | None,
         value_key: CustomFieldValueKey,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.source = source
         self.state = state
+        self.shard = shard
+        self.other_shards = 0
+        """Records left to the other shards."""
         self.encode = UpdateContactCodec(value_key).encode
         self.skipped: Counter[Status] = Counter()
         """Records skipped by resume, by the final status the journal holds for them."""
@@ -165,10 +174,14 @@ class _Reader:
     def __iter__(self) -> Iterator[Item]:
         state = self.state
         encode = self.encode
+        shard = self.shard
         for item in self.source:
             if self.stopped:
                 # Not taken: this record has no outcome yet, so a resumed run sends it.
                 return
+            if shard is not None and _shard_of_item(item, shard[1]) != shard[0]:
+                self.other_shards += 1
+                continue
             if state is not None and state.is_final(item.line, record_hash(item, encode)):
                 self.skipped[state.final_status(item.line) or Status.UPDATED] += 1
                 continue
@@ -178,6 +191,12 @@ class _Reader:
     def skipped_count(self) -> int:
         """How many records resume skipped."""
         return self.skipped.total()
+
+
+def _shard_of_item(item: Item, shards: int) -> int:
+    """The shard of an input item: its location's, else 0 (see ``JobSettings.shard``)."""
+    key = item.token_key if isinstance(item, Record) else None
+    return shard_of(key, shards) if key is not None else 0
 
 
 class _Progress:
@@ -279,7 +298,7 @@ async def run_job(
 def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
     """Validate every record, send nothing, count, and estimate the real run's duration."""
     state = load_resume_state(settings.out) if settings.resume else None
-    reader = _Reader(source, state, settings.value_key)
+    reader = _Reader(source, state, settings.value_key, settings.shard)
     summary = Summary()
     valid = 0
     shown = 0
@@ -297,6 +316,8 @@ def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) ->
     rows = [("valid (would be sent)", valid), ("rejected", rejected), ("total", valid + rejected)]
     if reader.skipped:
         rows.insert(0, ("skipped (final in outcomes)", reader.skipped_count))
+    if settings.shard is not None:
+        rows.insert(0, ("in other shards (not read)", reader.other_shards))
     width = max(len(name) for name, _ in rows)
     out.write("dry run: nothing was sent\n")
     out.writelines(f"  {name:<{width}}  {count:>7}\n" for name, count in rows)
@@ -334,7 +355,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     err: TextIO,
 ) -> JobResult:
     loop = asyncio.get_running_loop()
-    reader = _Reader(source, state, settings.value_key)
+    reader = _Reader(source, state, settings.value_key, settings.shard)
     journal_error: list[BaseException] = []
     consumer: asyncio.Task[None] | None = None
 
@@ -412,7 +433,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             # Wake at least twice a second: the journal is checked even while no record ends
             # (slow answers, a pause), so a deleted or overwritten file stops the run in time.
             done, _ = await asyncio.wait((consumer,), timeout=min(progress.every, _CHECK_EVERY))
-            if counting.done() and progress.total is None:
+            if counting.done() and progress.total is None and settings.shard is None:
                 total = counting.result()
                 progress.total = (
                     total - len(state) if total is not None and state is not None else total
@@ -453,6 +474,9 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     if journal_error:
         # Before the input's own failure: without a journal, nothing else is recorded.
         failure = _journal_failure(settings, journal_error[0])
+    if settings.shard is not None:
+        k, n = settings.shard
+        out.write(f"shard {k}/{n}: {reader.other_shards} records belong to other shards\n")
     if many and by_location:
         out.write("by location:\n" + render_locations(by_location) + "\n")
     return _report(

@@ -578,3 +578,58 @@ async def test_a_location_stopped_while_its_records_wait_for_budget_ends_them_al
     assert len(outcomes) == 12
     assert all(o.status is Status.UNAUTHORIZED for o in outcomes)
     assert sent <= 3
+
+
+# -- shards (item 5) ----------------------------------------------------------------------------
+
+
+async def test_shards_split_the_locations_and_each_resumes_on_its_own(tmp_path: Path) -> None:
+    tokens = _tokens_file(tmp_path, TOKENS)
+    rows: list[dict[str, Any]] = [
+        {"contactId": f"k{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
+        for loc in range(6)
+        for n in range(3)
+    ]
+    rows += [{"contactId": "nolocation1", "firstName": "A"}, {"contactId": "bad", "gender": "x"}]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    journals = {}
+    async with run_sandbox(_config()) as sb:
+        for k in range(2):
+            out = tmp_path / f"shard{k}.jsonl"
+            args = [
+                "update",
+                str(data),
+                "--out",
+                str(out),
+                "--base-url",
+                sb.base_url,
+                "--tokens",
+                str(tokens),
+                "--shard",
+                f"{k}/2",
+                "--no-progress",
+            ]
+            ran = await run_cli(*args, token="tok-LOC0-SECRET-93ab71")
+            assert f"shard {k}/2: " in ran.stdout, ran.stderr
+            again = await run_cli(*args, "--resume", token="tok-LOC0-SECRET-93ab71")
+            assert "skipped" in again.stdout
+            journals[k] = {line["contactId"]: line for line in journal_lines(out)}
+        requests = sb.stats()["requests"]
+    assert requests == 6 * 3 + 1  # each record once, over both shards and both resumes
+    assert not set(journals[0]) & set(journals[1])
+    assert len(journals[0]) + len(journals[1]) == len(rows)
+    for loc in range(6):
+        owner = shard_of(f"loc{loc}", 2)
+        assert all(f"k{loc}x{n}" in journals[owner] for n in range(3))
+    assert "nolocation1" in journals[0]  # no location: shard 0
+    assert any(line["status"] == "rejected" for line in journals[0].values())
+
+
+@pytest.mark.parametrize("bad", ["2/2", "-1/2", "0/0", "1", "a/b", "1/2/3"])
+async def test_a_shard_outside_its_range_is_a_usage_error(tmp_path: Path, bad: str) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", [{"contactId": "c1"}])
+    ran = await run_cli(
+        "update", str(data), "--out", str(tmp_path / "o.jsonl"), f"--shard={bad}", token=None
+    )
+    assert ran.status == 2
+    assert "K/N" in ran.stderr
