@@ -117,6 +117,9 @@ class Lane(Protocol):
     def pause_remaining(self, now: float) -> float:
         """Seconds left of the token's 429 pause."""
 
+    def quiet(self) -> None:
+        """Nothing of this token is queued or running now (its memory may be trimmed)."""
+
 
 class _State(enum.Enum):
     QUEUED = "queued"  # waiting for a worker; must pass its contact's gate
@@ -394,9 +397,18 @@ class Engine:
             await self._work(key)
         finally:
             self._live[key] -= 1
+            if not self._live[key] and not self.closed:
+                self._lanes_quiet(key)
             worker = asyncio.current_task()
             if not self.closed and worker is not None:
                 self._workers.discard(worker)
+
+    def _lanes_quiet(self, key: str) -> None:
+        lane = self.lanes.get(key)
+        if lane is not None and self._queues[key].empty():
+            if not self._active[key]:
+                self._active[key] = {}  # a dict keeps its largest size: let it go
+            lane.quiet()
 
     async def _work(self, key: str) -> None:
         queue = self._queues[key]

@@ -355,6 +355,7 @@ class _Lane:
         self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
         """Why this token sends no more: ``(status, reason)`` for its remaining records."""
+        self._trim: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<token {self.key!r}>"
@@ -375,17 +376,33 @@ class _Lane:
             },
             raise_for_status=False,
             trust_env=False,
+            # The API sets no cookies we need; a jar per location would only cost memory.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # No hidden re-send of a PUT on a dropped connection: the engine's own retry covers drops.
         no_hidden_resend(self._session)
 
     async def close(self) -> None:
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self._session is not None:
             await self._session.close()
         await self.provider.aclose()
 
     def pause_remaining(self, now: float) -> float:
         return max(0.0, self.budget.paused_until - now)
+
+    def quiet(self) -> None:
+        """The engine has nothing of this token queued or running: once its times are stale
+        (two spans from now), trim its budget's logs, unless it got busy again."""
+        if self._trim is None and self.budget.rate is not None:
+            loop = asyncio.get_running_loop()
+            self._trim = loop.call_later(2 * self.budget.span + 0.01, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        self.budget.trim(asyncio.get_running_loop().time())
 
     async def acquire(self) -> float:
         """Wait for this token's budget; returns the send time (``loop.time()``).
