@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "met": ratio < GOAL,
         "pytestProcessesAtStart": busy,
     }
-    path = write_result(NAME + ("_locations" if args.by_location else ""), figures, args.out)
+    name = NAME + ("_locations" if args.by_location else "")
+    path = write_result(name, figures, args.out, module=NAME)
     print(f"large/small peak RSS {ratio:.2f} (goal < {GOAL}); written to {path}")
     return 0
 

@@ -19,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_smoke(name: str, tmp_path: Path, *extra: str) -> dict[str, Any]:
+def run_smoke(
+    name: str, tmp_path: Path, *extra: str, expected: str | None = None
+) -> dict[str, Any]:
     out = tmp_path / f"{name}.json"
     env = {k: v for k, v in os.environ.items() if k != "GROWTHHUB_TOKEN"}
     proc = subprocess.run(
@@ -33,7 +35,7 @@ def run_smoke(name: str, tmp_path: Path, *extra: str) -> dict[str, Any]:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
-    assert result["benchmark"] == name
+    assert result["benchmark"] == (expected or name)
     assert result["command"].startswith(f"python -m benchmarks.{name} --smoke")
     machine = result["machine"]
     assert machine["nproc"] >= 1
@@ -78,7 +80,7 @@ def test_memory(tmp_path: Path) -> None:
 
 
 def test_memory_by_location(tmp_path: Path) -> None:
-    r = run_smoke("memory", tmp_path, "--by-location")
+    r = run_smoke("memory", tmp_path, "--by-location", expected="memory_locations")
     assert r["small"]["locations"] < r["large"]["locations"]
     assert r["large"]["peakRssMiB"] > 0
 
