@@ -101,6 +101,12 @@ refresh_token, optionally access_token, expires_at, token_url, which defaults to
 under --base-url): the access token is refreshed when due or refused, and FILE is rewritten
 (mode 0600) with the rotated tokens before they are used, so keep it where only you can read it.
 
+Many locations: a record's locationId (JSONL key or CSV column) picks its location's token
+(--tokens FILE, or minted from an agency app with --agency-oauth FILE) and budget; it is never
+sent in the body. Locations run side by side whatever the input order: records waiting for
+their location go to an unlinked spill file next to OUTCOMES. --shard K/N splits the locations
+over N machines.
+
 Exit status: 0 every record updated (with --dry-run: every record valid); 1 some record was not,
 or the run was interrupted; 2 a usage or fatal error."""
 
@@ -112,7 +118,9 @@ examples:
   {prog} update contacts.csv --out outcomes.jsonl
   {prog} update contacts.csv --out outcomes.jsonl --resume
   {prog} update contacts.jsonl --out o.jsonl --rate 25/10s          # a trial account
-  {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox"""
+  {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox
+  {prog} update export.csv --out o.jsonl --tokens tokens.json       # many locations
+  {prog} update export.csv --out o0.jsonl --tokens tokens.json --shard 0/4   # machine 0 of 4"""
 
 
 def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:

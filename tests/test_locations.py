@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,15 @@ from growthhub_async.sandbox import SandboxConfig, run_sandbox
 from growthhub_async.sandbox.oauth import OAuthConfig
 from growthhub_async.sources import read_csv, read_jsonl
 from growthhub_async.spill import Spill
-from tests.cli_helpers import journal_lines, run_cli, write_jsonl
+from tests.cli_helpers import (
+    finish,
+    journal_lines,
+    run_cli,
+    run_command,
+    start_cli,
+    wait_for_lines,
+    write_jsonl,
+)
 
 FAST_RETRY = RetryPolicy(max_tries=4, max_time=10.0, base_delay=0.01, max_delay=0.05)
 LOCATION_TOKENS = {f"tok-LOC{i}-SECRET-93ab71": f"loc{i}" for i in range(6)}
@@ -633,3 +642,52 @@ async def test_a_shard_outside_its_range_is_a_usage_error(tmp_path: Path, bad: s
     )
     assert ran.status == 2
     assert "K/N" in ran.stderr
+
+
+async def test_sigterm_sends_nothing_more_from_the_spill_and_the_resume_finishes(
+    tmp_path: Path,
+) -> None:
+    """Stopped mid-run, a side-by-side run sends no spilled record; the journal holds exactly
+    what was sent; the printed resume command sends the rest, each contact once in all."""
+    tokens = _tokens_file(tmp_path, TOKENS)
+    rows = [
+        {"contactId": f"t{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
+        for loc in range(3)
+        for n in range(200)
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    async with run_sandbox(_config(rate_limit=100, rate_window=1.0)) as sb:
+        args = [
+            "update",
+            str(data),
+            "--out",
+            str(out),
+            "--base-url",
+            sb.base_url,
+            "--rate",
+            "100/1s",
+            "--concurrency",
+            "4",
+            "--tokens",
+            str(tokens),
+            "--no-progress",
+        ]
+        proc = await start_cli(*args, token=None)
+        await wait_for_lines(out, 30, proc)
+        proc.send_signal(signal.SIGTERM)
+        ran = await finish(proc, limit=15)
+        first = journal_lines(out)
+        sent_before = sb.stats()["requests"]
+        resume_line = ran.stderr.split("to resume, run:\n", 1)[1].splitlines()[0].strip()
+        assert "--tokens" in resume_line
+        again = await run_command(resume_line, token=None, limit=30)
+        writes = dict(sb.stats()["writes"])
+    assert ran.status == 1
+    assert 30 <= len(first) < 600
+    assert len(first) == sent_before  # nothing sent without its outcome line
+    assert all(o["status"] == "updated" for o in first)
+    assert again.status == 0, again.stderr
+    assert {o["contactId"] for o in journal_lines(out)} == {r["contactId"] for r in rows}
+    assert len(writes) == 600
+    assert set(writes.values()) == {1}  # each contact once, over both runs
