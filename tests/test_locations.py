@@ -19,7 +19,7 @@ from aiohttp import web
 from growthhub_async import GrowthHubClient, Record, Status, UpdateContact
 from growthhub_async.auth import OAuthProvider
 from growthhub_async.errors import ConfigurationError
-from growthhub_async.events import Event, RecordFinished
+from growthhub_async.events import Event, Paused, RateLimitHit, RecordFinished
 from growthhub_async.locations import (
     AgencyTokens,
     LocationTokens,
@@ -691,3 +691,26 @@ async def test_sigterm_sends_nothing_more_from_the_spill_and_the_resume_finishes
     assert {o["contactId"] for o in journal_lines(out)} == {r["contactId"] for r in rows}
     assert len(writes) == 600
     assert set(writes.values()) == {1}  # each contact once, over both runs
+
+
+async def test_a_429_pauses_only_its_own_location() -> None:
+    """Someone else spends loc0's budget: loc0 meets 429s and pauses; loc1 never waits."""
+    events: list[Event] = []
+    records = [
+        Record(n + 1, f"p{n}", UpdateContact(first_name="p"), f"loc{n % 2}") for n in range(20)
+    ]
+    async with (
+        run_sandbox(_config(rate_limit=10, rate_window=1.0)) as sb,
+        GrowthHubClient(
+            tokens=TOKENS, base_url=sb.base_url, rate="10/1s", hooks=[events.append]
+        ) as gh,
+        GrowthHubClient(tokens={"loc0": TOKENS["loc0"]}, base_url=sb.base_url, rate=None) as other,
+    ):
+        for n in range(10):  # another program spends loc0's whole window
+            await other.update_contact(f"o{n}", UpdateContact(first_name="o"), token_key="loc0")
+        outcomes = await _collect(gh.update_contacts(records))
+    assert all(o.status is Status.UPDATED for o in outcomes)
+    limited = {e.token_key for e in events if isinstance(e, RateLimitHit)}
+    paused = {e.token_key for e in events if isinstance(e, Paused)}
+    assert limited == {"loc0"}
+    assert paused == {"loc0"}
