@@ -70,7 +70,7 @@ from growthhub_async.auth import (
     is_scope_error,
 )
 from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
-from growthhub_async.contact_id import check_contact_id
+from growthhub_async.contact_id import RESERVED_LOCATION, check_contact_id
 from growthhub_async.errors import (
     ClientClosed,
     ConfigurationError,
@@ -117,7 +117,7 @@ __all__ = [
 
 DEFAULT_BASE_URL: Final = "https://services.leadconnectorhq.com"
 API_VERSION: Final = "2021-07-28"
-DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
+DEFAULT_TOKEN_KEY: Final = RESERVED_LOCATION  # "default": a name, not a secret
 """The key of the token given as ``token=``."""
 
 DAILY_LIMIT_REACHED: Final = "daily limit reached"

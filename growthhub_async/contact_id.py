@@ -29,6 +29,7 @@ __all__ = [
     "LOCATION_KEY",
     "MAX_LENGTH",
     "MAX_LOCATION_LENGTH",
+    "RESERVED_LOCATION",
     "check_contact_id",
     "json_type",
     "location_problem",
@@ -88,6 +89,9 @@ def check_contact_id(value: str) -> None:
 LOCATION_KEY: Final = "locationId"
 """The JSONL key and CSV column that names a record's location."""
 MAX_LOCATION_LENGTH: Final = 128
+RESERVED_LOCATION: Final = "default"
+"""The client's key of a single ``token=``: no location may be named so, or its records would
+go with the run's own token (``client.DEFAULT_TOKEN_KEY``)."""
 _LOCATION_ID: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -106,6 +110,8 @@ def location_problem(value: object) -> str | None:
     if not _LOCATION_ID.fullmatch(value):
         bad = next(c for c in value if not (c.isascii() and (c.isalnum() or c in "_-")))
         return f"locationId {value[:40]!r} contains {bad!r} (ASCII letters, digits, _ and - only)"
+    if value == RESERVED_LOCATION:
+        return f"locationId {value!r} is reserved: it names the run's own token"
     return None
 
 

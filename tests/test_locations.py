@@ -91,6 +91,7 @@ def test_location_id_routes_the_record_and_is_never_in_the_body() -> None:
         ('"' + "L" * 5000 + '"', "5000 characters long"),
         ('"loc/../A"', "contains '/'"),
         ('"loc\\u00e9"', "contains 'é'"),
+        ('"default"', "is reserved"),
     ],
 )
 def test_a_bad_location_id_rejects_its_line_naming_the_field(value: str, why: str) -> None:
@@ -150,6 +151,7 @@ def test_a_tokens_file_readable_by_others_is_refused_unless_allowed(tmp_path: Pa
         ({"locA": "tok with space"}, "'locA' is empty or holds whitespace"),
         ({"": "tok-SECRET-1"}, "locationId is empty"),
         ({"L" * 300: "tok-SECRET-1"}, "300 characters long"),
+        ({"default": "tok-SECRET-1"}, "is reserved"),
         ({"locA": {"oauthFile": 3}}, "'locA' must be a token"),
         (["tok-SECRET-1"], "must hold a JSON object"),
         ({}, "names no location"),
