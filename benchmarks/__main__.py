@@ -25,6 +25,8 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("sandbox_throughput", [], []),
     ("memory", [], ["--quick"]),
     ("incremental", [], ["--contacts", "100000", "--records", "10000"]),
+    ("memory", ["--by-location"], ["--quick", "--by-location"]),
+    ("locations", [], []),
 ]
 
 

@@ -71,12 +71,15 @@ def machine_line(m: dict[str, Any]) -> str:
     )
 
 
-def write_result(name: str, figures: dict[str, Any], out: Path | None = None) -> Path:
-    """Write ``results/<name>.json`` (or ``out``): the figures, the machine and the command."""
+def write_result(
+    name: str, figures: dict[str, Any], out: Path | None = None, *, module: str | None = None
+) -> Path:
+    """Write ``results/<name>.json`` (or ``out``): the figures, the machine and the command
+    (``python -m benchmarks.<module>``, the module defaulting to ``name``)."""
     path = out if out is not None else RESULTS / f"{name}.json"
     report = {
         "benchmark": name,
-        "command": shlex.join(["python", "-m", f"benchmarks.{name}", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", f"benchmarks.{module or name}", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         **figures,

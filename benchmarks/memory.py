@@ -10,11 +10,17 @@ whatever the input's size, so the large run's peak should stay close to the smal
 
 Writes benchmarks/results/memory.json. Goal (issue 7): the large run's peak under 1.25x the
 small run's.
+
+``--by-location`` (issue 13): the records carry a ``locationId``, sorted by location (10
+locations for the small run, 1,000 for the large one: 1,000 records each), and the command runs
+with ``--tokens``, so it reads ahead, holds a share per location and spills the rest to disk;
+writes benchmarks/results/memory_locations.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -36,7 +42,25 @@ NAME = "memory"
 GOAL = 1.25
 
 
-def measure(sizes: list[int], concurrency: int) -> list[dict[str, Any]]:
+def _write_by_location(path: Path, count: int, locations: int) -> Path:
+    """``count`` records over ``locations`` locations, sorted by location; the tokens file."""
+    per = count // locations
+    with open(path, "w", encoding="utf-8") as f:
+        for n in range(locations):
+            f.writelines(
+                f'{{"contactId":"L{n:04d}c{i:08d}","locationId":"loc{n:04d}",'
+                f'"firstName":"Ada","email":"ada{i}@example.com","tags":["vip"]}}\n'
+                for i in range(per)
+            )
+    tokens = path.with_suffix(".tokens.json")
+    tokens.write_text(json.dumps({f"loc{n:04d}": f"bench-{n:04d}" for n in range(locations)}))
+    tokens.chmod(0o600)
+    return tokens
+
+
+def measure(
+    sizes: list[int], concurrency: int, locations: list[int] | None = None
+) -> list[dict[str, Any]]:
     """Run the command once per input size; peak RSS, time and records/s of each."""
     server_cpus, client_cpus = split_cpus()
     pin(0, client_cpus)
@@ -45,11 +69,17 @@ def measure(sizes: list[int], concurrency: int) -> list[dict[str, Any]]:
         tempfile.TemporaryDirectory(prefix="ghbench-") as tmp,
         server_process(FAST_SERVER, server_cpus) as server,
     ):
-        for size in sizes:
+        for n, size in enumerate(sizes):
             input_path = Path(tmp) / f"records-{size}.jsonl"
-            write_records(input_path, size)
+            extra: list[str] = []
+            if locations is None:
+                write_records(input_path, size)
+            else:
+                tokens = _write_by_location(input_path, size, locations[n])
+                extra = ["--tokens", str(tokens)]
             journal = Path(tmp) / f"outcomes-{size}.jsonl"
             argv = commands("asyncio", input_path, journal, server.base_url, concurrency)
+            argv["ours"] += extra
             started = time.perf_counter()
             run = run_child(argv["ours"])
             with open(journal, "rb") as f:
@@ -58,6 +88,7 @@ def measure(sizes: list[int], concurrency: int) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "records": size,
+                    "locations": locations[n] if locations is not None else None,
                     "inputBytes": input_path.stat().st_size,
                     "peakRssMiB": round(run["maxRssKiB"] / 1024, 1),
                     "seconds": round(time.perf_counter() - started, 1),
@@ -83,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="10,000 and 100,000 records")
     parser.add_argument("--smoke", action="store_true", help="a tiny run (for the tests)")
+    parser.add_argument(
+        "--by-location",
+        action="store_true",
+        help="records over 10 then 1,000 locations (1,000 records each), sorted, with --tokens",
+    )
     parser.add_argument("--out", type=Path, help="the result file (default results/NAME.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -90,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.small, args.large = 200, 2_000
     busy = busy_cpus()
-    small, large = measure([args.small, args.large], args.concurrency)
+    locations = None
+    if args.by_location:
+        locations = [max(1, args.small // 1000), max(1, args.large // 1000)]
+    small, large = measure([args.small, args.large], args.concurrency, locations)
     ratio = large["peakRssMiB"] / small["peakRssMiB"]
     figures = {
         "concurrency": args.concurrency,
@@ -101,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "met": ratio < GOAL,
         "pytestProcessesAtStart": busy,
     }
-    path = write_result(NAME, figures, args.out)
+    name = NAME + ("_locations" if args.by_location else "")
+    path = write_result(name, figures, args.out, module=NAME)
     print(f"large/small peak RSS {ratio:.2f} (goal < {GOAL}); written to {path}")
     return 0
 

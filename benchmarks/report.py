@@ -104,10 +104,25 @@ def _incremental(r: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _locations(r: dict[str, Any]) -> tuple[str, str, str]:
+    many, floor = r["many"], r["floor"]
+    return (
+        f"{many['locations']} x {many['records'] // many['locations']} sorted: "
+        f"**{r['wallAgainstFloor']:.2f}x** one location's floor ({many['seconds']} vs "
+        f"{floor['seconds']} s), {many['answered429']} x 429; CPU per record "
+        f"**{r['cpuPerRecordAgainstSingle']:.2f}x** one location's "
+        f"({many['cpuMicrosecondsPerRecord']} vs {r['single']['cpuMicrosecondsPerRecord']} µs)",
+        "≤ 1.3x, no 429",
+        _yes(r["met"]),
+    )
+
+
 ROWS = {
     "cpu_per_record": ("Client CPU per record (ours / raw aiohttp loop)", _cpu),
     "rate_utilisation": ("Rate-limit utilisation", _rate),
     "memory": ("Memory (peak RSS, streaming)", _memory),
+    "memory_locations": ("Memory by location (10 then 1,000 locations, sorted)", _memory),
+    "locations": ("Many locations side by side", _locations),
     "latency": ("Latency-bound throughput", _latency),
     "encoding": ("Encoding (full body, per record)", _encoding),
     "sandbox_throughput": ("Sandbox throughput", _throughput),

@@ -44,9 +44,11 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol, TypeAlias
+
+import msgspec
 
 from growthhub_async.contact_id import check_contact_id
 from growthhub_async.errors import (
@@ -66,10 +68,12 @@ from growthhub_async.events import (
     RecordFinished,
     RetryScheduled,
 )
+from growthhub_async.journal import record_hash, sent_hash
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
 from growthhub_async.sources import Record
+from growthhub_async.spill import Spill
 
 __all__ = ["Engine", "Lane", "OutcomeStream", "Record", "RecordInput"]
 
@@ -115,6 +119,9 @@ class Lane(Protocol):
     def pause_remaining(self, now: float) -> float:
         """Seconds left of the token's 429 pause."""
 
+    def quiet(self) -> None:
+        """Nothing of this token is queued or running now (its memory may be trimmed)."""
+
 
 class _State(enum.Enum):
     QUEUED = "queued"  # waiting for a worker; must pass its contact's gate
@@ -151,10 +158,22 @@ class _Job:
         "state",
         "task",
         "timer",
+        "token_key",
     )
 
-    def __init__(self, line: int, contact_id: str, body: bytes, lane: Lane, sink: _Sink) -> None:
+    def __init__(
+        self,
+        line: int,
+        contact_id: str,
+        body: bytes,
+        lane: Lane,
+        sink: _Sink,
+        *,
+        token_key: str | None = None,
+    ) -> None:
         self.line = line
+        self.token_key = token_key
+        """The record's own key (``None``: the run's default): what its resume key covers."""
         self.contact_id = contact_id
         self.body = body
         self.lane = lane
@@ -229,7 +248,10 @@ class Engine:
         # Per token: the contacts with a record in flight, and their parked records (None until
         # one is parked: most contacts never have one, and a deque per record costs).
         self._active: dict[str, dict[str, deque[_Job] | None]] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        # Workers start when their token has records and end when its queue is empty, so a run
+        # over 1,000 locations holds tasks for the records in memory, not 10 per location.
+        self._workers: set[asyncio.Task[None]] = set()
+        self._live: dict[str, int] = {}
         self.closed = False
 
     # -- events ----------------------------------------------------------------------------
@@ -266,6 +288,7 @@ class Engine:
         if isinstance(unpacked, Outcome):
             return unpacked
         line, contact_id, update, key = unpacked
+        own_key = key
         for fallback in (token_key, self.default_token_key):
             key = key if key is not None else fallback
         problem = _problem(contact_id, update, key)
@@ -275,10 +298,13 @@ class Engine:
             except ValueError as exc:  # a value JSON cannot carry (NaN, infinity)
                 problem = str(exc)
             else:
-                return _Job(line, contact_id, body, lane, sink)
+                return _Job(line, contact_id, body, lane, sink, token_key=own_key)
         # The id is shown in the outcome (never sent) unless it is not a string or absurdly long.
         shown = contact_id if isinstance(contact_id, str) and len(contact_id) <= 1024 else None
-        return _rejected(line, shown, problem or f"unknown token_key {key!r}")
+        if problem is None:
+            why = getattr(self.lanes, "why_missing", None)
+            problem = why(key) if why is not None else f"unknown token_key {key!r}"
+        return _rejected(line, shown, problem)
 
     def enqueue(self, job: _Job) -> None:
         """Hand a job to its token's workers (started on first use)."""
@@ -290,16 +316,23 @@ class Engine:
         if queue is None:
             queue = self._queues[key] = asyncio.PriorityQueue()
             self._active[key] = {}
-            self._workers.extend(
-                asyncio.create_task(self._worker(key), name=f"growthhub-worker-{key}-{n}")
-                for n in range(self.concurrency)
-            )
+            self._live[key] = 0
         queue.put_nowait((1, next(self._sequence), job))
+        if self._live[key] < self.concurrency:
+            self._start_worker(key)
+
+    def _start_worker(self, key: str) -> None:
+        self._live[key] += 1
+        worker = asyncio.create_task(self._worker(key), name=f"growthhub-worker-{key}")
+        self._workers.add(worker)
 
     def _ready(self, job: _Job) -> None:
         """Put a record that holds its contact's gate at the front of its token's queue."""
         job.state = _State.READY
-        self._queues[job.lane.key].put_nowait((0, next(self._sequence), job))
+        key = job.lane.key
+        self._queues[key].put_nowait((0, next(self._sequence), job))
+        if self._live[key] < self.concurrency:
+            self._start_worker(key)
 
     def _wait(self, job: _Job, delay: float) -> None:
         """Park a record for a retry's wait without a worker; a timer makes it ready again."""
@@ -370,10 +403,28 @@ class Engine:
         job.sink.finish(job, outcome)
 
     async def _worker(self, key: str) -> None:
+        try:
+            await self._work(key)
+        finally:
+            self._live[key] -= 1
+            if not self._live[key] and not self.closed:
+                self._lanes_quiet(key)
+            worker = asyncio.current_task()
+            if not self.closed and worker is not None:
+                self._workers.discard(worker)
+
+    def _lanes_quiet(self, key: str) -> None:
+        lane = self.lanes.get(key)
+        if lane is not None and self._queues[key].empty():
+            if not self._active[key]:
+                self._active[key] = {}  # a dict keeps its largest size: let it go
+            lane.quiet()
+
+    async def _work(self, key: str) -> None:
         queue = self._queues[key]
         active = self._active[key]
-        while True:
-            _, _, job = await queue.get()
+        while not queue.empty():
+            _, _, job = queue.get_nowait()
             contact_id = job.contact_id
             if job.state is _State.QUEUED:
                 if contact_id in active:
@@ -552,10 +603,11 @@ class Engine:
         feeders = [t for run in list(self.runs) if (t := run.stop_reading()) is not None]
         if feeders:
             await asyncio.wait(feeders)
-        for worker in self._workers:
+        workers = list(self._workers)
+        for worker in workers:
             worker.cancel()
-        if self._workers:
-            await asyncio.wait(self._workers)
+        if workers:
+            await asyncio.wait(workers)
         for job in list(self._waiting):
             self.cancel_job(job)
         for key, queue in self._queues.items():
@@ -624,6 +676,9 @@ class _FeedDone:
 
 
 _END: Any = object()  # the end of the input (a sentinel no item can be)
+_BATCH = 64  # records a side-by-side reader takes before letting the workers run
+_spilled = msgspec.msgpack.Encoder().encode
+_unspilled = msgspec.msgpack.Decoder(tuple[int, str, str | None, str, bytes]).decode
 
 
 class OutcomeStream:
@@ -643,6 +698,16 @@ class OutcomeStream:
     the run like :meth:`aclose`: queued records end ``failed`` (``"cancelled"``) without a
     request, records in flight are cancelled and end ``failed`` (``"cancelled"``); their
     outcomes go to the hooks and the :attr:`summary`. No task is left running.
+
+    **Side by side** (``side_by_side=True``, issue 13): records of many tokens (locations)
+    progress at once whatever the input order, a file sorted by location included. The reader
+    then runs ahead of the workers: each token holds at most ``max_pending`` records in memory,
+    all tokens together at most ``max_held`` (never less than two per token seen), and a record
+    that finds no room goes to a spill file (:class:`~growthhub_async.spill.Spill`, in
+    ``spill_dir``) as the bytes it will be sent as. Room that frees goes round robin to the
+    tokens with spilled records, so a token with 100,000 records never starves one with 10.
+    Records still in the spill file when the run is stopped (:meth:`stop_input`, ``aclose``)
+    count as not read: they get no outcome (a resumed job sends them).
     """
 
     def __init__(
@@ -653,6 +718,10 @@ class OutcomeStream:
         token_key: str | None,
         hooks: Iterable[Hook],
         max_pending: int,
+        side_by_side: bool = False,
+        max_held: int = 1000,
+        spill_dir: str | None = None,
+        record_hashes: bool = False,
     ) -> None:
         self._get_engine = engine
         self._engine: Engine | None = None
@@ -674,6 +743,18 @@ class OutcomeStream:
         self._started_at = 0.0
         self.halted: tuple[Status, str] | None = None
         """Set by :meth:`stop`: what records without a request on the wire end with."""
+        self._record_hashes = record_hashes
+        self._side_by_side = side_by_side
+        self._max_held = max_held
+        self._spill_dir = spill_dir
+        self._spill: Spill | None = None
+        self._load: dict[str, int] = {}  # per token: records in memory, outcome not yet out
+        self._alive = 0  # all tokens together
+        self._turns: deque[str] = deque()  # tokens with spilled records and room, round robin
+        self._in_turns: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._input_stopped = False
+        self._position = 0
 
     # -- sink for the engine ---------------------------------------------------------------
 
@@ -699,10 +780,19 @@ class OutcomeStream:
 
     def finish(self, job: _Job | None, outcome: Outcome) -> None:
         """A record of this run has its outcome."""
+        digest = record_hash(outcome) if self._record_hashes and job is None else None
         if job is not None:
             self._jobs.discard(job)
+            if self._record_hashes:
+                digest = sent_hash(job.contact_id, job.token_key, job.body)
+            if self._side_by_side:
+                self._freed(job.lane.key)
         self.summary.add(outcome)
-        self._emit(RecordFinished(outcome=outcome, token_key=job.lane.key if job else None))
+        self._emit(
+            RecordFinished(
+                outcome=outcome, token_key=job.lane.key if job else None, record_hash=digest
+            )
+        )
         if not self._closed:
             self._results.put_nowait(outcome)
         elif not self._jobs and self._drained is not None:
@@ -719,7 +809,8 @@ class OutcomeStream:
         engine.runs.add(self)
         self._slots = asyncio.Semaphore(self._max_pending)
         self._started_at = asyncio.get_running_loop().time()
-        self._feeder = asyncio.create_task(self._feed(engine), name="growthhub-reader")
+        feed = self._feed_side_by_side(engine) if self._side_by_side else self._feed(engine)
+        self._feeder = asyncio.create_task(feed, name="growthhub-reader")
 
     async def _feed(self, engine: Engine) -> None:
         assert self._slots is not None
@@ -757,6 +848,146 @@ class OutcomeStream:
         finally:
             self._results.put_nowait(_FeedDone(error))
 
+    # -- the side-by-side reader (issue 13) -------------------------------------------------
+
+    def _room(self, key: str) -> bool:
+        """Whether a record of ``key`` may be held in memory now."""
+        return self._load.get(key, 0) < self._max_pending and self._alive < max(
+            self._max_held, 2 * len(self._load)
+        )
+
+    def _admit(self, engine: Engine, job: _Job) -> None:
+        key = job.lane.key
+        self._load[key] = self._load.get(key, 0) + 1
+        self._alive += 1
+        self._outstanding += 1
+        self._jobs.add(job)
+        engine.enqueue(job)
+
+    def _freed(self, key: str) -> None:
+        """A record of ``key`` is over: room for a spilled one of it (or of another token)."""
+        self._alive -= 1
+        left = self._load[key] - 1
+        # The token stays known while it has spilled records: it keeps its turn and its share.
+        if left or (self._spill is not None and self._spill.count(key)):
+            self._load[key] = left
+        else:
+            del self._load[key]
+        if self._spill is not None and self._spill.count(key) and key not in self._in_turns:
+            self._turns.append(key)
+            self._in_turns.add(key)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _spill_job(self, job: _Job) -> None:
+        if self._spill is None:
+            self._spill = Spill(self._spill_dir)
+        key = job.lane.key
+        self._spill.push(key, _spilled((job.line, job.contact_id, job.token_key, key, job.body)))
+        self._load.setdefault(key, 0)
+        if key not in self._in_turns:
+            self._turns.append(key)
+            self._in_turns.add(key)
+
+    def _take_turns(self, engine: Engine) -> None:
+        """Admit spilled records, one per token in turn, while there is room."""
+        spill = self._spill
+        turns = self._turns
+        while turns and spill is not None and not self._input_stopped:
+            key = turns[0]
+            if self._load.get(key, 0) >= self._max_pending:
+                turns.popleft()  # full: it gets its turn back when one of its records ends
+                self._in_turns.discard(key)
+                continue
+            if not self._room(key):
+                return  # no room at all: wait for a record to end
+            turns.popleft()
+            payload = spill.pop(key)
+            if payload is None:
+                self._in_turns.discard(key)
+                continue
+            line, contact_id, token_key, lane_key, body = _unspilled(payload)
+            lane = engine.lanes[lane_key]
+            self._admit(engine, _Job(line, contact_id, body, lane, self, token_key=token_key))
+            if spill.count(key):
+                turns.append(key)
+            else:
+                self._in_turns.discard(key)
+
+    async def _read_batch(
+        self,
+        engine: Engine,
+        items: Iterator[RecordInput] | None,
+        aitems: AsyncIterator[RecordInput] | None,
+    ) -> bool:
+        """Read up to ``_BATCH`` records: each held, spilled or rejected; ``False`` at the end."""
+        for _ in range(_BATCH):
+            if items is not None:
+                item = next(items, _END)
+            else:
+                assert aitems is not None
+                item = await anext(aitems, _END)
+            if item is _END:
+                return False
+            self._position += 1
+            prepared = engine.prepare(item, self._position, self._token_key, self)
+            if isinstance(prepared, Outcome):
+                self._outstanding += 1
+                self.finish(None, prepared)
+            elif prepared.lane.key not in self._in_turns and self._room(prepared.lane.key):
+                self._admit(engine, prepared)
+            else:
+                self._spill_job(prepared)
+            if self._input_stopped:
+                break
+        return True
+
+    async def _feed_side_by_side(self, engine: Engine) -> None:
+        self._wake = wake = asyncio.Event()
+        error: BaseException | None = None
+        try:
+            records = self._records
+            items = iter(records) if not isinstance(records, AsyncIterable) else None
+            aitems = aiter(records) if isinstance(records, AsyncIterable) else None
+            reading = True
+            while not self._input_stopped:
+                wake.clear()
+                self._take_turns(engine)
+                if reading and self._results.qsize() < self._max_held:
+                    reading = await self._read_batch(engine, items, aitems)
+                    await asyncio.sleep(0)  # the workers' turn (a plain iterable never waits)
+                    continue
+                if not reading and (self._spill is None or not self._spill.total):
+                    break
+                await wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the caller's input; re-raised to the consumer)
+            error = exc
+        finally:
+            if self._spill is not None:
+                self._spill.close()
+            self._results.put_nowait(_FeedDone(error))
+
+    def left_by_token(self) -> dict[str, int]:
+        """Records read and not finished, by token key (held in memory or spilled): the
+        locations at work, for a progress display. Side by side only (else empty)."""
+        spill = self._spill
+        return {
+            key: load + (spill.count(key) if spill is not None else 0)
+            for key, load in self._load.items()
+        }
+
+    def stop_input(self) -> None:
+        """Read no more records and admit no spilled ones; records taken go on to their end.
+
+        Records still in the spill file count as never read (no outcome): a resumed job sends
+        them. Without ``side_by_side``, the same as the input ending here.
+        """
+        self._input_stopped = True
+        if self._wake is not None:
+            self._wake.set()
+
     def stop_reading(self) -> asyncio.Task[None] | None:
         """Cancel the reader (the engine is closing); returns it for awaiting."""
         if self._feeder is not None and not self._feeder.done():
@@ -789,6 +1020,8 @@ class OutcomeStream:
                     continue
                 self._outstanding -= 1
                 self._slots.release()
+                if self._wake is not None:
+                    self._wake.set()  # room in the results: the reader may go on
                 return item
         except asyncio.CancelledError:
             await self.aclose()
@@ -809,8 +1042,10 @@ class OutcomeStream:
         does a record whose answer comes back asking for more (a retry, a token refresh and
         re-send): no request goes after the stop. The stream then ends once the requests on the
         wire are answered. For a graceful stop on
-        SIGTERM; :meth:`aclose` cancels those on the wire too.
+        SIGTERM; :meth:`aclose` cancels those on the wire too. Records still in a spill file
+        are not read (:meth:`stop_input`): no outcome, a resumed job sends them.
         """
+        self.stop_input()
         if self._feeder is None or self._closed:
             return
         assert self._engine is not None

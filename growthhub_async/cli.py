@@ -25,6 +25,7 @@ from growthhub_async.job import (
     run_job,
     token_from_environment,
 )
+from growthhub_async.locations import AgencyTokens, LocationTokens, load_tokens_file
 from growthhub_async.progress import format_duration
 from growthhub_async.ratelimit import Rate, parse_rate
 from growthhub_async.sandbox import cli as sandbox_cli
@@ -65,6 +66,20 @@ def _rate_arg(text: str) -> Rate:
     return rate
 
 
+def _shard_arg(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not K/N with K from 0 to N-1 (e.g. 0/4; Kubernetes Indexed Jobs: "
+            "$JOB_COMPLETION_INDEX/N)"
+        )
+    return shard
+
+
 MAX_CONCURRENCY = 1000
 """More requests in flight than this cannot help one token (100 per 10 s) and cost memory."""
 
@@ -102,6 +117,12 @@ applied to its contact (answered 2xx) is not sent: its outcome is "unchanged". O
 applied is remembered; --full sends every record once more, --changed-fields-only sends only the
 fields that differ from the body last applied. One run at a time per state file.
 
+Many locations: a record's locationId (JSONL key or CSV column) picks its location's token
+(--tokens FILE, or minted from an agency app with --agency-oauth FILE) and budget; it is never
+sent in the body. Locations run side by side whatever the input order: records waiting for
+their location go to an unlinked spill file next to OUTCOMES. --shard K/N splits the locations
+over N machines.
+
 Exit status: 0 every record updated or unchanged (with --dry-run: every record valid); 1 some
 record was not, or the run was interrupted; 2 a usage or fatal error."""
 
@@ -115,13 +136,17 @@ examples:
   {prog} update contacts.csv --out o.jsonl --state sync.db            # only what changed
   {prog} update contacts.csv --out o.jsonl --state sync.db --dry-run  # how much changed
   {prog} update contacts.jsonl --out o.jsonl --rate 25/10s          # a trial account
-  {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox"""
+  {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox
+  {prog} update export.csv --out o.jsonl --tokens tokens.json       # many locations
+  {prog} update export.csv --out o0.jsonl --tokens tokens.json --shard 0/4   # machine 0 of 4"""
 
 
 def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``update`` subcommand (the bulk job) on the command's subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "update",
+        # No abbreviations: `--token SECRET` must be refused, not taken for `--tokens`.
+        allow_abbrev=False,
         help="bulk-update contacts from a JSONL or CSV file, journaling every outcome",
         description=UPDATE_DESCRIPTION,
         epilog=UPDATE_EXAMPLES.format(env=TOKEN_ENV, prog=PROG),
@@ -198,6 +223,32 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="with --state: send every record this once (what is applied is still recorded)",
     )
     parser.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help='many locations: a JSON object {locationId: token, or {"oauthFile": PATH}}; '
+        "a record's locationId (JSONL key or CSV column) picks its token and budget; the "
+        "file must be private (chmod 600)",
+    )
+    parser.add_argument(
+        "--allow-readable-tokens",
+        action="store_true",
+        help="accept a --tokens file that others may read (mode wider than 0600)",
+    )
+    parser.add_argument(
+        "--agency-oauth",
+        metavar="FILE",
+        help="many locations: an agency (Company) OAuth token file with company_id; each "
+        "location's token is minted from it (POST /oauth/locationToken) on first use",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="K/N",
+        help="send only the records of the locations in shard K of N (K from 0; a stable hash "
+        "of locationId), so that N machines never share a location; records without a "
+        "locationId belong to shard 0. Give each shard its own --out",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
@@ -206,12 +257,32 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def acquire_token(args: argparse.Namespace) -> str | TokenProvider:
+def acquire_token(args: argparse.Namespace) -> str | TokenProvider | None:
     """The token for ``update``: an OAuth provider over ``--oauth FILE`` (which it rewrites on
-    each rotation), else ``GROWTHHUB_TOKEN``; ``ConfigurationError`` if neither works."""
+    each rotation), else ``GROWTHHUB_TOKEN``; ``ConfigurationError`` if neither works.
+
+    With ``--tokens`` or ``--agency-oauth`` (many locations), the run's own token serves the
+    records without a locationId and may be absent (``None``): such records are rejected."""
     if getattr(args, "oauth", None):
         return OAuthProvider.from_file(args.oauth)
+    if getattr(args, "tokens", None) or getattr(args, "agency_oauth", None):
+        return token_from_environment() if os.environ.get(TOKEN_ENV, "").strip() else None
     return token_from_environment()
+
+
+def acquire_locations(args: argparse.Namespace) -> LocationTokens | None:
+    """The tokens per location of ``--tokens`` and ``--agency-oauth``, if either is given."""
+    tokens_file = getattr(args, "tokens", None)
+    agency_file = getattr(args, "agency_oauth", None)
+    if not tokens_file and not agency_file:
+        return None
+    tokens = (
+        load_tokens_file(tokens_file, allow_readable=args.allow_readable_tokens)
+        if tokens_file
+        else None
+    )
+    agency = AgencyTokens.from_file(agency_file) if agency_file else None
+    return LocationTokens(tokens, agency)
 
 
 def resume_command(args: argparse.Namespace) -> str:
@@ -234,16 +305,25 @@ def resume_command(args: argparse.Namespace) -> str:
         words += ["--concurrency", str(args.concurrency)]
     if args.value_key != "field_value":
         words += ["--value-key", args.value_key]
-    if getattr(args, "oauth", None):
-        words += _option("--oauth", args.oauth)
-    if getattr(args, "state", None):
-        words += _option("--state", args.state)
-    if getattr(args, "changed_fields_only", False):
-        words.append("--changed-fields-only")
-    if getattr(args, "full", False):
-        words.append("--full")
-    if args.no_progress:
-        words.append("--no-progress")
+    shard = getattr(args, "shard", None)
+    tokens = getattr(args, "tokens", None)
+    # In this order, each a file (its value) or a switch (True): None or False leaves it out.
+    options: list[tuple[str, str | bool | None]] = [
+        ("--oauth", getattr(args, "oauth", None)),
+        ("--state", getattr(args, "state", None)),
+        ("--changed-fields-only", getattr(args, "changed_fields_only", False)),
+        ("--full", getattr(args, "full", False)),
+        ("--tokens", tokens),
+        ("--allow-readable-tokens", bool(tokens) and args.allow_readable_tokens),
+        ("--agency-oauth", getattr(args, "agency_oauth", None)),
+        ("--shard", f"{shard[0]}/{shard[1]}" if shard else None),
+        ("--no-progress", args.no_progress),
+    ]
+    for name, value in options:
+        if isinstance(value, str) and value:
+            words += _option(name, value)
+        elif value is True:
+            words.append(name)
     if odd_input:
         words += ["--", args.input]
     return f"{invoked_as()} {shlex.join(words)}"
@@ -274,15 +354,21 @@ def run_update(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress="line" if args.no_progress else "auto",
         resume_command=resume_command(args),
-        token_hint=f"the OAuth token file {args.oauth}" if getattr(args, "oauth", None) else None,
+        token_hint=_token_hint(args),
         state=args.state,
         full=args.full,
         changed_fields_only=args.changed_fields_only,
+        spill_dir=os.path.dirname(os.path.abspath(args.out)),
+        shard=args.shard,
     )
     token: str | TokenProvider | None = None
+    locations: LocationTokens | None = None
     try:
-        token = None if args.dry_run else acquire_token(args)
-        result = asyncio.run(run_job(settings, token=token))
+        if not args.dry_run:
+            locations = acquire_locations(args)
+            token = acquire_token(args)
+        options = {"locations": locations} if locations is not None else None
+        result = asyncio.run(run_job(settings, token=token, client_options=options))
     except GrowthHubError as exc:
         return fatal("update", exc)
     except KeyboardInterrupt:  # before the job's own handlers were installed
@@ -291,6 +377,8 @@ def run_update(args: argparse.Namespace) -> int:
     finally:
         if isinstance(token, OAuthProvider):
             report_token_file(token, args.oauth)
+        if locations is not None and locations.agency is not None:
+            report_token_file(locations.agency.agency, args.agency_oauth)
     return result.exit_status
 
 
@@ -359,8 +447,6 @@ async def _state_command(args: argparse.Namespace) -> int:
 
 
 def _exists(path: str) -> bool:
-    import os  # noqa: PLC0415 (only this command needs it)
-
     return os.path.exists(path)
 
 
@@ -394,6 +480,18 @@ def render_state(path: str, locations: Sequence[Any], size: int) -> str:
 
 def _utc(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _token_hint(args: argparse.Namespace) -> str | None:
+    """Where the tokens came from, named when one is refused."""
+    places = []
+    if getattr(args, "tokens", None):
+        places.append(f"the tokens file {args.tokens}")
+    if getattr(args, "agency_oauth", None):
+        places.append(f"the agency OAuth file {args.agency_oauth}")
+    if getattr(args, "oauth", None):
+        places.append(f"the OAuth token file {args.oauth}")
+    return " and ".join(places) or None
 
 
 def report_token_file(provider: OAuthProvider, path: str) -> None:

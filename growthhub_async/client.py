@@ -55,7 +55,7 @@ import os
 import select
 import time
 import weakref
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -71,7 +71,7 @@ from growthhub_async.auth import (
     is_scope_error,
 )
 from growthhub_async.bulk import Engine, OutcomeStream, RecordInput
-from growthhub_async.contact_id import check_contact_id
+from growthhub_async.contact_id import RESERVED_LOCATION, check_contact_id
 from growthhub_async.errors import (
     ClientClosed,
     ConfigurationError,
@@ -85,6 +85,7 @@ from growthhub_async.errors import (
 )
 from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
 from growthhub_async.incremental import StateRun
+from growthhub_async.locations import LocationToken, LocationTokens, location_problem
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -123,7 +124,7 @@ __all__ = [
 
 DEFAULT_BASE_URL: Final = "https://services.leadconnectorhq.com"
 API_VERSION: Final = "2021-07-28"
-DEFAULT_TOKEN_KEY: Final = "default"  # noqa: S105 (a name, not a secret)
+DEFAULT_TOKEN_KEY: Final = RESERVED_LOCATION  # "default": a name, not a secret
 """The key of the token given as ``token=``."""
 
 DAILY_LIMIT_REACHED: Final = "daily limit reached"
@@ -205,6 +206,31 @@ class _Connector(aiohttp.TCPConnector):
                 return conn
             log.debug("a pooled connection was closed by the server; not used")
             conn.close()
+
+
+class _Lanes(dict[str, "_Lane"]):
+    """The client's lanes by key; with ``locations=``, a location's lane is made when first
+    asked for (``get``), so a run over 1,000 locations holds only the lanes it uses."""
+
+    def __init__(self, make: Callable[[str], _Lane | None] | None) -> None:
+        super().__init__()
+        self._make = make
+
+    def get(self, key: str, default: Any = None) -> Any:
+        lane: _Lane | None = dict.get(self, key)
+        if lane is None and self._make is not None and isinstance(key, str):
+            lane = self._make(key)
+            if lane is not None:
+                self[key] = lane
+        return lane if lane is not None else default
+
+    def why_missing(self, key: object) -> str:
+        """Why no lane serves ``key``, naming it (never a token)."""
+        if self._make is None:
+            return f"unknown token_key {key!r}"
+        if isinstance(key, str) and (problem := location_problem(key)) is not None:
+            return problem
+        return f"location {key!r} has no token (not in the tokens file, and no agency app)"
 
 
 class _RejectedToken(Unauthorized):
@@ -315,6 +341,7 @@ class _Lane:
         self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
         """Why this token sends no more: ``(status, reason)`` for its remaining records."""
+        self._trim: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<token {self.key!r}>"
@@ -335,11 +362,16 @@ class _Lane:
             },
             raise_for_status=False,
             trust_env=False,
+            # The API sets no cookies we need; a jar per location would only cost memory.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # No hidden re-send of a PUT on a dropped connection: the engine's own retry covers drops.
         no_hidden_resend(self._session)
 
     async def close(self) -> None:
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self._session is not None:
             await self._session.close()
         await self.provider.aclose()
@@ -347,10 +379,29 @@ class _Lane:
     def pause_remaining(self, now: float) -> float:
         return max(0.0, self.budget.paused_until - now)
 
+    def quiet(self) -> None:
+        """The engine has nothing of this token queued or running: once its times are stale
+        (two spans from now), trim its budget's logs, unless it got busy again."""
+        if self._trim is None and self.budget.rate is not None:
+            loop = asyncio.get_running_loop()
+            self._trim = loop.call_later(2 * self.budget.span + 0.01, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        self.budget.trim(asyncio.get_running_loop().time())
+
     async def acquire(self) -> float:
-        """Wait for this token's budget; returns the send time (``loop.time()``)."""
+        """Wait for this token's budget; returns the send time (``loop.time()``).
+
+        When the token stopped while we waited, the engine sends nothing: the slot is given
+        back at once, or every later wait would count it as in flight forever (a stopped
+        location's last records hung so, found with issue 13).
+        """
         assert self._pacer is not None
-        return await self._pacer.acquire()
+        sent_at = await self._pacer.acquire()
+        if self.stopped is not None:
+            self.budget.complete(sent_at)
+        return sent_at
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
         """After a 401: seconds to wait before sending again (0: at once), or ``None``: not.
@@ -565,11 +616,14 @@ class GrowthHubClient:
         allow_insecure: bool = False,
         user_agent: str | None = None,
         state: str | os.PathLike[str] | SyncState | None = None,
+        locations: LocationTokens | None = None,
     ) -> None:
-        if (token is None) == (tokens is None):
+        if token is not None and tokens is not None:
             raise ConfigurationError("give exactly one of token= or tokens=")
+        if token is None and tokens is None and locations is None:
+            raise ConfigurationError("give token=, tokens= or locations=")
         named = {DEFAULT_TOKEN_KEY: token} if token is not None else dict(tokens or {})
-        if not named:
+        if not named and locations is None:
             raise ConfigurationError("tokens= must name at least one token")
         providers = {key: _check_token(key, value) for key, value in named.items()}
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -598,17 +652,17 @@ class GrowthHubClient:
         for provider in providers.values():
             self.redactor.include(provider.redactor)
         self._codec = UpdateContactCodec(value_key)
-        self._lanes = {
-            key: _Lane(
-                key,
-                value,
-                Budget(self.rate, margin=rate_margin, max_pause=max_pause),
-                unauthorized_limit=unauthorized_limit,
-                client=self,
-            )
-            for key, value in providers.items()
-        }
+        self._rate_margin = rate_margin
+        self._max_pause = max_pause
+        self._unauthorized_limit = unauthorized_limit
+        self.locations = locations
+        if locations is not None:
+            locations.attach(self.base_url)
+        self._lanes = _Lanes(self._new_lane if locations is not None else None)
+        for key, provider in providers.items():
+            self._lanes[key] = self._make_lane(key, provider)
         self.default_token_key = next(iter(self._lanes)) if len(self._lanes) == 1 else None
+        self._timeouts: aiohttp.ClientTimeout | None = None
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
         self._closed = False
@@ -620,6 +674,32 @@ class GrowthHubClient:
         """The sync state (issue 14), or ``None``."""
         # One view of the state for every submit(): concurrent submits see each other in flight.
         self._submit_run = StateRun(self.state) if self.state is not None else None
+
+    def _make_lane(self, key: str, provider: TokenProvider) -> _Lane:
+        return _Lane(
+            key,
+            provider,
+            Budget(self.rate, margin=self._rate_margin, max_pause=self._max_pause),
+            unauthorized_limit=self._unauthorized_limit,
+            client=self,
+        )
+
+    def _new_lane(self, key: str) -> _Lane | None:
+        """The lane of a location first named by a record (``locations=``); ``None``: no token."""
+        assert self.locations is not None
+        if location_problem(key) is not None:
+            return None
+        value = self.locations(key)
+        if value is None:
+            return None
+        provider = _check_token(key, value)
+        if not isinstance(value, LocationToken):  # minted ones share the agency's URL
+            provider.attach(self.base_url)
+        self.redactor.include(provider.redactor)
+        lane = self._make_lane(key, provider)
+        if self._connector is not None and self._timeouts is not None:
+            lane.open(self._connector, self._timeouts)
+        return lane
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._connector else "not started"
@@ -660,11 +740,12 @@ class GrowthHubClient:
             raise ClientClosed("this GrowthHubClient is closed")
         if self._connector is not None:
             return
-        self._connector = _Connector(
-            limit=self.concurrency * len(self._lanes), limit_per_host=0, keepalive_timeout=30
-        )
+        # With locations, lanes come and go with the input: the engine bounds what is in
+        # flight (per lane `concurrency`, and the records held in memory), not the pool.
+        limit = 0 if self.locations is not None else self.concurrency * len(self._lanes)
+        self._connector = _Connector(limit=limit, limit_per_host=0, keepalive_timeout=30)
         # `total`: the whole answer has a deadline, not only each read (a trickling body).
-        timeout = aiohttp.ClientTimeout(
+        timeout = self._timeouts = aiohttp.ClientTimeout(
             total=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
         )
         for lane in self._lanes.values():
@@ -677,8 +758,10 @@ class GrowthHubClient:
         self._closed = True
         if self._engine is not None:
             await self._engine.close()
-        for lane in self._lanes.values():
+        for lane in list(self._lanes.values()):
             await lane.close()
+        if self.locations is not None:
+            await self.locations.aclose()
         if self._connector is not None:
             await self._connector.close()
         if self.state is not None and self._owns_state:
@@ -715,10 +798,12 @@ class GrowthHubClient:
         key = token_key if token_key is not None else self.default_token_key
         if key is None:
             raise ConfigurationError("several tokens are configured: name one with token_key=")
-        try:
-            return self._lanes[key]
-        except KeyError:
-            raise ConfigurationError(f"no token named {key!r}") from None
+        lane: _Lane | None = self._lanes.get(key)
+        if lane is None:
+            raise ConfigurationError(
+                self._lanes.why_missing(key).replace("unknown token_key", "no token named")
+            )
+        return lane
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -765,8 +850,19 @@ class GrowthHubClient:
         hooks: Iterable[Hook] = (),
         full: bool = False,
         changed_fields_only: bool = False,
+        side_by_side: bool | None = None,
+        max_held: int = 1000,
+        spill_dir: str | None = None,
+        record_hashes: bool = False,
     ) -> OutcomeStream:
         """Send many records; iterate the result for one :class:`Outcome` per record.
+
+        ``side_by_side`` (default: when the client has several tokens or ``locations=``): the
+        tokens' records progress at once whatever the input order, the reader running ahead
+        into a spill file in ``spill_dir`` (the system's temporary folder by default), with at
+        most ``max_pending`` records per token and ``max_held`` in all in memory (see
+        :class:`~growthhub_async.bulk.OutcomeStream`). ``record_hashes``: each
+        ``RecordFinished`` event carries the record's resume key.
 
         ``records``: an iterable or async iterable of ``(contact_id, UpdateContact)`` pairs
         (``line`` is then the 1-based position), :class:`~growthhub_async.sources.Record`
@@ -778,7 +874,7 @@ class GrowthHubClient:
         With a ``state``: records whose body equals the one last applied end ``unchanged``
         (never sent); ``changed_fields_only`` sends only the fields that differ from it;
         ``full`` sends every record (and still remembers what is applied). A record's location
-        in the state is its token key (``""`` with a single ``token=``).
+        in the state is its ``locationId`` (its token key; ``""`` with a single ``token=``).
         """
         if self.state is not None:
             run = StateRun(
@@ -797,6 +893,14 @@ class GrowthHubClient:
             token_key=token_key,
             hooks=hooks,
             max_pending=self.max_pending,
+            side_by_side=(
+                side_by_side
+                if side_by_side is not None
+                else self.locations is not None or len(self._lanes) > 1
+            ),
+            max_held=max_held,
+            spill_dir=spill_dir,
+            record_hashes=record_hashes,
         )
 
     async def submit(

@@ -27,7 +27,15 @@ from typing import Final
 
 from growthhub_async.errors import InvalidContactId
 
-__all__ = ["MAX_LENGTH", "check_contact_id"]
+__all__ = [
+    "LOCATION_KEY",
+    "MAX_LENGTH",
+    "MAX_LOCATION_LENGTH",
+    "RESERVED_LOCATION",
+    "check_contact_id",
+    "json_type",
+    "location_problem",
+]
 
 MAX_LENGTH: Final = 128
 """The longest contact id accepted; the API's own ids are about 20 characters."""
@@ -91,3 +99,40 @@ def check_contact_id(value: str) -> None:
             f"unsafe contact id {value!r}: reads as {folded!r} once Unicode-normalised (NFKC),"
             " as some servers do"
         )
+
+
+# -- location ids (issue 13) ------------------------------------------------------------------
+
+LOCATION_KEY: Final = "locationId"
+"""The JSONL key and CSV column that names a record's location."""
+MAX_LOCATION_LENGTH: Final = 128
+RESERVED_LOCATION: Final = "default"
+"""The client's key of a single ``token=``: no location may be named so, or its records would
+go with the run's own token (``client.DEFAULT_TOKEN_KEY``)."""
+_LOCATION_ID: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def location_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a location id (``None`` when it can). Pure.
+
+    The API's ids are 20 ASCII letters and digits; we accept 1 to 128 ASCII letters, digits,
+    ``_`` and ``-``, so an id is safe in a form, a file name and a terminal.
+    """
+    if not isinstance(value, str):
+        return f"locationId must be a string, not {json_type(value)}"
+    if not value:
+        return "locationId is empty"
+    if len(value) > MAX_LOCATION_LENGTH:
+        return f"locationId is {len(value)} characters long, at most {MAX_LOCATION_LENGTH} allowed"
+    if not _LOCATION_ID.fullmatch(value):
+        bad = next(c for c in value if not (c.isascii() and (c.isalnum() or c in "_-")))
+        return f"locationId {value[:40]!r} contains {bad!r} (ASCII letters, digits, _ and - only)"
+    if value == RESERVED_LOCATION:
+        return f"locationId {value!r} is reserved: it names the run's own token"
+    return None
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type."""
+    names = {type(None): "null", bool: "bool", int: "int", float: "float", list: "array"}
+    return names.get(type(value), "object" if isinstance(value, dict) else type(value).__name__)

@@ -7,7 +7,10 @@ about 2,000 contact updates to a work folder, a handful of them deliberately bad
 very job that ``growthhub-async update`` runs (:func:`~growthhub_async.job.run_job`), with the
 progress bar, the summary and the outcome file.
 
-The sandbox accepts one throwaway token made up for the run; it is never printed. Each run
+The sample spans four locations (sub-accounts), sorted by location as a database export is, one
+large and three small: the job runs them side by side, each on its own token and budget, and the
+summary ends with a table by location (issue 13). The sandbox accepts one throwaway token per
+location, made up for the run; none is ever printed. Each run
 starts from a fresh outcome file (the demo's own, in its own folder), so the demo can be run
 again and again. Exit status: 0 when the run went as designed (every valid record updated, every
 deliberately bad record ``rejected``), 1 otherwise, 2 when it could not start.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import secrets
@@ -32,6 +36,7 @@ import msgspec
 from growthhub_async.cmdline import PROG, invoked_as
 from growthhub_async.errors import GrowthHubError
 from growthhub_async.job import EXIT_FATAL, EXIT_NOT_ALL, EXIT_OK, JobSettings, run_job
+from growthhub_async.locations import LocationTokens
 from growthhub_async.outcomes import Status
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import Faults, SandboxConfig, run_sandbox
@@ -49,6 +54,13 @@ __all__ = [
 ]
 
 DEMO_RECORDS: Final = 2000
+DEMO_LOCATIONS: Final = (
+    ("demoLocationAtlanta1", 0.55),
+    ("demoLocationBoston01", 0.25),
+    ("demoLocationChicago1", 0.15),
+    ("demoLocationDenver01", 0.05),
+)
+"""The sample's locations and their shares of its records (sorted by location, as exported)."""
 DEMO_RATE: Final = Rate(100, 1.0)
 """The sandbox's burst window and the client's pace: the API's 100 per 10 s, ten times faster."""
 
@@ -109,9 +121,11 @@ def write_sample(path: Path, records: int = DEMO_RECORDS, *, seed: int = 7) -> i
     encode = msgspec.json.encode
     bad = iter(BAD_RECORDS)
     lines = 0
+    bounds = list(itertools.accumulate(round(share * good) for _, share in DEMO_LOCATIONS))
     with path.open("wb") as f:
-        for n, body in enumerate(_contacts(good, rng), start=1):
-            f.write(encode(body) + b"\n")
+        for n, contact in enumerate(_contacts(good, rng), start=1):
+            where = next((k for k, bound in enumerate(bounds) if n <= bound), -1)
+            f.write(encode({"locationId": DEMO_LOCATIONS[where][0], **contact}) + b"\n")
             lines += 1
             if n % step == 0 and (line := next(bad, None)) is not None:
                 f.write(line + b"\n")
@@ -131,6 +145,12 @@ def prepare_folder(folder: Path, records: int = DEMO_RECORDS) -> tuple[Path, Pat
     sample = folder / "contacts.jsonl"
     outcomes = folder / "outcomes.jsonl"
     lines = write_sample(sample, records)
+    # For the suggested commands: a sandbox of your own takes one token for every location.
+    tokens = folder / "tokens.json"
+    tokens.unlink(missing_ok=True)
+    fd = os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode({name: DEFAULT_TOKEN for name, _ in DEMO_LOCATIONS}))
     # A fresh journal each run: this file is the demo's own, in the demo's own folder.
     outcomes.unlink(missing_ok=True)
     return sample, outcomes, lines
@@ -147,9 +167,11 @@ async def run_demo(
     """Run the demo in ``folder`` (created if needed); returns the exit status."""
     out = stdout if stdout is not None else sys.stdout
     sample, outcomes, lines = prepare_folder(folder, records)
-    token = secrets.token_urlsafe(24)  # a throwaway, accepted by this sandbox only
+    # Throwaway tokens, one per location, accepted by this sandbox only.
+    tokens = {name: secrets.token_urlsafe(24) for name, _ in DEMO_LOCATIONS}
     config = SandboxConfig(
-        tokens=frozenset({token}),
+        tokens=frozenset({secrets.token_urlsafe(24)}),
+        location_tokens={token: name for name, token in tokens.items()},
         rate_limit=DEMO_RATE.requests,
         rate_window=DEMO_RATE.window,
         faults=DEMO_FAULTS,
@@ -158,7 +180,8 @@ async def run_demo(
         out.write(
             f"demo: sandbox on {sandbox.base_url} ({DEMO_RATE}, the API's 100/10s scaled "
             "down; some 5xx, drops, 429s and latency switched on)\n"
-            f"demo: {lines} contact updates in {sample} ({len(BAD_RECORDS)} deliberately bad)\n"
+            f"demo: {lines} contact updates for {len(DEMO_LOCATIONS)} locations in {sample} "
+            f"({len(BAD_RECORDS)} deliberately bad), each location on its own token and budget\n"
         )
         out.flush()
         settings = JobSettings(
@@ -170,7 +193,13 @@ async def run_demo(
             progress="auto" if progress else "off",
             resume_command=None,
         )
-        result = await run_job(settings, token=token, stdout=out, stderr=stderr)
+        result = await run_job(
+            settings,
+            token=None,
+            stdout=out,
+            stderr=stderr,
+            client_options={"locations": LocationTokens(tokens)},
+        )
         stats = sandbox.stats()
     out.write(
         f"demo: the sandbox answered {stats['requests']} requests "
@@ -192,6 +221,7 @@ async def run_demo(
 def try_it_yourself(sample: Path, command: str) -> list[str]:
     """What the demo suggests next, with ``command`` as the user can type it in this folder."""
     mine = shlex.quote(str(sample.with_name("mine.jsonl")))
+    tokens = shlex.quote(str(sample.with_name("tokens.json")))
     data = shlex.quote(str(sample))
     lines = [
         "demo: try it yourself (checks every record, sends nothing, needs no token):",
@@ -199,7 +229,7 @@ def try_it_yourself(sample: Path, command: str) -> list[str]:
         "demo: or for real, against a sandbox of your own, in two terminals:",
         f"  GROWTHHUB_TOKEN={DEFAULT_TOKEN} {command} sandbox --port 8080",
         f"  GROWTHHUB_TOKEN={DEFAULT_TOKEN} {command} update {data} --out {mine} "
-        "--base-url http://127.0.0.1:8080",
+        f"--base-url http://127.0.0.1:8080 --tokens {tokens}",
     ]
     if command != PROG:
         lines.append(f"demo: `source {_activate(command)}` puts {PROG} on your PATH for this shell")

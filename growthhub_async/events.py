@@ -40,6 +40,10 @@ class RecordFinished:
 
     outcome: Outcome
     token_key: str | None
+    record_hash: bytes | None = None
+    """The record's resume key (see :func:`~growthhub_async.journal.record_hash`), when the run
+    was asked for it (``update_contacts(..., record_hashes=True)``) and the record was sent or
+    queued; ``None`` for records rejected before."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -113,10 +113,8 @@ def changed_fields(before: UpdateContact, after: UpdateContact) -> UpdateContact
 
 
 def location_key(record: Record, default: str | None) -> str:
-    """The location a record's state is kept under: its token key, else the run's, else ``""``.
-
-    (Issue 13 gives records a ``locationId``; that is where it slots in.)
-    """
+    """The location a record's state is kept under: its ``locationId`` (issue 13: a record's
+    token key is its location), else the run's token key, else ``""``."""
     if record.token_key is not None:
         return record.token_key
     return default if default is not None else ""

@@ -41,11 +41,20 @@ from growthhub_async.errors import ConfigurationError, GrowthHubError, InputErro
 from growthhub_async.events import Event, RecordFinished
 from growthhub_async.incremental import StateRun
 from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
+from growthhub_async.locations import shard_of
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
 from growthhub_async.outcomes import FINAL_STATUSES, SUCCEEDED, Outcome, Status, Summary
-from growthhub_async.progress import format_duration, render_bar, render_line, render_summary
+from growthhub_async.progress import (
+    LocationStats,
+    format_duration,
+    render_bar,
+    render_line,
+    render_location_progress,
+    render_locations,
+    render_summary,
+)
 from growthhub_async.ratelimit import Rate
-from growthhub_async.sources import Item, Source, count_records, open_source
+from growthhub_async.sources import Item, Record, Source, count_records, open_source
 from growthhub_async.state import SyncState
 
 __all__ = [
@@ -124,6 +133,14 @@ class JobSettings:
     """With ``state``: send every record this once (what is applied is still recorded)."""
     changed_fields_only: bool = False
     """With ``state``: send only the fields that differ from the body last applied."""
+    shard: tuple[int, int] | None = None
+    """``(K, N)``: send only the records of locations that :func:`~growthhub_async.locations.
+    shard_of` puts in shard K of N; records without a location, and lines rejected before
+    their location is known, belong to shard 0 (so each is reported once)."""
+    spill_dir: str | None = None
+    """Where a run over many locations spills the records waiting for their location (an
+    unlinked temporary file; ``None``: the system's temporary folder). The command line gives
+    the folder of ``out``, where there is room for outcomes (``/tmp`` may be memory)."""
 
 
 @dataclass(slots=True)
@@ -144,9 +161,10 @@ class JobResult:
 class _Reader:
     """The input as the engine reads it: resume's skips, and a stop switch for signals.
 
-    Each item's resume key (:func:`~growthhub_async.journal.record_hash` over the body as it
-    will be sent) waits in ``keys`` until its outcome is journaled: a handful of records
-    (``journaled=False``, for a dry run: none kept).
+    The resume key of each record (:func:`~growthhub_async.journal.record_hash` over the body
+    as it will be sent) is computed here only to skip what the journal holds as final; the
+    key journaled with an outcome comes with its ``RecordFinished`` event, from the engine,
+    so nothing is kept per record, however far a side-by-side run reads ahead.
     """
 
     def __init__(
@@ -154,14 +172,14 @@ class _Reader:
         source: Source,
         state: ResumeState | None,
         value_key: CustomFieldValueKey,
-        *,
-        journaled: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.source = source
         self.state = state
+        self.shard = shard
+        self.other_shards = 0
+        """Records left to the other shards."""
         self.encode = UpdateContactCodec(value_key).encode
-        self.keys: dict[int, bytes] = {}
-        self.journaled = journaled
         self.skipped: Counter[Status] = Counter()
         """Records skipped by resume, by the final status the journal holds for them."""
         self.stopped = False
@@ -169,24 +187,29 @@ class _Reader:
     def __iter__(self) -> Iterator[Item]:
         state = self.state
         encode = self.encode
-        keys = self.keys if self.journaled else None
+        shard = self.shard
         for item in self.source:
             if self.stopped:
                 # Not taken: this record has no outcome yet, so a resumed run sends it.
                 return
-            if state is not None or keys is not None:
-                key = record_hash(item, encode)
-                if state is not None and state.skips(item, key):
-                    self.skipped[state.final_status(item.line) or Status.UPDATED] += 1
-                    continue
-                if keys is not None:
-                    keys[item.line] = key
+            if shard is not None and _shard_of_item(item, shard[1]) != shard[0]:
+                self.other_shards += 1
+                continue
+            if state is not None and state.skips(item, record_hash(item, encode)):
+                self.skipped[state.final_status(item.line) or Status.UPDATED] += 1
+                continue
             yield item
 
     @property
     def skipped_count(self) -> int:
         """How many records resume skipped."""
         return self.skipped.total()
+
+
+def _shard_of_item(item: Item, shards: int) -> int:
+    """The shard of an input item: its location's, else 0 (see ``JobSettings.shard``)."""
+    key = item.token_key if isinstance(item, Record) else None
+    return shard_of(key, shards) if key is not None else 0
 
 
 class _Progress:
@@ -201,14 +224,19 @@ class _Progress:
         self.total: int | None = None
         self._drawn = False
 
-    def draw(self, summary: Summary) -> None:
+    def draw(self, summary: Summary, extra: str | None = None) -> None:
+        """Redraw; ``extra`` (the locations at work) follows when there is room for it."""
         if self.mode == "bar":
             width = shutil.get_terminal_size((100, 24)).columns - 1
+            line = render_bar(summary, self.total, width)
+            if extra and len(line) + 2 + len(extra) <= width:
+                line += "  " + extra
             # \r and "erase to end of line": one line redrawn in place, never wrapped.
-            self.stream.write("\r\x1b[K" + render_bar(summary, self.total, width))
+            self.stream.write("\r\x1b[K" + line)
             self._drawn = True
         elif self.mode == "line":
-            self.stream.write(render_line(summary, self.total) + "\n")
+            self.stream.write(render_line(summary, self.total) + (f"; {extra}" if extra else ""))
+            self.stream.write("\n")
         self.stream.flush()
 
     def end(self, summary: Summary) -> None:
@@ -298,6 +326,8 @@ async def run_job(
             options["state"] = sync_state  # the job opens and closes it
         if token is not None and "tokens" not in options:
             options["token"] = token
+        if token is None and "tokens" not in options and "locations" not in options:
+            raise ConfigurationError("no token: a live run needs one")
         client = GrowthHubClient(**options)  # checks the base URL and the token's shape
         # Locked before its state is read: no other run can write between the two.
         journal = Journal(settings.out, resume=settings.resume)
@@ -331,7 +361,7 @@ async def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: Text
     """Validate every record, send nothing, count, and estimate the real run's duration; with a
     state, judge every record against it (read-only, no lock) and count the unchanged ones."""
     state = load_resume_state(settings.out) if settings.resume else None
-    reader = _Reader(source, state, settings.value_key, journaled=False)
+    reader = _Reader(source, state, settings.value_key, settings.shard)
     summary = Summary()
     valid = 0
     shown = 0
@@ -361,7 +391,15 @@ async def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: Text
             await sync_state.close()
     if shown > _REJECTED_SHOWN:
         err.write(f"rejected: ... and {shown - _REJECTED_SHOWN} more\n")
-    _dry_run_report(settings, summary, valid=valid, skipped=reader.skipped_count, run=run, out=out)
+    _dry_run_report(
+        settings,
+        summary,
+        valid=valid,
+        skipped=reader.skipped_count,
+        other_shards=reader.other_shards,
+        run=run,
+        out=out,
+    )
     rejected = summary.by_status[Status.REJECTED]
     status = EXIT_OK if rejected == 0 else EXIT_NOT_ALL
     unchanged = summary.by_status[Status.UNCHANGED]
@@ -376,6 +414,7 @@ def _dry_run_report(
     *,
     valid: int,
     skipped: int,
+    other_shards: int,
     run: StateRun | None,
     out: TextIO,
 ) -> None:
@@ -389,6 +428,8 @@ def _dry_run_report(
     rows.append(("total", valid + rejected + unchanged))
     if skipped:
         rows.insert(0, ("skipped (final in outcomes)", skipped))
+    if settings.shard is not None:
+        rows.insert(0, ("in other shards (not read)", other_shards))
     width = max(len(name) for name, _ in rows)
     out.write("dry run: nothing was sent\n")
     out.writelines(f"  {name:<{width}}  {count:>7}\n" for name, count in rows)
@@ -444,20 +485,30 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     err: TextIO,
 ) -> JobResult:
     loop = asyncio.get_running_loop()
-    reader = _Reader(source, state, settings.value_key)
-    keys = reader.keys
+    reader = _Reader(source, state, settings.value_key, settings.shard)
     journal_error: list[BaseException] = []
     consumer: asyncio.Task[None] | None = None
 
     problems: list[Outcome] = []
+    # By location (token key) when the run has locations: the summary's table (issue 13).
+    many = client.locations is not None or len(client.token_keys) > 1
+    by_location: dict[str, LocationStats] = {}
 
     def on_event(event: Event) -> None:
         if not isinstance(event, RecordFinished) or journal_error:
             return
-        if event.outcome.status not in SUCCEEDED and len(problems) < _PROBLEMS_SHOWN:
-            problems.append(event.outcome)
+        outcome = event.outcome
+        if outcome.status not in SUCCEEDED and len(problems) < _PROBLEMS_SHOWN:
+            problems.append(outcome)
+        if many and event.token_key is not None:
+            stats = by_location.get(event.token_key)
+            if stats is None:
+                stats = by_location[event.token_key] = LocationStats()
+            stats.records += 1
+            stats.updated += outcome.status is Status.UPDATED
+            stats.last = loop.time() - started
         try:
-            journal.write(event.outcome, keys.pop(event.outcome.line, None))
+            journal.write(outcome, event.record_hash)
         except (OSError, ValueError, GrowthHubError) as exc:
             # The engine swallows a hook's exception; a journal that cannot be written must
             # stop the run instead, or outcomes would be lost.
@@ -472,6 +523,8 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         hooks=[on_event],
         full=settings.full,
         changed_fields_only=settings.changed_fields_only,
+        record_hashes=True,
+        spill_dir=settings.spill_dir,
     )
     summary = stream.summary
     progress = _Progress(settings.progress, err, settings.progress_every)
@@ -496,7 +549,8 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             return
         interrupted = True
         reader.stopped = True
-        stream.stop()  # records not on the wire end "cancelled": a resumed run sends them
+        stream.stop()  # records not on the wire end "cancelled", spilled ones are not read: a
+        # resumed run sends them
         err.write(
             f"\n{signal.Signals(signum).name}: reading no more records; waiting up to "
             f"{settings.grace:g}s for those in flight (signal again to stop at once)\n"
@@ -517,7 +571,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             # Wake at least twice a second: the journal is checked even while no record ends
             # (slow answers, a pause), so a deleted or overwritten file stops the run in time.
             done, _ = await asyncio.wait((consumer,), timeout=min(progress.every, _CHECK_EVERY))
-            if counting.done() and progress.total is None:
+            if counting.done() and progress.total is None and settings.shard is None:
                 total = counting.result()
                 progress.total = (
                     total - len(state) if total is not None and state is not None else total
@@ -531,7 +585,11 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
                 consumer.cancel()
             if now >= next_draw:
                 next_draw = now + progress.every
-                progress.draw(summary)
+                extra = None
+                if many:
+                    left = stream.left_by_token()
+                    extra = render_location_progress(left, len(set(by_location) - set(left)))
+                progress.draw(summary, extra)
         with contextlib.suppress(asyncio.CancelledError):
             consumer.result()
     except (GrowthHubError, OSError) as exc:  # the input failed mid-way (a read error)
@@ -558,10 +616,16 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     if journal_error:
         # Before the input's own failure: without a journal, nothing else is recorded.
         failure = _journal_failure(settings, journal_error[0])
+    if settings.shard is not None:
+        k, n = settings.shard
+        out.write(f"shard {k}/{n}: {reader.other_shards} records belong to other shards\n")
+    if many and by_location:
+        out.write("by location:\n" + render_locations(by_location) + "\n")
     return _report(
         settings,
         summary,
         state,
+        tokens=max(1, len(by_location)),
         skipped=reader.skipped,
         problems=problems,
         interrupted=interrupted or consumer.cancelled(),
@@ -601,6 +665,7 @@ def _report(
     summary: Summary,
     state: ResumeState | None,
     *,
+    tokens: int = 1,
     skipped: Counter[Status],
     problems: Sequence[Outcome],
     interrupted: bool,
@@ -621,6 +686,7 @@ def _report(
             rate=settings.rate,
             outcomes=os.path.abspath(settings.out),
             whole_job=whole_job,
+            tokens=tokens,
         )
         + "\n"
     )

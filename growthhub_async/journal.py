@@ -64,7 +64,14 @@ from growthhub_async.models import UpdateContact, encode_update
 from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, encode_outcome
 from growthhub_async.sources import Record
 
-__all__ = ["MAX_LINE", "Journal", "ResumeState", "load_resume_state", "record_hash"]
+__all__ = [
+    "MAX_LINE",
+    "Journal",
+    "ResumeState",
+    "load_resume_state",
+    "record_hash",
+    "sent_hash",
+]
 
 MAX_LINE: Final = 1 << 28
 """The highest input line number a journal may name (the resume state is indexed by line)."""
@@ -110,12 +117,18 @@ def record_hash(
     what goes on the wire). For a ``rejected`` :class:`~growthhub_async.outcomes.Outcome`: its
     error, so that a line fixed since is no longer "the same record".
     """
-    digest = hashlib.blake2b(digest_size=_HASH_SIZE)
     if isinstance(item, Outcome):
+        digest = hashlib.blake2b(digest_size=_HASH_SIZE)
         digest.update(_key_encoder.encode(("rejected", item.error)))
-    else:
-        digest.update(_key_encoder.encode((item.contact_id, item.token_key)))
-        digest.update(encode(item.update))
+        return digest.digest()
+    return sent_hash(item.contact_id, item.token_key, encode(item.update))
+
+
+def sent_hash(contact_id: str, token_key: str | None, body: bytes) -> bytes:
+    """:func:`record_hash` of a record from what goes on the wire (the engine has the body)."""
+    digest = hashlib.blake2b(digest_size=_HASH_SIZE)
+    digest.update(_key_encoder.encode((contact_id, token_key)))
+    digest.update(body)
     return digest.digest()
 
 

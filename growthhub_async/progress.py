@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from growthhub_async.outcomes import Status, Summary
 from growthhub_async.ratelimit import Rate
 
-__all__ = ["format_duration", "pace_against_limit", "render_bar", "render_line", "render_summary"]
+__all__ = [
+    "LocationStats",
+    "format_duration",
+    "pace_against_limit",
+    "render_bar",
+    "render_line",
+    "render_location_progress",
+    "render_locations",
+    "render_summary",
+]
 
 _BAR_WIDTH: Final = 24
 
@@ -85,12 +95,77 @@ def render_line(summary: Summary, total: int | None) -> str:
     )
 
 
+@dataclass(slots=True)
+class LocationStats:
+    """One location's (token's) part of a run, for the table by location."""
+
+    records: int = 0
+    updated: int = 0
+    last: float = 0.0
+    """The run's elapsed seconds at this location's latest outcome."""
+
+    @property
+    def rate(self) -> float:
+        """Updated records per second, from the run's start to this location's last outcome."""
+        return self.updated / self.last if self.last > 0 else 0.0
+
+
+LOCATIONS_SHOWN: Final = 20
+"""Rows of the table by location; the other locations share one line."""
+
+
+def render_locations(stats: Mapping[str, LocationStats], shown: int = LOCATIONS_SHOWN) -> str:
+    """The table by location: records, updated, not updated, achieved rate (issue 13).
+
+    Locations with the most records first; beyond ``shown`` rows, one line sums the others, so
+    a run over 1,000 locations stays readable.
+    """
+    ordered = sorted(stats.items(), key=lambda item: (-item[1].records, item[0]))
+    rows: list[tuple[str, ...]] = [("location", "records", "updated", "not updated", "updated/s")]
+
+    def row(name: str, s: LocationStats) -> tuple[str, ...]:
+        return (name, str(s.records), str(s.updated), str(s.records - s.updated), f"{s.rate:.1f}")
+
+    rows.extend(row(name, s) for name, s in ordered[:shown])
+    rest = ordered[shown:]
+    if rest:
+        others = LocationStats(
+            sum(s.records for _, s in rest),
+            sum(s.updated for _, s in rest),
+            max(s.last for _, s in rest),
+        )
+        rows.append(row(f"{len(rest)} other locations", others))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  "
+        + "  ".join(
+            [f"{r[0]:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(r[1:], widths[1:], strict=True))]
+        )
+        for r in rows
+    ]
+    lines.insert(1, "  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_location_progress(left: Mapping[str, int], done: int, top: int = 3) -> str:
+    """One short piece for the progress line: locations at work and done, the ones with the
+    most records left (``left``: records not yet finished, by location), the rest counted."""
+    busiest = sorted(left.items(), key=lambda item: (-item[1], item[0]))[:top]
+    piece = f"locations: {len(left)} at work, {done} done"
+    if busiest:
+        piece += "; most left: " + ", ".join(f"{name} {n}" for name, n in busiest)
+        if len(left) > top:
+            piece += f" (+{len(left) - top} more)"
+    return piece
+
+
 def render_summary(
     summary: Summary,
     *,
     rate: Rate | None,
     outcomes: str | None,
     whole_job: Mapping[Status, int] | None = None,
+    tokens: int = 1,
 ) -> str:
     """The closing table: records per status (this run's, and with ``whole_job`` the whole
     job's beside them), requests, and the achieved pace against what the limit allows."""
@@ -124,13 +199,14 @@ def render_summary(
         f"{summary.rate_limited} answered 429"
     )
     if rate is not None and summary.elapsed > 0:
-        lines.append(f"  pace: {pace_against_limit(summary.requests, summary.elapsed, rate)}")
+        pace = pace_against_limit(summary.requests, summary.elapsed, rate, tokens)
+        lines.append(f"  pace: {pace}")
     if outcomes:
         lines.append(f"  outcomes: {outcomes}")
     return "\n".join(lines)
 
 
-def pace_against_limit(requests: int, elapsed: float, rate: Rate) -> str:
+def pace_against_limit(requests: int, elapsed: float, rate: Rate, tokens: int = 1) -> str:
     """How a run's requests compare with the most that ``rate`` lets through in ``elapsed``.
 
     No window of ``rate.window`` may hold more than ``rate.requests``, so a run of ``elapsed``
@@ -139,8 +215,9 @@ def pace_against_limit(requests: int, elapsed: float, rate: Rate) -> str:
     allowance reads 100%, not 116%, and a long one reads its steady pace.
     """
     windows = max(1, math.ceil(elapsed / rate.window - 1e-9))
-    allowed = rate.requests * windows
+    allowed = rate.requests * windows * max(1, tokens)
+    per = f" per location for {tokens} locations" if tokens > 1 else ""
     return (
-        f"{requests / allowed:.0%} of the {allowed} requests that {rate} allows "
+        f"{requests / allowed:.0%} of the {allowed} requests that {rate}{per} allows "
         f"in {format_duration(elapsed)}"
     )

@@ -294,6 +294,19 @@ class Budget:
             del self._answered[: bisect_right(self._answered, horizon)]
             self._answered_prune_at = max(_PRUNE_MIN, 2 * len(self._answered))
 
+    def trim(self, now: float) -> None:
+        """Forget send and answer times older than two spans, whatever the prune schedule.
+
+        A token that has gone quiet keeps its last burst's times until its next request; with
+        1,000 locations that sent a burst each and stopped, that was ~100 KB per location at a
+        generous rate (issue 13). The client calls this once a quiet token's times are stale.
+        """
+        horizon = now - 2 * self.span
+        del self._sent[: bisect_right(self._sent, horizon)]
+        del self._answered[: bisect_right(self._answered, horizon)]
+        self._prune_at = max(_PRUNE_MIN, 2 * len(self._sent))
+        self._answered_prune_at = max(_PRUNE_MIN, 2 * len(self._answered))
+
     def observe(self, headers: RateHeaders, *, sent_at: float, now: float) -> None:
         """Learn from the headers of the response to a request sent at ``sent_at``."""
         if headers.daily_remaining is not None and headers.daily_remaining <= 0:

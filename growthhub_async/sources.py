@@ -103,7 +103,7 @@ from typing import IO, Any, Final, Literal, Protocol, TypeAlias
 
 import msgspec
 
-from growthhub_async.contact_id import check_contact_id
+from growthhub_async.contact_id import LOCATION_KEY, check_contact_id, location_problem
 from growthhub_async.errors import InputError, InvalidContactId
 from growthhub_async.models import (
     CustomFieldValueKey,
@@ -332,25 +332,32 @@ def read_jsonl(
         if (duplicate := _duplicate_key(raw, obj)) is not None:
             yield _reject(lineno, duplicate)
             continue
-        contact_id = obj.pop("contactId", None)
-        if contact_id is None:
-            yield _reject(lineno, "missing contactId")
-            continue
-        if type(contact_id) is not str:
-            yield _reject(
-                lineno, f"Expected `str`, got `{_json_type(contact_id)}` - at `$.contactId`"
-            )
-            continue
-        try:
-            check_contact_id(contact_id)
-            update = convert(obj)
-        except InvalidContactId as exc:
-            yield _reject(lineno, f"{exc} - at `$.contactId`")
-            continue
-        except msgspec.ValidationError as exc:
-            yield _reject(lineno, str(exc), contact_id)
-            continue
-        yield Record(lineno, contact_id, update)
+        yield _jsonl_record(lineno, obj, convert)
+
+
+def _jsonl_record(
+    lineno: int, obj: dict[str, Any], convert: Callable[[Any], UpdateContact]
+) -> Item:
+    """One decoded JSONL object as a record: ``contactId`` and ``locationId`` taken out (they
+    address and route the update; neither goes in the body), the rest validated."""
+    contact_id = obj.pop("contactId", None)
+    if contact_id is None:
+        return _reject(lineno, "missing contactId")
+    if type(contact_id) is not str:
+        return _reject(lineno, f"Expected `str`, got `{_json_type(contact_id)}` - at `$.contactId`")
+    location = obj.pop(LOCATION_KEY, _ABSENT)
+    try:
+        check_contact_id(contact_id)
+        if location is not _ABSENT:
+            _check_location(location)
+        update = convert(obj)
+    except InvalidContactId as exc:
+        return _reject(lineno, f"{exc} - at `$.contactId`")
+    except _CellError as exc:
+        return _reject(lineno, f"{exc} - at `$.locationId`", contact_id)
+    except msgspec.ValidationError as exc:
+        return _reject(lineno, str(exc), contact_id)
+    return Record(lineno, contact_id, update, None if location is _ABSENT else location)
 
 
 _JSON_TYPES: Final[dict[type, str]] = {
@@ -621,6 +628,7 @@ _Column: TypeAlias = tuple[str, str, tuple[str, ...]]
 _NESTED_JSON: Final = frozenset({"dndSettings", "inboundDndSettings", "customFields"})
 _SPECIAL_KINDS: Final = {
     "contactId": "id",
+    LOCATION_KEY: "location",
     "dnd": "bool",
     "tags": "tags",
     **dict.fromkeys(_NESTED_JSON, "json"),
@@ -764,16 +772,31 @@ class _CellError(ValueError):
     """A cell that cannot become part of the body (a bad JSON literal, a nameless column)."""
 
 
+_ABSENT: Final[Any] = object()
+
+
+def _check_location(value: object) -> str:
+    """A record's ``locationId``: it routes the record (issue 13), never goes in the body."""
+    problem = location_problem(value)
+    if problem is not None:
+        raise _CellError(problem)
+    assert isinstance(value, str)
+    return value
+
+
 def _csv_record(line: int, columns: list[_Column], row: list[str]) -> Item:
     body: dict[str, Any] = {}
     custom_columns: list[str] = []
     contact_id = ""
+    location: str | None = None
     try:
         for (kind, name, path), cell in zip(columns, row, strict=True):
             if not cell:
-                continue  # empty: leave the field unchanged
+                continue  # empty: leave the field unchanged (no location: the run's token)
             if kind == "id":
                 contact_id = cell
+            elif kind == "location":
+                location = _check_location(cell)
             elif kind == "custom":
                 custom_columns.append(name)
                 item = {"id": path[0], "field_value": _custom_value(cell, name)}
@@ -796,7 +819,7 @@ def _csv_record(line: int, columns: list[_Column], row: list[str]) -> Item:
         if custom_columns and (m := _CUSTOM_INDEX.search(message)):
             message += f" (column `{custom_columns[int(m.group(1))]}`)"
         return _reject(line, message, contact_id)
-    return Record(line, contact_id, update)
+    return Record(line, contact_id, update, location)
 
 
 def _put(body: dict[str, Any], kind: str, name: str, path: tuple[str, ...], cell: str) -> None:

@@ -19,11 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_smoke(name: str, tmp_path: Path) -> dict[str, Any]:
+def run_smoke(
+    name: str, tmp_path: Path, *extra: str, expected: str | None = None
+) -> dict[str, Any]:
     out = tmp_path / f"{name}.json"
     env = {k: v for k, v in os.environ.items() if k != "GROWTHHUB_TOKEN"}
     proc = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", *extra, "--out", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -33,7 +35,7 @@ def run_smoke(name: str, tmp_path: Path) -> dict[str, Any]:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
-    assert result["benchmark"] == name
+    assert result["benchmark"] == (expected or name)
     assert result["command"].startswith(f"python -m benchmarks.{name} --smoke")
     machine = result["machine"]
     assert machine["nproc"] >= 1
@@ -75,6 +77,20 @@ def test_memory(tmp_path: Path) -> None:
     assert r["small"]["peakRssMiB"] > 0
     assert r["large"]["peakRssMiB"] > 0
     assert r["rssRatio"] > 0
+
+
+def test_memory_by_location(tmp_path: Path) -> None:
+    r = run_smoke("memory", tmp_path, "--by-location", expected="memory_locations")
+    assert r["small"]["locations"] < r["large"]["locations"]
+    assert r["large"]["peakRssMiB"] > 0
+
+
+def test_locations(tmp_path: Path) -> None:
+    r = run_smoke("locations", tmp_path)
+    assert r["many"]["locations"] > r["floor"]["locations"] == 1
+    assert r["many"]["records"] == r["single"]["records"]
+    assert r["wallAgainstFloor"] > 0
+    assert r["many"]["answered429"] >= 0
 
 
 def test_latency(tmp_path: Path) -> None:

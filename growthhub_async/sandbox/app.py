@@ -57,6 +57,13 @@ _NOT_OBJECT: Final = _encode(
     {"statusCode": 400, "message": "The request body must be a JSON object", "error": "Bad Request"}
 )
 _NOT_FOUND: Final = _encode({"statusCode": 404, "message": "Contact not found"})
+_OTHER_LOCATION: Final = _encode(
+    {
+        "statusCode": 403,
+        "message": "The token does not have access to this location.",
+        "error": "Forbidden",
+    }
+)
 _TOO_MANY: Final = _encode({"statusCode": 429, "message": "Too many requests"})
 _JSON: Final = "application/json"
 
@@ -121,18 +128,23 @@ class _State:
             stats["oauth"] = self.oauth.stats()
         return stats
 
-    def authenticate(self, token: str | None, now: float) -> tuple[str | None, bytes]:
-        """``(budget key, b"")`` for a token that may write, else ``(None, the 401 body)``.
+    def authenticate(self, token: str | None, now: float) -> tuple[str | None, str | None, bytes]:
+        """``(budget key, location, b"")`` for a token that may write, else
+        ``(None, None, the 401 body)``.
 
-        Fixed tokens are their own budget key; OAuth access tokens share their location's.
+        Fixed tokens of ``tokens`` are their own budget key (location ``location_id``); those
+        of ``location_tokens`` and OAuth access tokens share their location's budget.
         """
         if token is None:
-            return None, _UNAUTHORIZED
+            return None, None, _UNAUTHORIZED
         if token in self.config.tokens:
-            return token, b""
+            return token, self.config.location_id, b""
+        location = self.config.location_tokens.get(token)
+        if location is not None:
+            return f"location:{location}", location, b""
         if self.oauth is not None:
             return self.oauth.authenticate(token, now)
-        return None, _UNAUTHORIZED
+        return None, None, _UNAUTHORIZED
 
     def budget(self, token: str) -> Budget:
         budget = self.budgets.get(token)
@@ -209,7 +221,7 @@ async def _put_contact(request: web.Request) -> web.StreamResponse:
     if fate.delay:
         await asyncio.sleep(fate.delay)
     # From here on ``token`` is the budget key (an OAuth token's is its location's), or None.
-    token, denied = state.authenticate(token, loop.time())
+    token, location, denied = state.authenticate(token, loop.time())
     if fate.kind == "hostile":
         spoiled = await hostile.answer(request, fate.mode)
         if spoiled is not None:
@@ -223,7 +235,7 @@ async def _put_contact(request: web.Request) -> web.StreamResponse:
     headers = state.headers(decision)
     if not decision.allowed:
         return _too_many(state, decision, headers)
-    return await _update(request, state, contact_id, headers)
+    return await _update(request, state, contact_id, headers, location)
 
 
 def _faulted(
@@ -253,12 +265,23 @@ def _faulted(
 
 
 async def _update(
-    request: web.Request, state: _State, contact_id: str, headers: dict[str, str]
+    request: web.Request,
+    state: _State,
+    contact_id: str,
+    headers: dict[str, str],
+    location: str | None,
 ) -> web.Response:
-    """The API proper, past auth and rate limit: version, JSON, validation, store."""
+    """The API proper, past auth and rate limit: location, version, JSON, validation, store."""
     version = request.headers.get("Version")
-    if version != API_VERSION:
-        return _respond(state, 400, _NO_VERSION if version is None else _BAD_VERSION, headers)
+    known = state.contacts.get(contact_id)
+    if location is None or (known is not None and known.get("locationId") != location):
+        status, error = 403, _OTHER_LOCATION
+    elif version != API_VERSION:
+        status, error = 400, _NO_VERSION if version is None else _BAD_VERSION
+    else:
+        status, error = 0, b""
+    if status:
+        return _respond(state, status, error, headers)
     raw = await request.read()
     try:
         body = _decode(raw) if raw.strip() else {}
@@ -275,7 +298,8 @@ async def _update(
     if contact is None:
         if state.config.contacts is not None:
             return _respond(state, 404, _NOT_FOUND, headers)
-        contact = state.contacts[contact_id] = new_contact(contact_id, state.config.location_id)
+        assert location is not None  # refused above
+        contact = state.contacts[contact_id] = new_contact(contact_id, location)
     apply_update(contact, body)
     state.history.setdefault(contact_id, []).append(body)
     state.writes[contact_id] = state.writes.get(contact_id, 0) + 1
@@ -287,7 +311,7 @@ async def _get_contact(request: web.Request) -> web.Response:
     # what was written does not disturb the pacing under test) and needs no Version header.
     state = request.app[_STATE]
     now = asyncio.get_running_loop().time()
-    budget_key, denied = state.authenticate(_token(request), now)
+    budget_key, _, denied = state.authenticate(_token(request), now)
     if budget_key is None:
         return web.Response(
             body=denied, status=401, headers=state.headers(None), content_type=_JSON
@@ -309,6 +333,20 @@ async def _oauth_token(request: web.Request) -> web.Response:
     return web.Response(body=body, status=status, content_type=_JSON)
 
 
+async def _location_token(request: web.Request) -> web.Response:
+    # POST /oauth/locationToken (see sandbox/oauth.py); 404 when the sandbox has no OAuth app.
+    oauth = request.app[_STATE].oauth
+    if oauth is None:
+        raise web.HTTPNotFound
+    version = request.headers.get("Version")
+    if version != API_VERSION:
+        body = _NO_VERSION if version is None else _BAD_VERSION
+        return web.Response(body=body, status=400, content_type=_JSON)
+    form = await read_form(request)
+    status, body = oauth.mint(_token(request), form, asyncio.get_running_loop().time())
+    return web.Response(body=body, status=status, content_type=_JSON)
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.Response(body=_encode(request.app[_STATE].stats()), content_type=_JSON)
 
@@ -327,6 +365,7 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
     app.router.add_put("/contacts/{contactId:[^/]+}", _put_contact)
     app.router.add_get("/contacts/{contactId:[^/]+}", _get_contact)
     app.router.add_post("/oauth/token", _oauth_token)
+    app.router.add_post("/oauth/locationToken", _location_token)
     app.router.add_get("/__sandbox/stats", _stats)
     app.router.add_post("/__sandbox/reset", _reset)
     return app

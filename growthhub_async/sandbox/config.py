@@ -156,6 +156,12 @@ class SandboxConfig:
     """Seconds in the daily limit's window; tests scale it down like ``rate_window``."""
     oauth: OAuthConfig | None = None
     """An OAuth app: enables ``POST /oauth/token`` and the access tokens it issues."""
+    location_tokens: Mapping[str, str] = field(default_factory=dict)
+    """More fixed tokens, each of one location (token -> locationId, issue 13): a contact
+    belongs to the location of the token that created it (or its seed's ``locationId``), a
+    token of another location gets 403 ``The token does not have access to this location.``,
+    and each location has its own rate budget. Tokens in ``tokens`` belong to
+    ``location_id`` and keep a budget each."""
 
     def __post_init__(self) -> None:
         if isinstance(self.tokens, str):
@@ -172,6 +178,11 @@ class SandboxConfig:
             raise ValueError(f"window must be 'fixed' or 'sliding', not {self.window!r}")
         if self.daily_limit < 1:
             raise ValueError(f"daily_limit must be at least 1, not {self.daily_limit!r}")
+        if not all(
+            isinstance(t, str) and t and isinstance(loc, str) and loc
+            for t, loc in self.location_tokens.items()
+        ):
+            raise ValueError("location_tokens maps non-empty tokens to non-empty location ids")
         if not (math.isfinite(self.day_length) and self.day_length > 0):
             raise ValueError(
                 f"day_length must be a positive number of seconds, not {self.day_length!r}"
@@ -180,7 +191,8 @@ class SandboxConfig:
     def __repr__(self) -> str:
         # Tokens are secrets: never in a repr, a log line or an exception message.
         return (
-            f"SandboxConfig(tokens=<{len(self.tokens)} hidden>, rate_limit={self.rate_limit}, "
+            f"SandboxConfig(tokens=<{len(self.tokens)} hidden>, "
+            f"location_tokens=<{len(self.location_tokens)} hidden>, rate_limit={self.rate_limit}, "
             f"rate_window={self.rate_window}, window={self.window!r}, "
             f"daily_limit={self.daily_limit}, retry_after={self.retry_after}, "
             f"contacts={'None' if self.contacts is None else len(self.contacts)}, "

@@ -17,6 +17,13 @@ What it emulates of HighLevel's OAuth 2.0 (contract: ``apps/oauth.json``, issue 
   they expire, as the real API's do.
 - The rate budget of OAuth tokens is per location (one budget whatever the access token), as
   the API's per app and location limits are.
+- **Agency apps** (``user_type="Company"``, issue 13): the refresh gives an agency token, which
+  opens no contact (403 ``The token does not have access to this location.``) but mints a
+  location's token with ``POST /oauth/locationToken`` (``Version`` header, bearer agency token,
+  form ``companyId``, ``locationId``): 401 for an agency token that is unknown or expired, 422
+  for a missing field, 400 for another company or a location the app is not installed on
+  (``locations``). A minted token writes that location's contacts only, on that location's
+  budget.
 
 Stats (``oauth`` in ``/__sandbox/stats``): ``requests`` to the token endpoint, ``refreshes``
 that succeeded, and ``byStatus``.
@@ -91,6 +98,11 @@ class OAuthConfig:
     access_token_lifetime: float = 86_399.0
     scope: str = "contacts.readonly contacts.write"
     location_id: str = "sandboxLocation0000001"
+    user_type: str = "Location"
+    """``"Company"``: an agency app, whose tokens mint location tokens (issue 13)."""
+    company_id: str = "sandboxCompany00000001"
+    locations: frozenset[str] | None = None
+    """The locations an agency app is installed on (``None``: any)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.refresh_tokens, str):
@@ -116,6 +128,7 @@ class OAuthConfig:
 class _Issued:
     expires_at: float
     can_write: bool
+    location: str | None  # None: an agency (Company) token
 
 
 class OAuthServer:
@@ -128,8 +141,8 @@ class OAuthServer:
         self._serial = itertools.count(1)
         self.requests = 0
         self.refreshes = 0
+        self.mints = 0
         self.by_status: dict[str, int] = {}
-        self.budget_key = f"oauth:{config.location_id}"
         self.reset()
 
     def reset(self) -> None:
@@ -138,15 +151,19 @@ class OAuthServer:
         self.refresh_tokens = set(self.config.refresh_tokens)
         self.requests = 0
         self.refreshes = 0
+        self.mints = 0
         self.by_status.clear()
 
     def stats(self) -> dict[str, Any]:
         """The ``oauth`` part of the sandbox's stats."""
-        return {
+        stats: dict[str, Any] = {
             "requests": self.requests,
             "refreshes": self.refreshes,
             "byStatus": dict(self.by_status),
         }
+        if self.config.user_type == "Company":
+            stats["mints"] = self.mints
+        return stats
 
     def issue(self, now: float) -> dict[str, Any]:
         """A new access and refresh token pair (the refresh token becomes valid)."""
@@ -154,31 +171,83 @@ class OAuthServer:
         access = f"sandbox-access-{serial}-{_nonce()}"
         refresh = f"sandbox-refresh-{serial}-{_nonce()}"
         lifetime = self.config.access_token_lifetime
-        self.access[access] = _Issued(now + lifetime, WRITE_SCOPE in self.config.scope.split())
+        agency = self.config.user_type == "Company"
+        location = None if agency else self.config.location_id
+        can_write = WRITE_SCOPE in self.config.scope.split()
+        self.access[access] = _Issued(now + lifetime, can_write, location)
         self.refresh_tokens.add(refresh)
-        return {
+        answer = {
             "access_token": access,
             "token_type": "Bearer",
             "expires_in": lifetime,
             "refresh_token": refresh,
             "scope": self.config.scope,
-            "userType": "Location",
-            "locationId": self.config.location_id,
-            "companyId": "sandboxCompany00000001",
+            "userType": self.config.user_type,
+            "companyId": self.config.company_id,
             "userId": "sandboxUser0000000001",
         }
+        if location is not None:
+            answer["locationId"] = location
+        return answer
 
-    def authenticate(self, token: str, now: float) -> tuple[str | None, bytes]:
-        """For an access token: ``(budget key, b"")`` when it may write, else ``(None, 401 body)``.
-
-        An unknown token gets the same body as an expired one (the API does not say which).
-        """
+    def authenticate(self, token: str, now: float) -> tuple[str | None, str | None, bytes]:
+        """For an access token: ``(budget key, location, b"")`` when it may write, else
+        ``(None, None, 401 body)``. An agency token's location is ``None`` (it opens no
+        contact). An unknown token gets the same body as an expired one."""
         issued = self.access.get(token)
         if issued is None or now >= issued.expires_at:
-            return None, _EXPIRED
+            return None, None, _EXPIRED
         if not issued.can_write:
-            return None, _NO_SCOPE
-        return self.budget_key, b""
+            return None, None, _NO_SCOPE
+        return f"oauth:{issued.location or 'agency'}", issued.location, b""
+
+    def mint(self, bearer: str | None, form: Any, now: float) -> tuple[int, bytes]:
+        """``POST /oauth/locationToken``: a location token from an agency token. Counts it."""
+        self.requests += 1
+        status, body = self._mint(bearer, form, now)
+        key = str(status)
+        self.by_status[key] = self.by_status.get(key, 0) + 1
+        if status == 200:
+            self.mints += 1
+        return status, body
+
+    def _mint(self, bearer: str | None, form: Any, now: float) -> tuple[int, bytes]:
+        issued = self.access.get(bearer or "")
+        if issued is None or now >= issued.expires_at or issued.location is not None:
+            return 401, _EXPIRED
+        missing = [
+            f"{name} should not be empty"
+            for name in ("companyId", "locationId")
+            if not form.get(name)
+        ]
+        if missing:
+            message = {"statusCode": 422, "message": missing, "error": "Unprocessable Entity"}
+            return 422, _encode(message)
+        location = form.get("locationId")
+        allowed = self.config.locations
+        if form.get("companyId") != self.config.company_id or (
+            allowed is not None and location not in allowed
+        ):
+            message = {
+                "statusCode": 400,
+                "message": "Location not found or the app is not installed on it",
+                "error": "Bad Request",
+            }
+            return 400, _encode(message)
+        serial = next(self._serial)
+        access = f"sandbox-location-{serial}-{_nonce()}"
+        lifetime = self.config.access_token_lifetime
+        self.access[access] = _Issued(now + lifetime, issued.can_write, location)
+        return 200, _encode(
+            {
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "scope": self.config.scope,
+                "locationId": location,
+                "userId": "sandboxUser0000000001",
+            }
+        )
 
     def answer(self, form: Any, now: float) -> tuple[int, bytes]:
         """The token endpoint's status and JSON body for a parsed form. Counts it."""
