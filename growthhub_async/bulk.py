@@ -722,6 +722,7 @@ class OutcomeStream:
         max_held: int = 1000,
         spill_dir: str | None = None,
         record_hashes: bool = False,
+        known_hashes: dict[int, bytes] | None = None,
     ) -> None:
         self._get_engine = engine
         self._engine: Engine | None = None
@@ -744,6 +745,9 @@ class OutcomeStream:
         self.halted: tuple[Status, str] | None = None
         """Set by :meth:`stop`: what records without a request on the wire end with."""
         self._record_hashes = record_hashes
+        # Resume keys by line of records the input replaced (a state's unchanged outcome or
+        # changed fields): what the engine has is then not the record it must hash.
+        self._known_hashes = known_hashes
         self._side_by_side = side_by_side
         self._max_held = max_held
         self._spill_dir = spill_dir
@@ -780,11 +784,18 @@ class OutcomeStream:
 
     def finish(self, job: _Job | None, outcome: Outcome) -> None:
         """A record of this run has its outcome."""
-        digest = record_hash(outcome) if self._record_hashes and job is None else None
+        digest = None
+        if self._record_hashes:
+            known = self._known_hashes
+            digest = known.pop(outcome.line, None) if known else None
+            if digest is None:
+                digest = (
+                    record_hash(outcome)
+                    if job is None
+                    else sent_hash(job.contact_id, job.token_key, job.body)
+                )
         if job is not None:
             self._jobs.discard(job)
-            if self._record_hashes:
-                digest = sent_hash(job.contact_id, job.token_key, job.body)
             if self._side_by_side:
                 self._freed(job.lane.key)
         self.summary.add(outcome)

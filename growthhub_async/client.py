@@ -876,13 +876,16 @@ class GrowthHubClient:
         ``full`` sends every record (and still remembers what is applied). A record's location
         in the state is its ``locationId`` (its token key; ``""`` with a single ``token=``).
         """
+        known_hashes = None
         if self.state is not None:
             run = StateRun(
                 self.state,
                 location=token_key,
                 full=full,
                 changed_fields_only=changed_fields_only,
+                encode=self._codec.encode if record_hashes else None,
             )
+            known_hashes = run.hashes
             records = run.filter(records)
             hooks = [*hooks, run.on_event]  # after the caller's (a journal line comes first)
         elif full or changed_fields_only:
@@ -901,6 +904,7 @@ class GrowthHubClient:
             max_held=max_held,
             spill_dir=spill_dir,
             record_hashes=record_hashes,
+            known_hashes=known_hashes,
         )
 
     async def submit(

@@ -45,6 +45,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET
 
+from growthhub_async.journal import record_hash
 from growthhub_async.models import CustomField, UpdateContact, decode_update
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.sources import Record
@@ -146,6 +147,7 @@ class StateRun:
         changed_fields_only: bool = False,
         track: bool = True,
         clock: Callable[[], float] | None = None,
+        encode: Callable[[UpdateContact], bytes] | None = None,
     ) -> None:
         self.state = state
         self.location = location
@@ -159,6 +161,12 @@ class StateRun:
         """Records found unchanged so far."""
         self.to_send: Counter[str] = Counter()
         """Records handed on to be sent, per location."""
+        self.encode = encode
+        self.hashes: dict[int, bytes] = {}
+        """With ``encode``: the resume key (:func:`~growthhub_async.journal.record_hash`) of
+        each record this run replaced (by its ``unchanged`` outcome or its changed fields), by
+        line, until its outcome takes it: the engine hashes what it sends, which is then not
+        the record."""
 
     async def filter(
         self, records: Iterable[Any] | AsyncIterable[Any], *, batch: int = BATCH
@@ -227,6 +235,8 @@ class StateRun:
             row = rows.get(key)
             if row is not None and key not in busy and key not in in_flight:
                 send = _unchanged_or_changes(record, row, digest, changed=changed)
+                if send is not record and self.encode is not None:
+                    self.hashes[record.line] = record_hash(record, self.encode)
                 if isinstance(send, Outcome):
                     items[i] = send
                     self.unchanged += 1

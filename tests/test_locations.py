@@ -20,6 +20,7 @@ from growthhub_async import GrowthHubClient, Record, Status, UpdateContact
 from growthhub_async.auth import OAuthProvider
 from growthhub_async.errors import ConfigurationError
 from growthhub_async.events import Event, Paused, RateLimitHit, RecordFinished
+from growthhub_async.journal import record_hash
 from growthhub_async.locations import (
     AgencyTokens,
     LocationTokens,
@@ -27,12 +28,14 @@ from growthhub_async.locations import (
     location_problem,
     shard_of,
 )
+from growthhub_async.models import UpdateContactCodec
 from growthhub_async.outcomes import Outcome
 from growthhub_async.retry import RetryPolicy
 from growthhub_async.sandbox import SandboxConfig, run_sandbox
 from growthhub_async.sandbox.oauth import OAuthConfig
 from growthhub_async.sources import read_csv, read_jsonl
 from growthhub_async.spill import Spill
+from growthhub_async.state import SyncState
 from tests.cli_helpers import (
     finish,
     journal_lines,
@@ -719,3 +722,42 @@ async def test_a_429_pauses_only_its_own_location() -> None:
     paused = {e.token_key for e in events if isinstance(e, Paused)}
     assert limited == {"loc0"}
     assert paused == {"loc0"}
+
+
+async def test_state_keys_by_location_and_journal_hashes_are_the_records(tmp_path: Path) -> None:
+    """Issues 13 + 14: the state keeps (locationId, contactId); the resume key on each outcome
+    is the input record's, also for a record the state judged ``unchanged`` and one sent with
+    its changed fields only (the engine then sends, and would hash, less than the record)."""
+    events: list[Event] = []
+    encode = UpdateContactCodec("field_value").encode
+    path = tmp_path / "s.db"
+
+    def records(name: str) -> list[Record]:
+        return [
+            Record(1, "c0", UpdateContact(first_name="A", last_name="L"), "loc0"),
+            Record(2, "c1", UpdateContact(first_name=name, last_name="L"), "loc1"),
+        ]
+
+    async with run_sandbox(_config()) as sb:
+        for run in (records("A"), records("A"), records("B")):
+            events.clear()
+            async with GrowthHubClient(tokens=TOKENS, base_url=sb.base_url, state=path) as gh:
+                stream = gh.update_contacts(
+                    run, hooks=[events.append], record_hashes=True, changed_fields_only=True
+                )
+                statuses = {o.line: o.status async for o in stream}
+            finished = {e.outcome.line: e for e in events if isinstance(e, RecordFinished)}
+            assert {line: e.record_hash for line, e in finished.items()} == {
+                r.line: record_hash(r, encode) for r in run
+            }
+        history = sb.history
+    # Third run: loc0's contact unchanged, loc1's sent with only its changed field.
+    assert statuses == {1: Status.UNCHANGED, 2: Status.UPDATED}
+    assert history["c1"][-1] == {"firstName": "B"}
+    assert len(history["c0"]) == 1
+    async with SyncState(path, readonly=True) as state:
+        stats = await state.stats()
+    assert sorted((loc.location, loc.contacts) for loc in stats.locations) == [
+        ("loc0", 1),
+        ("loc1", 1),
+    ]
