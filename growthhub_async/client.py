@@ -619,7 +619,11 @@ class GrowthHubClient:
         )
         """The sync state (issue 14), or ``None``."""
         # One view of the state for every submit(): concurrent submits see each other in flight.
-        self._submit_run = StateRun(self.state) if self.state is not None else None
+        self._submit_run = (
+            StateRun(self.state, sender=self, server=str(self.base_url))
+            if self.state is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._connector else "not started"
@@ -642,9 +646,9 @@ class GrowthHubClient:
     # -- life cycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> GrowthHubClient:
-        self._open()
         if self.state is not None:
-            await self.state.open()
+            await self.state.check_server(self.base_url)  # opens it; before any session
+        self._open()
         return self
 
     async def __aexit__(
@@ -786,6 +790,8 @@ class GrowthHubClient:
                 location=token_key,
                 full=full,
                 changed_fields_only=changed_fields_only,
+                sender=self,  # one engine: a contact's records go in order (rule 6 of state)
+                server=str(self.base_url),
             )
             records = run.filter(records)
             hooks = [*hooks, run.on_event]  # after the caller's (a journal line comes first)
