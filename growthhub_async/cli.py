@@ -10,12 +10,12 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from growthhub_async import __version__, demo
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
-from growthhub_async.cmdline import PROG, HelpFormatter, invoked_as
+from growthhub_async.cmdline import PROG, HelpFormatter, Terminal, invoked_as
 from growthhub_async.errors import GrowthHubError
 from growthhub_async.job import (
     EXIT_FATAL,
@@ -29,7 +29,7 @@ from growthhub_async.locations import AgencyTokens, LocationTokens, load_tokens_
 from growthhub_async.progress import format_duration
 from growthhub_async.ratelimit import Rate, parse_rate
 from growthhub_async.sandbox import cli as sandbox_cli
-from growthhub_async.state import SyncState
+from growthhub_async.state import StateStats, SyncState
 
 DEFAULT_RATE = "100/10s"
 
@@ -335,8 +335,9 @@ def _option(name: str, value: str) -> list[str]:
 
 def fatal(command: str, message: object) -> int:
     """Say what went wrong in one line on stderr; the exit status of a fatal error."""
-    sys.stderr.write(f"{PROG} {command}: error: {message}\n")
-    sys.stderr.flush()
+    err = Terminal(sys.stderr)
+    err.write(f"{PROG} {command}: error: {message}\n")
+    err.flush()
     return EXIT_FATAL
 
 
@@ -431,18 +432,20 @@ async def _state_command(args: argparse.Namespace) -> int:
     writing = args.forget_location is not None or args.forget_contact
     if not await asyncio.to_thread(_exists, args.file):
         return fatal("state", f"{args.file!r} does not exist")
+    out = Terminal(sys.stdout)  # the work is in the file: a closed stdout cannot undo it
     async with SyncState(args.file, readonly=not writing) as state:
         if args.forget_location is not None:
             count = await state.forget_location(args.forget_location)
-            sys.stdout.write(f"forgot {count} contacts of location {args.forget_location!r}\n")
+            out.write(f"forgot {count} contacts of location {args.forget_location!r}\n")
         elif args.forget_contact:
             count = await state.forget_contacts(args.location, args.forget_contact)
-            sys.stdout.write(
+            out.write(
                 f"forgot {count} of {len(args.forget_contact)} contacts of location "
                 f"{args.location!r} (the others were not in the state)\n"
             )
         stats = await state.stats()
-    sys.stdout.write(render_state(args.file, stats.locations, stats.file_bytes) + "\n")
+    out.write(render_state(args.file, stats) + "\n")
+    out.flush()
     return 0
 
 
@@ -450,12 +453,19 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def render_state(path: str, locations: Sequence[Any], size: int) -> str:
+_PER_CONTACT_FROM: Final = 1000
+"""Contacts from which bytes per contact mean something (below, SQLite's fixed pages rule)."""
+
+
+def render_state(path: str, stats: StateStats) -> str:
     """The ``state`` command's table: per location, contacts and first/last applied (UTC)."""
+    locations, size = stats.locations, stats.file_bytes
     contacts = sum(loc.contacts for loc in locations)
     lines = [f"state {path}: {contacts} contacts in {len(locations)} locations, {size:,} bytes"]
-    if contacts:
+    if contacts >= _PER_CONTACT_FROM:
         lines[0] += f" ({size / contacts:,.0f} bytes per contact)"
+    if stats.server is not None:
+        lines.append(f"  applied through {stats.server}")
     rows = [("location", "contacts", "first applied (UTC)", "last applied (UTC)")]
     rows += [
         (

@@ -673,7 +673,11 @@ class GrowthHubClient:
         )
         """The sync state (issue 14), or ``None``."""
         # One view of the state for every submit(): concurrent submits see each other in flight.
-        self._submit_run = StateRun(self.state) if self.state is not None else None
+        self._submit_run = (
+            StateRun(self.state, sender=self, server=str(self.base_url))
+            if self.state is not None
+            else None
+        )
 
     def _make_lane(self, key: str, provider: TokenProvider) -> _Lane:
         return _Lane(
@@ -722,9 +726,9 @@ class GrowthHubClient:
     # -- life cycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> GrowthHubClient:
-        self._open()
         if self.state is not None:
-            await self.state.open()
+            await self.state.check_server(self.base_url)  # opens it; before any session
+        self._open()
         return self
 
     async def __aexit__(
@@ -884,6 +888,8 @@ class GrowthHubClient:
                 full=full,
                 changed_fields_only=changed_fields_only,
                 encode=self._codec.encode if record_hashes else None,
+                sender=self,  # one engine: a contact's records go in order (rule 6 of state)
+                server=str(self.base_url),
             )
             known_hashes = run.hashes
             records = run.filter(records)

@@ -1,6 +1,7 @@
 """What every subcommand of ``growthhub-async`` shares: its name as the user can type it again,
 and one help layout.
 
+Also the streams a command writes to (:class:`Terminal`).
 Kept apart from :mod:`growthhub_async.cli` so that the subcommands defined elsewhere
 (``sandbox``, ``demo``) use the same words without importing the command that imports them.
 """
@@ -8,14 +9,16 @@ Kept apart from :mod:`growthhub_async.cli` so that the subcommands defined elsew
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import shlex
 import shutil
 import sys
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TextIO
 
-__all__ = ["PROG", "HelpFormatter", "invoked_as"]
+__all__ = ["PROG", "HelpFormatter", "Terminal", "invoked_as", "isatty"]
 
 PROG: Final = "growthhub-async"
 
@@ -70,3 +73,42 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)"
+
+
+class Terminal(io.TextIOBase):
+    """stdout or stderr for a command: one that is closed, full or a broken pipe is given up.
+
+    What a command prints is for the user; its work is in its files (the journal, the state).
+    A progress line that cannot be written must not stop a run, nor a summary (or the
+    ``state`` command's table) change the exit status. :func:`growthhub_async.cli.main` then
+    keeps Python's own flush at exit from changing it either.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self.broken = stream is None
+
+    def _do(self, action: Callable[[TextIO], object]) -> None:
+        if not self.broken:
+            try:
+                action(self._stream)  # type: ignore[arg-type]
+            except (OSError, ValueError):  # ENOSPC, EPIPE, EBADF; or a closed file object
+                self.broken = True
+
+    def write(self, text: str) -> int:
+        self._do(lambda stream: stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._do(lambda stream: stream.flush())
+
+    def isatty(self) -> bool:
+        return not self.broken and isatty(self._stream)  # type: ignore[arg-type]
+
+
+def isatty(stream: TextIO) -> bool:
+    """``stream.isatty()``, ``False`` for a stream that cannot say (closed, or none)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

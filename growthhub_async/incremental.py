@@ -19,12 +19,16 @@ Rules, and why:
    flight) *forgets* its contact: the server may hold that body or the older one, so the next
    run sends it. Nothing is written before the 2xx, so a killed run never marks as applied a
    record that was not; a record in flight at the kill is sent again (the PUT is idempotent).
-2. **A contact with a record of this run in flight is never ``unchanged``.** The earlier record
-   may still change it, so the later one is judged against what the run sends, not the file:
-   it is sent. Which contacts are in flight is noted before each lookup is asked for, and the
-   state commits what finished before that lookup runs (rule 2 of
-   :mod:`~growthhub_async.state`), so no finished record is missed either. A contact's body is
-   remembered when its last record in flight is applied (the one with the last word).
+2. **A contact with a record in flight is never ``unchanged``** (a record of this run or of any
+   other run on the same :class:`~growthhub_async.state.SyncState`: the state counts sends in
+   flight per contact). The earlier record may still change it, so the later one is judged
+   against what is being sent, not the file: it is sent. Which contacts are in flight is noted
+   before each lookup is asked for, and the state commits what finished before that lookup runs
+   (rule 2 of :mod:`~growthhub_async.state`), so no finished record is missed either. A
+   contact's body is remembered when its last record in flight is applied (the one with the
+   last word) if one *sender* sent them all: one engine keeps a contact's records in order, two
+   (two clients sharing a state) do not, so after their sends overlapped the contact is
+   forgotten, whatever the answers (rule 6 of :mod:`~growthhub_async.state`).
 3. **What is about to be sent is forgotten first.** Before a batch's records go out, the state
    forgets (and commits the forgetting of) every contact among them that it holds: from then
    until the 2xx, the server may hold the old body or the new one. A kill in that window leaves
@@ -135,7 +139,10 @@ class StateRun:
     ``changed_fields_only``, with only their changed fields) and ``unchanged`` outcomes;
     :meth:`on_event` (a hook of the run, after the journal's) remembers the records applied
     and forgets those sent without a 2xx. ``full`` judges nothing (every record is sent) but
-    still remembers. ``track=False`` (a dry run) remembers nothing.
+    still remembers. ``track=False`` (a dry run) remembers nothing. ``sender``: what sends
+    this run's records in order per contact (its client's engine; default: the run itself).
+    ``server``: the API base URL the records go to; a state filled against another is refused
+    (:meth:`~growthhub_async.state.SyncState.check_server`) before a record is judged.
     """
 
     def __init__(
@@ -148,6 +155,8 @@ class StateRun:
         track: bool = True,
         clock: Callable[[], float] | None = None,
         encode: Callable[[UpdateContact], bytes] | None = None,
+        sender: object | None = None,
+        server: str | None = None,
     ) -> None:
         self.state = state
         self.location = location
@@ -155,8 +164,9 @@ class StateRun:
         self.changed_fields_only = changed_fields_only
         self.track = track
         self.clock = clock or time.time  # wall time: the state keeps *when*, not a duration
+        self.sender = self if sender is None else sender
+        self.server = server
         self._sent: dict[tuple[int, str], _Sent] = {}
-        self._in_flight: Counter[Key] = Counter()
         self.unchanged = 0
         """Records found unchanged so far."""
         self.to_send: Counter[str] = Counter()
@@ -209,20 +219,15 @@ class StateRun:
         """Judge ``items`` (the first at input position ``first``) with one lookup; returns them
         with records replaced by what to send, or by their ``unchanged`` outcome. ``full`` and
         ``changed_fields_only`` default to the run's."""
+        if self.server is not None:
+            await self.state.check_server(self.server)
         full = self.full if full is None else full
         changed = self.changed_fields_only if changed_fields_only is None else changed_fields_only
-        records: list[tuple[int, Record, Key]] = []
-        for i, item in enumerate(items):
-            record = _as_record(item, first + i)
-            if record is not None:
-                items[i] = record
-                records.append(
-                    (i, record, (location_key(record, self.location), record.contact_id))
-                )
+        records = self._records_of(items, first)
         if not records:
             return items
-        in_flight = self._in_flight
-        busy = {key for _, _, key in records if key in in_flight}  # before the lookup (rule 2)
+        state = self.state
+        busy = {key for _, _, key in records if state.in_flight(key)}  # before the lookup (rule 2)
         keys = [key for _, _, key in records]
         rows = {} if full else await self.state.lookup(keys, bodies=changed)
         doubtful: list[Key] = []  # contacts about to be sent that the state may hold (rule 3)
@@ -233,7 +238,7 @@ class StateRun:
                 continue  # the engine rejects it, naming the value
             digest = digest_of(body)
             row = rows.get(key)
-            if row is not None and key not in busy and key not in in_flight:
+            if row is not None and key not in busy and not state.in_flight(key):
                 send = _unchanged_or_changes(record, row, digest, changed=changed)
                 if send is not record and self.encode is not None:
                     self.hashes[record.line] = record_hash(record, self.encode)
@@ -245,7 +250,7 @@ class StateRun:
             self.to_send[key[0]] += 1
             if self.track:
                 self._sent[record.line, record.contact_id] = _Sent(key, digest, body)
-                in_flight[key] += 1
+                state.sending(key, self.sender)
                 if full or row is not None:
                     doubtful.append(key)
         if doubtful:
@@ -254,18 +259,28 @@ class StateRun:
             await self.state.flush()  # committed before any of them can be sent
         return items
 
+    def _records_of(self, items: list[Any], first: int) -> list[tuple[int, Record, Key]]:
+        """The records among ``items`` (made :class:`Record` in place), with their state key."""
+        records: list[tuple[int, Record, Key]] = []
+        for i, item in enumerate(items):
+            record = _as_record(item, first + i)
+            if record is not None:
+                items[i] = record
+                records.append(
+                    (i, record, (location_key(record, self.location), record.contact_id))
+                )
+        return records
+
     def finished(self, outcome: Outcome) -> None:
         """Remember an ``updated`` record, forget a contact sent without a 2xx (rule 1)."""
         sent = self._sent.pop((outcome.line, outcome.contact_id or ""), None)
         if sent is None:
             return
-        left = self._in_flight[sent.key] - 1
-        if left:
-            self._in_flight[sent.key] = left
-        else:
-            del self._in_flight[sent.key]
-        if outcome.status is Status.UPDATED:
-            if not left:  # a later record of the contact, still in flight, has the last word
+        last, overlapped = self.state.landed(sent.key)
+        if last and overlapped:  # two senders, no order between them: which body is unknown
+            self.state.forget(sent.key)
+        elif outcome.status is Status.UPDATED:
+            if last:  # a later record of the contact, still in flight, has the last word
                 self.state.remember(sent.key, sent.digest, sent.body, self.clock())
         elif outcome.attempts:
             self.state.forget(sent.key)

@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import shlex
 import shutil
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TextIO, TypeAlias, cast
 
 from growthhub_async.auth import TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
+from growthhub_async.cmdline import Terminal, isatty
 from growthhub_async.errors import ConfigurationError, GrowthHubError, InputError
 from growthhub_async.events import Event, RecordFinished
 from growthhub_async.incremental import StateRun
@@ -54,7 +54,7 @@ from growthhub_async.progress import (
     render_summary,
 )
 from growthhub_async.ratelimit import Rate
-from growthhub_async.sources import Item, Record, Source, count_records, open_source
+from growthhub_async.sources import Item, Record, Source, count_records, open_source, same_file
 from growthhub_async.state import SyncState
 
 __all__ = [
@@ -217,7 +217,7 @@ class _Progress:
 
     def __init__(self, mode: ProgressMode, stream: TextIO, every: float) -> None:
         if mode == "auto":
-            mode = "bar" if _isatty(stream) else "line"
+            mode = "bar" if isatty(stream) else "line"
         self.mode = mode
         self.stream = stream
         self.every = _BAR_EVERY if mode == "bar" else every
@@ -246,42 +246,6 @@ class _Progress:
             self.stream.flush()
 
 
-class _Terminal(io.TextIOBase):
-    """stdout or stderr for the job: one that is closed, full or a broken pipe is given up.
-
-    What the job prints is for the user; the outcomes are in the journal. A progress line
-    that cannot be written must not stop the run, nor a summary change its exit status.
-    """
-
-    def __init__(self, stream: TextIO | None) -> None:
-        self._stream = stream
-        self.broken = stream is None
-
-    def _do(self, action: Callable[[TextIO], object]) -> None:
-        if not self.broken:
-            try:
-                action(self._stream)  # type: ignore[arg-type]
-            except (OSError, ValueError):  # ENOSPC, EPIPE, EBADF; or a closed file object
-                self.broken = True
-
-    def write(self, text: str) -> int:
-        self._do(lambda stream: stream.write(text))
-        return len(text)
-
-    def flush(self) -> None:
-        self._do(lambda stream: stream.flush())
-
-    def isatty(self) -> bool:
-        return not self.broken and _isatty(self._stream)  # type: ignore[arg-type]
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 async def run_job(
     settings: JobSettings,
     *,
@@ -298,17 +262,13 @@ async def run_job(
     :class:`~growthhub_async.errors.GrowthHubError` (input, journal or configuration problems)
     before any request is sent.
     """
-    out = cast(TextIO, _Terminal(stdout if stdout is not None else sys.stdout))
-    err = cast(TextIO, _Terminal(stderr if stderr is not None else sys.stderr))
+    out = cast(TextIO, Terminal(stdout if stdout is not None else sys.stdout))
+    err = cast(TextIO, Terminal(stderr if stderr is not None else sys.stderr))
     if (settings.full or settings.changed_fields_only) and not settings.state:
         raise ConfigurationError("--full and --changed-fields-only need --state FILE")
     source = open_source(settings.input, settings.value_key)
     with source:
-        if source.is_file(settings.out):
-            # Each outcome appended would be read back as one more record, for ever.
-            raise InputError(
-                f"--out {settings.out!r} is the input itself: choose another file for the outcomes"
-            )
+        _check_files(settings, source)
         if settings.dry_run:
             return await _dry_run(settings, source, out, err)
         options: dict[str, Any] = {
@@ -357,6 +317,27 @@ async def run_job(
                 await sync_state.close()
 
 
+def _check_files(settings: JobSettings, source: Source) -> None:
+    """The input, OUTCOMES and the state must be three files, whatever their names (links)."""
+    if source.is_file(settings.out):
+        # Each outcome appended would be read back as one more record, for ever.
+        raise InputError(
+            f"--out {settings.out!r} is the input itself: choose another file for the outcomes"
+        )
+    if settings.state is None:
+        return
+    if source.is_file(settings.state):
+        raise InputError(
+            f"--state {settings.state!r} is the input itself: choose another file for the state"
+        )
+    if same_file(settings.state, settings.out):
+        # SQLite and the journal would write over each other, and no resume could follow.
+        raise InputError(
+            f"--state {settings.state!r} is the outcomes file (--out): choose another file for"
+            " the state"
+        )
+
+
 async def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: TextIO) -> JobResult:
     """Validate every record, send nothing, count, and estimate the real run's duration; with a
     state, judge every record against it (read-only, no lock) and count the unchanged ones."""
@@ -372,6 +353,7 @@ async def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: Text
             full=settings.full,
             changed_fields_only=settings.changed_fields_only,
             track=False,
+            server=settings.base_url,
         )
         if sync_state is not None
         else None
@@ -545,12 +527,16 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         assert consumer is not None
         if interrupted:  # the second signal: stop waiting
             err.write(f"\n{signal.Signals(signum).name} again: cancelling what is in flight\n")
+            if sync_state is not None:
+                sync_state.stop_waiting(0.0)
             consumer.cancel()
             return
         interrupted = True
         reader.stopped = True
         stream.stop()  # records not on the wire end "cancelled", spilled ones are not read: a
         # resumed run sends them
+        if sync_state is not None:  # a lock another program holds must not outlast the grace
+            sync_state.stop_waiting(settings.grace)
         err.write(
             f"\n{signal.Signals(signum).name}: reading no more records; waiting up to "
             f"{settings.grace:g}s for those in flight (signal again to stop at once)\n"

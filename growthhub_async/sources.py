@@ -123,6 +123,7 @@ __all__ = [
     "open_source",
     "read_csv",
     "read_jsonl",
+    "same_file",
 ]
 
 MAX_LINE_BYTES: Final = 1 << 20
@@ -894,10 +895,10 @@ class Source:
     def is_file(self, path: str) -> bool:
         """Whether ``path`` names the very file this source reads (another name, a link)."""
         try:
-            mine, theirs = os.fstat(self._stream.fileno()), os.stat(path)
+            mine = os.fstat(self._stream.fileno())
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             return False
-        return stat.S_ISREG(mine.st_mode) and os.path.samestat(mine, theirs)
+        return same_file(mine, path)
 
     def close(self) -> None:
         """Close the file (standard input is left open: it is not ours)."""
@@ -914,6 +915,26 @@ class Source:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def same_file(a: str | os.stat_result, b: str) -> bool:
+    """Whether ``a`` (a path, or an open file's ``fstat``) and the path ``b`` are one regular
+    file, under any names (a symlink, a hard link); two names of a file yet to be created are
+    one file when they resolve to one path."""
+    try:
+        theirs = os.stat(b)
+    except (OSError, ValueError):
+        theirs = None
+    if isinstance(a, str):
+        try:
+            mine = os.stat(a)
+        except (OSError, ValueError):
+            mine = None
+        if mine is None or theirs is None:
+            return mine is theirs and os.path.realpath(a) == os.path.realpath(b)
+    else:
+        mine = a
+    return theirs is not None and stat.S_ISREG(mine.st_mode) and os.path.samestat(mine, theirs)
 
 
 def input_kind(path: str) -> InputKind:

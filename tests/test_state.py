@@ -359,7 +359,8 @@ async def test_dry_run_full_and_the_state_command(
     shown = await run_cli("state", str(state))
     assert shown.status == 0, shown.stderr
     assert "10 contacts in 1 locations" in shown.stdout
-    assert "bytes per contact" in shown.stdout
+    assert "bytes per contact" not in shown.stdout  # 10 contacts: SQLite's fixed pages rule
+    assert f"applied through {sandbox.base_url}" in shown.stdout
     assert "last sync:" in shown.stdout
     forgot = await run_cli("state", str(state), "--forget-contact", "st0002")
     assert "forgot 1 of 1 contacts" in forgot.stdout
@@ -778,3 +779,211 @@ async def test_sqlite_waits_never_block_the_event_loop(tmp_path: Path) -> None:
         await flushing
         found = await state.lookup([("", "c1")])
         assert found[("", "c1")].digest == digest_of(body)
+
+
+# -- red team 3 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+async def test_a_second_run_through_another_name_of_the_state_is_refused(
+    start_sandbox: StartSandbox, tmp_path: Path, link: str
+) -> None:
+    """The lock is the state file's own (flock on its inode), not ``FILE.lock`` by name."""
+    sandbox = await start_sandbox(
+        sandbox_config(
+            tokens=frozenset({SECRET_TOKEN}),
+            rate_limit=1000,
+            rate_window=1.0,
+            faults=Faults(latency=0.05),
+        )
+    )
+    state = tmp_path / "real.db"
+    other_name = tmp_path / "link.db"
+    slow = write_jsonl(tmp_path / "a.jsonl", people(100, prefix="runa"))
+    other = write_jsonl(tmp_path / "b.jsonl", people(5, prefix="runb"))
+    out = tmp_path / "a-out.jsonl"
+    first = await start_cli(
+        *update_args(slow, out, sandbox.base_url, rate="100/1s", concurrency=2),
+        "--state",
+        str(state),
+    )
+    try:
+        await wait_for_lines(out, 2, first)
+        if link == "symlink":
+            other_name.symlink_to(state.name)
+        else:
+            os.link(state, other_name)
+        second = await sync(sandbox, other, tmp_path / "b-out.jsonl", other_name)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        await finish(first, limit=20)
+    assert second.status == 2, second.stderr
+    assert f"is in use by another run: process {first.pid}" in second.stderr
+    assert not any(cid.startswith("runb") for cid in sandbox.stats()["attempts"])
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".lock")]  # no lock file left
+
+
+async def test_two_clients_sharing_a_state_forget_a_contact_whose_sends_overlapped(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    """Two engines keep no order between them: the state cannot know which body the server
+    kept, so the contact is forgotten and the next submit is sent (red team 3, R2b)."""
+    sandbox = await start_sandbox(
+        sandbox_config(
+            rate_limit=10_000, rate_window=1.0, faults=Faults(scripts={"c1": ["slow:1", "ok"]})
+        )
+    )
+    async with SyncState(tmp_path / "s.db") as state:
+        options: dict[str, Any] = {"base_url": sandbox.base_url, "rate": None, "state": state}
+        async with (
+            GrowthHubClient(TEST_TOKEN, **options) as web,
+            GrowthHubClient(TEST_TOKEN, **options) as nightly,
+        ):
+            slow = asyncio.ensure_future(web.submit("c1", UpdateContact(first_name="SLOW")))
+            await asyncio.sleep(0.3)
+            fast = await nightly.submit("c1", UpdateContact(first_name="B"))
+            assert (await slow).status is Status.UPDATED
+            assert fast.status is Status.UPDATED
+        await state.flush()
+        assert await state.lookup([("", "c1")]) == {}  # forgotten: either body may be there
+        async with GrowthHubClient(TEST_TOKEN, **options) as again:
+            resent = await again.submit("c1", UpdateContact(first_name="SLOW"))
+    assert resent.status is Status.UPDATED
+    assert resent.attempts == 1
+    assert sandbox.contacts["c1"]["firstName"] == "SLOW"
+
+
+async def test_a_state_filled_against_another_server_is_refused(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    first_server = await fast_sandbox(start_sandbox)
+    second_server = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", people(5))
+    state = tmp_path / "sync.db"
+    assert (await sync(first_server, data, tmp_path / "o1.jsonl", state)).status == 0
+
+    for extra in ((), ("--dry-run",)):
+        ran = await sync(second_server, data, tmp_path / f"o2{len(extra)}.jsonl", state, *extra)
+        assert ran.status == 2, ran.stdout + ran.stderr
+        assert f"applied through {first_server.base_url}, not {second_server.base_url}" in (
+            ran.stderr
+        )
+        assert ran.stderr.count("\n") == 1
+    assert second_server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("which", ["out", "input"])
+async def test_a_state_that_is_the_outcomes_or_the_input_is_refused(
+    start_sandbox: StartSandbox, tmp_path: Path, which: str
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", people(3))
+    out = tmp_path / "x.db"
+    state = out if which == "out" else tmp_path / "link.jsonl"
+    if which == "input":
+        state.symlink_to(data.name)
+    ran = await sync(sandbox, data, out, state)
+    assert ran.status == 2, ran.stdout + ran.stderr
+    assert ("is the outcomes file" if which == "out" else "is the input itself") in ran.stderr
+    assert sandbox.stats()["requests"] == 0
+
+
+async def test_a_state_another_program_locks_fails_fast_at_start(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", people(3))
+    state = tmp_path / "sync.db"
+    assert (await sync(sandbox, data, tmp_path / "o1.jsonl", state)).status == 0
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+        " c.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(60)",
+        str(state),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"held\n"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ran = await sync(sandbox, data, tmp_path / "o2.jsonl", state, "--full", limit=20)
+        took = loop.time() - started
+    finally:
+        holder.kill()
+        await holder.wait()
+    assert ran.status == 2, ran.stdout + ran.stderr
+    assert "another program holds its lock" in ran.stderr
+    assert f"process {holder.pid}" in ran.stderr
+    assert ran.stderr.count("\n") == 1
+    assert took < 15  # not SQLite's old 60 s wait
+    assert attempts(sandbox) == 3  # nothing more sent
+
+
+async def test_sigterm_while_another_program_holds_the_state_stops_within_the_grace(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    """The run waits on the state (rule 3's commit before a batch) when SIGTERM comes: it ends
+    within the grace, with its summary and resume command, not when the other program lets go."""
+    sandbox = await fast_sandbox(start_sandbox)
+    state = tmp_path / "sync.db"
+    records = people(1200, prefix="lk")
+    data = write_jsonl(tmp_path / "in.jsonl", records)
+    assert (await sync(sandbox, data, tmp_path / "o1.jsonl", state, limit=60)).status == 0
+    for r in records:
+        r["firstName"] += "-B"
+    write_jsonl(data, records)
+    out = tmp_path / "o2.jsonl"
+    proc = await start_cli(
+        *update_args(data, out, sandbox.base_url, rate="300/1s"), "--state", str(state)
+    )
+    blocker = None
+    try:
+        await wait_for_lines(out, 10, proc)
+        blocker = sqlite3.connect(state, isolation_level=None, timeout=10)
+        blocker.execute("BEGIN IMMEDIATE")
+        await wait_for_lines(out, 512, proc)  # the first batch done; the next one waits
+        await asyncio.sleep(1.0)
+        loop = asyncio.get_running_loop()
+        proc.send_signal(signal.SIGTERM)
+        started = loop.time()
+        ran = await finish(proc, limit=30)
+        took = loop.time() - started
+    finally:
+        if blocker is not None:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert took < 13, took  # the grace is 10 s
+    assert ran.status in (1, 2), ran.stderr
+    assert "to resume, run:" in ran.stderr
+    assert "requests in" in ran.stdout  # the summary
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+async def test_the_state_command_with_a_closed_or_full_stdout(
+    start_sandbox: StartSandbox, tmp_path: Path, stdout: str
+) -> None:
+    sandbox = await fast_sandbox(start_sandbox)
+    data = write_jsonl(tmp_path / "in.jsonl", people(3))
+    state = tmp_path / "sync.db"
+    assert (await sync(sandbox, data, tmp_path / "o1.jsonl", state)).status == 0
+    redirect = ">&-" if stdout == "closed" else ">/dev/full"
+    for extra in ([], ["--forget-contact", "st0001"]):
+        proc = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            f'exec "$@" {redirect}',
+            "sh",
+            sys.executable,
+            "-m",
+            "growthhub_async",
+            "state",
+            str(state),
+            *extra,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        assert b"Traceback" not in err
+    assert set(state_rows(state)) == {"st0002", "st0003"}  # the forgetting was done
