@@ -3,6 +3,8 @@
 The public API is what ``__all__`` lists; every other name is private.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from growthhub_async.auth import FixedToken, OAuthProvider, TokenProvider, TokenSet
 from growthhub_async.bulk import OutcomeStream
 from growthhub_async.client import GrowthHubClient, TokenView
@@ -55,9 +57,22 @@ from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.retry import RetryPolicy
 from growthhub_async.sources import Record
-from growthhub_async.state import SyncState
+
+if TYPE_CHECKING:
+    from growthhub_async.state import SyncState
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # SyncState (sqlite3) is imported on first use: `update` without --state never needs it,
+    # and the command's start-up pays for every import (issue 17).
+    if name == "SyncState":
+        from growthhub_async.state import SyncState  # noqa: PLC0415
+
+        return SyncState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BadRequest",

@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import msgspec
 
@@ -73,7 +73,9 @@ from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
 from growthhub_async.sources import Record
-from growthhub_async.spill import Spill
+
+if TYPE_CHECKING:  # imported by the first spill: tempfile is no run's start-up cost
+    from growthhub_async.spill import Spill
 
 __all__ = ["Engine", "Lane", "OutcomeStream", "Record", "RecordInput"]
 
@@ -892,6 +894,8 @@ class OutcomeStream:
 
     def _spill_job(self, job: _Job) -> None:
         if self._spill is None:
+            from growthhub_async.spill import Spill  # noqa: PLC0415
+
             self._spill = Spill(self._spill_dir)
         key = job.lane.key
         self._spill.push(key, _spilled((job.line, job.contact_id, job.token_key, key, job.body)))

@@ -10,9 +10,9 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from growthhub_async import __version__, demo
+from growthhub_async import __version__, eventloop
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
 from growthhub_async.cmdline import PROG, HelpFormatter, Terminal, invoked_as
@@ -28,14 +28,19 @@ from growthhub_async.job import (
 from growthhub_async.locations import AgencyTokens, LocationTokens, load_tokens_file
 from growthhub_async.progress import format_duration
 from growthhub_async.ratelimit import Rate, parse_rate
-from growthhub_async.sandbox import cli as sandbox_cli
-from growthhub_async.state import StateStats, SyncState
+
+if TYPE_CHECKING:
+    from growthhub_async.state import StateStats
 
 DEFAULT_RATE = "100/10s"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the whole command, with every subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the whole command, with every subcommand.
+
+    ``command`` (the first word of the command line): ``update`` and ``state`` leave out the
+    ``sandbox`` and ``demo`` subcommands, whose modules import the sandbox server (aiohttp's
+    web framework): a run's start-up does not pay for them (issue 17)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         formatter_class=HelpFormatter,
@@ -45,16 +50,34 @@ def build_parser() -> argparse.ArgumentParser:
             "The token is read from the GROWTHHUB_TOKEN environment variable, never from argv."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and event loop")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each subcommand registers itself and sets ``handler`` (Namespace -> exit status).
     add_update_parser(subparsers)
     add_state_parser(subparsers)
-    sandbox_cli.add_parser(subparsers)
-    demo.add_parser(subparsers)
+    if command not in _LIGHT_COMMANDS:
+        from growthhub_async import demo  # noqa: PLC0415
+        from growthhub_async.sandbox import cli as sandbox_cli  # noqa: PLC0415
+
+        sandbox_cli.add_parser(subparsers)
+        demo.add_parser(subparsers)
     for subparser in subparsers.choices.values():
         subparser.formatter_class = HelpFormatter
     return parser
+
+
+_LIGHT_COMMANDS: Final = frozenset({"update", "state"})
+
+
+class _Version(argparse.Action):
+    """``--version``: the program's version and the event loop a run would use (issue 17)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        sys.stdout.write(f"{PROG} {__version__}\n{eventloop.describe()}\n")  # as argparse's
+        parser.exit()
 
 
 def _rate_arg(text: str) -> Rate:
@@ -253,6 +276,12 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
     )
+    parser.add_argument(
+        "--loop",
+        choices=eventloop.LOOP_CHOICES,
+        help=f"the event loop: uvloop (the speed extra) or asyncio's own; auto, the default, "
+        f"takes uvloop when it is installed (or ${eventloop.LOOP_ENV})",
+    )
     parser.set_defaults(handler=run_update)
     return parser
 
@@ -318,6 +347,7 @@ def resume_command(args: argparse.Namespace) -> str:
         ("--agency-oauth", getattr(args, "agency_oauth", None)),
         ("--shard", f"{shard[0]}/{shard[1]}" if shard else None),
         ("--no-progress", args.no_progress),
+        ("--loop", getattr(args, "loop", None)),
     ]
     for name, value in options:
         if isinstance(value, str) and value:
@@ -365,11 +395,12 @@ def run_update(args: argparse.Namespace) -> int:
     token: str | TokenProvider | None = None
     locations: LocationTokens | None = None
     try:
+        _, loop = eventloop.loop_factory(getattr(args, "loop", None))
         if not args.dry_run:
             locations = acquire_locations(args)
             token = acquire_token(args)
         options = {"locations": locations} if locations is not None else None
-        result = asyncio.run(run_job(settings, token=token, client_options=options))
+        result = eventloop.run(lambda: run_job(settings, token=token, client_options=options), loop)
     except GrowthHubError as exc:
         return fatal("update", exc)
     except KeyboardInterrupt:  # before the job's own handlers were installed
@@ -433,6 +464,8 @@ async def _state_command(args: argparse.Namespace) -> int:
     if not await asyncio.to_thread(_exists, args.file):
         return fatal("state", f"{args.file!r} does not exist")
     out = Terminal(sys.stdout)  # the work is in the file: a closed stdout cannot undo it
+    from growthhub_async.state import SyncState  # noqa: PLC0415 (sqlite3: this command only)
+
     async with SyncState(args.file, readonly=not writing) as state:
         if args.forget_location is not None:
             count = await state.forget_location(args.forget_location)
@@ -536,8 +569,9 @@ def report_token_file(provider: OAuthProvider, path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 some records not updated, 2 usage)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(words[0] if words else None)
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -57,7 +57,7 @@ import time
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import msgspec
@@ -84,7 +84,6 @@ from growthhub_async.errors import (
     error_for_status,
 )
 from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
-from growthhub_async.incremental import StateRun
 from growthhub_async.locations import LocationToken, LocationTokens, location_problem
 from growthhub_async.models import (
     CustomFieldValueKey,
@@ -99,7 +98,6 @@ from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rat
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
 from growthhub_async.sources import Record
-from growthhub_async.state import SyncState
 from growthhub_async.transport import (
     MAX_ANSWER,
     check_base_url,
@@ -108,6 +106,9 @@ from growthhub_async.transport import (
     no_hidden_resend,
     read_capped,
 )
+
+if TYPE_CHECKING:  # imported where a state is used: sqlite3 costs every other run's start-up
+    from growthhub_async.state import SyncState
 
 __all__ = [
     "API_VERSION",
@@ -667,6 +668,9 @@ class GrowthHubClient:
         self._engine: Engine | None = None
         self._closed = False
         self._submitted = itertools.count(1)
+        if state is not None:  # sqlite3 only for a state (issue 17: start-up)
+            from growthhub_async.incremental import StateRun  # noqa: PLC0415
+            from growthhub_async.state import SyncState  # noqa: PLC0415
         self._owns_state = state is not None and not isinstance(state, SyncState)
         self.state: SyncState | None = (
             None if state is None else state if isinstance(state, SyncState) else SyncState(state)
@@ -882,6 +886,8 @@ class GrowthHubClient:
         """
         known_hashes = None
         if self.state is not None:
+            from growthhub_async.incremental import StateRun  # noqa: PLC0415
+
             run = StateRun(
                 self.state,
                 location=token_key,

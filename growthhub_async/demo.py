@@ -19,7 +19,6 @@ deliberately bad record ``rejected``), 1 otherwise, 2 when it could not start.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import os
 import random
@@ -33,6 +32,7 @@ from typing import Any, Final, TextIO
 
 import msgspec
 
+from growthhub_async import eventloop
 from growthhub_async.cmdline import PROG, invoked_as
 from growthhub_async.errors import GrowthHubError
 from growthhub_async.job import EXIT_FATAL, EXIT_NOT_ALL, EXIT_OK, JobSettings, run_job
@@ -268,8 +268,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Handle ``growthhub-async demo``; returns the exit status."""
     try:
-        return asyncio.run(
-            run_demo(Path(args.dir), records=args.records, progress=not args.no_progress)
+        _, loop = eventloop.loop_factory(None)  # uvloop when installed, as `update` (issue 17)
+        return eventloop.run(
+            lambda: run_demo(Path(args.dir), records=args.records, progress=not args.no_progress),
+            loop,
         )
     except (GrowthHubError, OSError) as exc:
         sys.stderr.write(f"growthhub-async demo: error: {exc}\n")

@@ -32,14 +32,14 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TextIO, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TextIO, TypeAlias, cast
 
 from growthhub_async.auth import TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.cmdline import Terminal, isatty
 from growthhub_async.errors import ConfigurationError, GrowthHubError, InputError
+from growthhub_async.eventloop import running_loop_name
 from growthhub_async.events import Event, RecordFinished
-from growthhub_async.incremental import StateRun
 from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
 from growthhub_async.locations import shard_of
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
@@ -55,7 +55,10 @@ from growthhub_async.progress import (
 )
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sources import Item, Record, Source, count_records, open_source, same_file
-from growthhub_async.state import SyncState
+
+if TYPE_CHECKING:  # imported where --state is given: sqlite3 costs every other run's start-up
+    from growthhub_async.incremental import StateRun
+    from growthhub_async.state import SyncState
 
 __all__ = [
     "EXIT_FATAL",
@@ -281,6 +284,8 @@ async def run_job(
             "max_pending": max(16, 2 * settings.concurrency),
         }
         options.update(client_options or {})
+        if settings.state:
+            from growthhub_async.state import SyncState  # noqa: PLC0415
         sync_state = SyncState(settings.state) if settings.state else None
         if sync_state is not None:
             options["state"] = sync_state  # the job opens and closes it
@@ -346,6 +351,9 @@ async def _dry_run(settings: JobSettings, source: Source, out: TextIO, err: Text
     summary = Summary()
     valid = 0
     shown = 0
+    if settings.state:
+        from growthhub_async.incremental import StateRun  # noqa: PLC0415
+        from growthhub_async.state import SyncState  # noqa: PLC0415
     sync_state = SyncState(settings.state, readonly=True) if settings.state else None
     run = (
         StateRun(
@@ -674,7 +682,7 @@ def _report(
             whole_job=whole_job,
             tokens=tokens,
         )
-        + "\n"
+        + f"\n  event loop: {running_loop_name()}\n"
     )
     counts = whole_job if whole_job is not None else summary.by_status
     # Final lines of the journal that this input never reached (a shorter or another file, an

@@ -35,7 +35,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -62,6 +61,8 @@ def write_token_file(path: str | os.PathLike[str], data: Mapping[str, Any]) -> N
     """
     target = Path(os.path.realpath(path))  # a link stays a link: its target is replaced
     directory = target.parent
+    import tempfile  # noqa: PLC0415 (only when tokens rotate: not at every start-up)
+
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -453,7 +453,9 @@ def test_update_defaults() -> None:
 async def test_version_and_bare_command() -> None:
     ran = await run_cli("--version", token=None)
     assert ran.status == 0
-    assert ran.stdout.strip() == f"growthhub-async {__version__}"
+    version, loop = ran.stdout.strip().splitlines()
+    assert version == f"growthhub-async {__version__}"
+    assert loop.startswith("event loop: ")  # tests/test_eventloop.py: which one
     bare = await run_cli(token=None)
     assert bare.status == 2
     for command in ("update", "sandbox", "demo"):
