@@ -494,9 +494,7 @@ class _Lane:
         with map_exceptions(self._redact):
             if left is not None and left < self._timeout:
                 # The record's max_time is nearer than the usual timeout: it bounds this one.
-                limit = aiohttp.ClientTimeout(
-                    total=max(left, 0.001), sock_connect=self._timeout, sock_read=self._timeout
-                )
+                limit = aiohttp.ClientTimeout(total=max(left, 0.001), sock_connect=self._timeout)
                 request = self._session.put(
                     url, data=body, headers=auth, allow_redirects=False, timeout=limit
                 )
@@ -752,9 +750,11 @@ class GrowthHubClient:
         # flight (per lane `concurrency`, and the records held in memory), not the pool.
         limit = 0 if self.locations is not None else self.concurrency * len(self._lanes)
         self._connector = _Connector(limit=limit, limit_per_host=0, keepalive_timeout=30)
-        # `total`: the whole answer has a deadline, not only each read (a trickling body).
+        # `total`: the whole answer has a deadline, not only each read (a trickling body). No
+        # `sock_read` of the same length: no gap between two reads can outlast the total, and
+        # its timer, re-armed at every read, cost two timer handles per request (issue 17).
         timeout = self._timeouts = aiohttp.ClientTimeout(
-            total=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
+            total=self.timeout, sock_connect=self.timeout
         )
         for lane in self._lanes.values():
             lane.open(self._connector, timeout)

@@ -4,7 +4,8 @@ uvloop (the ``speed`` extra: ``pip install 'growthhub-async[speed]'``) runs the 
 less CPU per request (benchmarks/README.md). The command picks it by itself when it can be
 imported; ``--loop asyncio|uvloop|auto`` or the ``GROWTHHUB_LOOP`` environment variable (the
 option wins) choose otherwise. ``uvloop`` asked for but not installed is a usage error, never a
-silent fall back. The library itself never installs a loop: an application embedding it runs
+silent fall back; a closed standard input, output or error makes it run on asyncio all the
+same (libuv cannot run so). The library itself never installs a loop: an application embedding it runs
 on whatever loop it chose.
 """
 
@@ -37,6 +38,18 @@ def _uvloop_factory() -> LoopFactory | None:
     return factory
 
 
+def _standard_streams_open() -> bool:
+    """Whether descriptors 0, 1 and 2 are open. libuv (under uvloop) would take a closed one
+    for its own use and then abort the process on an assertion (``fd > STDERR_FILENO``) when it
+    closes it: with a closed standard stream the command runs on asyncio's loop instead."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+    return True
+
+
 def loop_factory(choice: str | None) -> tuple[str, LoopFactory | None]:
     """The loop's name and factory for ``choice`` (``--loop``; ``None``: ``GROWTHHUB_LOOP``, else
     ``auto``). The factory is ``None`` for asyncio's own loop.
@@ -51,7 +64,7 @@ def loop_factory(choice: str | None) -> tuple[str, LoopFactory | None]:
         raise ConfigurationError(
             f"{source} must be one of {', '.join(LOOP_CHOICES)}, not {choice!r}"
         )
-    if choice == "asyncio":
+    if choice == "asyncio" or not _standard_streams_open():
         return "asyncio", None
     factory = _uvloop_factory()
     if factory is not None:

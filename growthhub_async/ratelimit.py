@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiolimiter import AsyncLimiter
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from growthhub_async.errors import ConfigurationError
 
@@ -170,11 +171,18 @@ _RATE_HEADERS: Final = (
 )
 
 
+_NONE_OF_THEM: Final = [None] * len(_RATE_HEADERS)
+_NO_RATE_HEADERS: Final = RateHeaders()
+
+
 def parse_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
     """Read the ``X-RateLimit-*`` headers (names case-insensitive, bad values ignored)."""
     # aiohttp's headers look names up case-insensitively: five lookups, no copy per answer.
     values = [headers.get(name) for name in _RATE_HEADERS]
-    if all(v is None for v in values):  # a plain mapping, perhaps with other capitalisation
+    if values == _NONE_OF_THEM:
+        if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+            return _NO_RATE_HEADERS  # aiohttp's answer: case-insensitive, so none there
+        # A plain mapping, perhaps with other capitalisation
         lower = {k.lower(): v for k, v in headers.items() if k[:12].lower() == "x-ratelimit-"}
         values = [lower.get(name.lower()) for name in _RATE_HEADERS]
     limit, remaining, interval_text, daily_limit, daily_remaining = values

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -128,3 +130,17 @@ def test_the_library_installs_no_loop() -> None:
     with pytest.raises(ConfigurationError, match="--loop must be one of"):
         eventloop.loop_factory("trio")
     assert eventloop.loop_factory("asyncio") == ("asyncio", None)
+
+
+def test_a_closed_standard_stream_runs_on_asyncio_not_into_an_abort(tmp_path: Path) -> None:
+    # libuv takes a closed descriptor 0 for itself, then aborts on closing it: the command must
+    # see the closed stream and stay on asyncio, whatever --loop says.
+    data = records(tmp_path / "in.jsonl", 3)
+    ran = subprocess.run(
+        [sys.executable, "-m", "growthhub_async", "update", str(data), "--out",
+         str(tmp_path / "o.jsonl"), "--dry-run", "--loop", "uvloop"],
+        capture_output=True, text=True, env=cli_env(None), preexec_fn=lambda: os.close(0),
+        timeout=30, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "valid (would be sent)" in ran.stdout
