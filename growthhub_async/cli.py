@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import os
 import shlex
 import sys
@@ -371,6 +372,24 @@ def fatal(command: str, message: object) -> int:
     return EXIT_FATAL
 
 
+GC_THRESHOLDS: Final = (10_000, 20, 100)
+"""The collector's thresholds for a run (Python's defaults: 700, 10, 10)."""
+
+
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a bulk run (issue 17).
+
+    Every request allocates a few dozen objects, and each young collection walks all the
+    objects still alive since the last one: the requests in flight, which a run over 1,000
+    locations holds by the thousand. At Python's thresholds that made a third of such a run's
+    CPU. Collections every 10,000 allocations instead of 700 keep the garbage of cycles to a
+    few MB; what start-up built (modules, classes, the parser) is frozen out of every
+    collection. The command's own process only: the library never touches the collector.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_update(args: argparse.Namespace) -> int:
     """Handle ``growthhub-async update``; returns the exit status."""
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
@@ -400,6 +419,7 @@ def run_update(args: argparse.Namespace) -> int:
             locations = acquire_locations(args)
             token = acquire_token(args)
         options = {"locations": locations} if locations is not None else None
+        _tune_gc()
         result = eventloop.run(lambda: run_job(settings, token=token, client_options=options), loop)
     except GrowthHubError as exc:
         return fatal("update", exc)

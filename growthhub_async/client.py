@@ -209,6 +209,51 @@ class _Connector(aiohttp.TCPConnector):
             conn.close()
 
 
+class _Trimmer:
+    """One timer for every quiet lane of a client: trims a lane's pacing logs once they are
+    stale (issue 13), without a timer per lane (issue 17: a thousand idle locations must not
+    each hold a timer that wakes for nothing). Wakes at most once per :data:`_TRIM_EVERY`
+    seconds while some lane waits, and not at all once none does."""
+
+    __slots__ = ("_due", "_timer")
+
+    def __init__(self) -> None:
+        # Quiet lanes by when their logs are stale, in that order (every lane of a client has
+        # the same delay: its rate's span), so the first entries are the ones due.
+        self._due: dict[_Lane, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def later(self, lane: _Lane, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._due.pop(lane, None)  # quiet again: its new time goes last, keeping the order
+        self._due[lane] = loop.time() + delay
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + delay, self._fire)
+
+    def forget(self, lane: _Lane) -> None:
+        self._due.pop(lane, None)
+        if not self._due and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = self._due
+        while due:
+            lane, when = next(iter(due.items()))
+            if when > now:
+                self._timer = loop.call_at(max(when, now + _TRIM_EVERY), self._fire)
+                return
+            del due[lane]
+            lane.budget.trim(now)
+
+
+_TRIM_EVERY: Final = 1.0
+"""Seconds: the shortest gap between two wakes of a client's :class:`_Trimmer`."""
+
+
 class _Lanes(dict[str, "_Lane"]):
     """The client's lanes by key; with ``locations=``, a location's lane is made when first
     asked for (``get``), so a run over 1,000 locations holds only the lanes it uses."""
@@ -342,7 +387,6 @@ class _Lane:
         self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
         """Why this token sends no more: ``(status, reason)`` for its remaining records."""
-        self._trim: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<token {self.key!r}>"
@@ -370,9 +414,7 @@ class _Lane:
         no_hidden_resend(self._session)
 
     async def close(self) -> None:
-        if self._trim is not None:
-            self._trim.cancel()
-            self._trim = None
+        self._client._trimmer.forget(self)
         if self._session is not None:
             await self._session.close()
         await self.provider.aclose()
@@ -382,14 +424,9 @@ class _Lane:
 
     def quiet(self) -> None:
         """The engine has nothing of this token queued or running: once its times are stale
-        (two spans from now), trim its budget's logs, unless it got busy again."""
-        if self._trim is None and self.budget.rate is not None:
-            loop = asyncio.get_running_loop()
-            self._trim = loop.call_later(2 * self.budget.span + 0.01, self._trim_now)
-
-    def _trim_now(self) -> None:
-        self._trim = None
-        self.budget.trim(asyncio.get_running_loop().time())
+        (two spans from now), trim its budget's logs (the client's one timer does it)."""
+        if self.budget.rate is not None:
+            self._client._trimmer.later(self, 2 * self.budget.span + 0.01)
 
     async def acquire(self) -> float:
         """Wait for this token's budget; returns the send time (``loop.time()``).
@@ -596,7 +633,7 @@ class GrowthHubClient:
       equals the one last applied (outcome ``unchanged``) and remember what their 2xx applied.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 (one assignment per knob)
         self,
         token: str | TokenProvider | None = None,
         *,
@@ -662,6 +699,7 @@ class GrowthHubClient:
             self._lanes[key] = self._make_lane(key, provider)
         self.default_token_key = next(iter(self._lanes)) if len(self._lanes) == 1 else None
         self._timeouts: aiohttp.ClientTimeout | None = None
+        self._trimmer = _Trimmer()
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
         self._closed = False

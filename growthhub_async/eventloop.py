@@ -5,8 +5,8 @@ less CPU per request (benchmarks/README.md). The command picks it by itself when
 imported; ``--loop asyncio|uvloop|auto`` or the ``GROWTHHUB_LOOP`` environment variable (the
 option wins) choose otherwise. ``uvloop`` asked for but not installed is a usage error, never a
 silent fall back; a closed standard input, output or error makes it run on asyncio all the
-same (libuv cannot run so). The library itself never installs a loop: an application embedding it runs
-on whatever loop it chose.
+same (libuv cannot run so). The library itself never installs a loop: an application
+embedding it runs on whatever loop it chose.
 """
 
 from __future__ import annotations
