@@ -20,6 +20,8 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     # (module, full arguments, --quick arguments)
     ("encoding", [], []),
     ("cpu_per_record", [], ["--rounds", "3", "--records", "10000"]),
+    ("lanes", [], ["--rounds", "1", "--records", "10000"]),
+    ("startup", [], ["--runs", "10"]),
     ("rate_utilisation", [], ["--seconds", "10"]),
     ("latency", [], []),
     ("sandbox_throughput", [], []),

@@ -117,8 +117,35 @@ def _locations(r: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _lanes(r: dict[str, Any]) -> tuple[str, str, str]:
+    one, many, idle = r["one"], r["many"], r["idle"]
+    return (
+        f"{r['lanes']:,} lanes / 1 lane: **{r['cpuRatio']:.2f}x** "
+        f"({many['cpuMicrosecondsPerRecord']:.0f} vs {one['cpuMicrosecondsPerRecord']:.0f} µs "
+        f"CPU/record, {r['records']:,} records, {r['loop']})<br>idle lane: "
+        f"**{idle['kibPerIdleLane']:.1f} KiB**; timers {idle['one']['timers']} → "
+        f"{idle['many']['timers']}, tasks {idle['one']['tasks']} → {idle['many']['tasks']} "
+        f"(1 → {r['lanes']:,} idle lanes)",
+        "≤ 1.2x; no timer or task per idle lane",
+        _yes(r["met"]),
+    )
+
+
+def _startup(r: dict[str, Any]) -> tuple[str, str, str]:
+    p, a, u = r["pythonPass"], r["importAiohttp"], r["update"]
+    return (
+        f"`update` on 1 record: **{u['wallMs']:.0f} ms** ({u['cpuMs']:.0f} ms CPU); "
+        f"`import aiohttp` {a['wallMs']:.0f} ms ({a['cpuMs']:.0f}); `python -c pass` "
+        f"{p['wallMs']:.0f} ms ({p['cpuMs']:.0f}); medians of {r['runs']}",
+        "report (imports guarded by a test)",
+        "—",
+    )
+
+
 ROWS = {
     "cpu_per_record": ("Client CPU per record (ours / raw aiohttp loop)", _cpu),
+    "lanes": ("Cost against the number of locations", _lanes),
+    "startup": ("Start-up (exec to exit)", _startup),
     "rate_utilisation": ("Rate-limit utilisation", _rate),
     "memory": ("Memory (peak RSS, streaming)", _memory),
     "memory_locations": ("Memory by location (10 then 1,000 locations, sorted)", _memory),

@@ -136,3 +136,25 @@ def test_sandbox_throughput(tmp_path: Path) -> None:
     assert r["requests"] > 0
     assert set(r["byStatus"]) == {"200"}
     assert r["requestsPerSecond"] > 0
+
+
+def test_lanes(tmp_path: Path) -> None:
+    r = run_smoke("lanes", tmp_path)
+    assert r["lanes"] > 1
+    assert r["cpuRatio"] > 0
+    for name in ("one", "many"):
+        assert r[name]["cpuSeconds"] > 0
+    idle = r["idle"]
+    assert idle["many"]["lanes"] == r["lanes"]
+    assert idle["one"]["lanes"] == 1
+    assert idle["one"]["rssKiB"] > 0
+    # Idle lanes hold no timer or task of their own (what the benchmark reports, checked).
+    assert r["idleLanesHoldNoTimerOrTask"] is True
+
+
+def test_startup(tmp_path: Path) -> None:
+    r = run_smoke("startup", tmp_path)
+    for name in ("pythonPass", "importAiohttp", "update"):
+        assert r[name]["wallMs"] > 0
+        assert r[name]["cpuMs"] >= 0
+    assert r["update"]["cpuMs"] > r["pythonPass"]["cpuMs"]
