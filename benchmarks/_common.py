@@ -81,6 +81,8 @@ def write_result(
         "benchmark": name,
         "command": shlex.join(["python", "-m", f"benchmarks.{module or name}", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # The machine's load when the result was written: other work disturbs CPU figures.
+        "loadAverage1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "machine": machine(),
         **figures,
     }

@@ -3,8 +3,9 @@
     .venv/bin/python -m benchmarks.report
 
 Rewrites the part of benchmarks/README.md between the ``figures:start`` and ``figures:end``
-markers with one row per result file (benchmark, command, result, goal, met) and the machine
-line of the latest run, so that the table always shows what the files hold.
+markers with one row per result file (benchmark, command, result, goal, met, when it ran and how
+many pytest processes were running then) and the machine line of the latest run, so that the
+table always shows what the files hold.
 """
 
 from __future__ import annotations
@@ -159,7 +160,10 @@ ROWS = {
 
 def table() -> str:
     """The Markdown table and the machine line."""
-    lines = ["| Benchmark | Command | Result | Goal | Met |", "|---|---|---|---|---|"]
+    lines = [
+        "| Benchmark | Command | Result | Goal | Met | Run (UTC; pytest processes at start) |",
+        "|---|---|---|---|---|---|",
+    ]
     machines = []
     for name, (title, render) in ROWS.items():
         path = RESULTS / f"{name}.json"
@@ -168,7 +172,9 @@ def table() -> str:
         r = json.loads(path.read_text(encoding="utf-8"))
         result, goal, met = render(r)
         command = r.get("command", f"python benchmarks/{name}.py")
-        lines.append(f"| {title} | `{command}` | {result} | {goal} | {met} |")
+        busy = r.get("pytestProcessesAtStart")
+        run = r.get("date", "?") + (f"; {busy}" if busy is not None else "")
+        lines.append(f"| {title} | `{command}` | {result} | {goal} | {met} | {run} |")
         if "machine" in r:
             machines.append((r["date"], r["machine"]))
     if machines:
