@@ -273,6 +273,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def write_tokens(path: Path, locations: int) -> Path:
+    """A 0600 tokens file (``--tokens``) beside ``path``: ``loc0000`` ... with a token each."""
+    tokens = path.with_suffix(".tokens.json")
+    tokens.write_text(json.dumps({f"loc{n:04d}": f"bench-{n:04d}" for n in range(locations)}))
+    tokens.chmod(0o600)
+    return tokens
+
+
 def median(values: Sequence[float]) -> float:
     """The median (the mean of the middle two for an even count)."""
     ordered = sorted(values)

@@ -35,13 +35,13 @@ from benchmarks._common import (
     FAST_SERVER,
     busy_cpus,
     child_env,
-    median,
     pin,
     server_process,
     split_cpus,
     write_result,
+    write_tokens,
 )
-from benchmarks.cpu_per_record import run_child
+from benchmarks.cpu_per_record import run_child, summarise
 
 NAME = "lanes"
 GOAL = 1.2
@@ -85,10 +85,7 @@ def write_input(path: Path, records: int, lanes: int) -> Path:
             f'"firstName":"Ada","email":"ada{n}@example.com","tags":["vip"]}}\n'
             for n in range(records)
         )
-    tokens = path.with_suffix(".tokens.json")
-    tokens.write_text(json.dumps({f"loc{n:04d}": f"bench-{n:04d}" for n in range(lanes)}))
-    tokens.chmod(0o600)
-    return tokens
+    return write_tokens(path, lanes)
 
 
 def command(input_path: Path, tokens: Path, journal: Path, base_url: str, loop: str) -> list[str]:
@@ -131,9 +128,10 @@ def measure(records: int, lanes: int, rounds: int, loop: str) -> dict[str, Any]:
                 for name in ("one", "many") if n % 2 == 0 else ("many", "one"):
                     journal = Path(tmp) / f"{name}-{n}.jsonl"
                     path, tokens = inputs[name]
-                    runs[name].append(
-                        run_child(command(path, tokens, journal, server.base_url, loop))
-                    )
+                    before = server.cpu_seconds()
+                    run = run_child(command(path, tokens, journal, server.base_url, loop))
+                    run["serverCpuShare"] = (server.cpu_seconds() - before) / run["wall"]
+                    runs[name].append(run)
                     with open(journal, "rb") as f:
                         if sum(1 for _ in f) != records:
                             raise SystemExit(f"{name}: the journal misses records")
@@ -146,15 +144,7 @@ def measure(records: int, lanes: int, rounds: int, loop: str) -> dict[str, Any]:
                 )
             idle = {name: idle_probe(server.base_url, count) for name, count in
                     (("one", 1), ("many", lanes))}  # fmt: skip
-    figures: dict[str, Any] = {"cpuRatio": round(median(ratios), 3), "ratios": ratios}
-    for name, rows in runs.items():
-        cpu = median([r["cpu"] for r in rows])
-        figures[name] = {
-            "cpuSeconds": round(cpu, 3),
-            "cpuMicrosecondsPerRecord": round(cpu / records * 1e6, 1),
-            "recordsPerSecond": round(records / median([r["wall"] for r in rows])),
-            "maxRssKiB": max(r["maxRssKiB"] for r in rows),
-        }
+    figures = summarise(runs, ratios, records)
     per_lane = (idle["many"]["rssKiB"] - idle["one"]["rssKiB"]) / max(1, lanes - 1)
     figures["idle"] = {**idle, "kibPerIdleLane": round(per_lane, 1)}
     return figures

@@ -20,7 +20,6 @@ writes benchmarks/results/memory_locations.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from benchmarks._common import (
     split_cpus,
     write_records,
     write_result,
+    write_tokens,
 )
 from benchmarks.cpu_per_record import commands, run_child
 
@@ -52,10 +52,7 @@ def _write_by_location(path: Path, count: int, locations: int) -> Path:
                 f'"firstName":"Ada","email":"ada{i}@example.com","tags":["vip"]}}\n'
                 for i in range(per)
             )
-    tokens = path.with_suffix(".tokens.json")
-    tokens.write_text(json.dumps({f"loc{n:04d}": f"bench-{n:04d}" for n in range(locations)}))
-    tokens.chmod(0o600)
-    return tokens
+    return write_tokens(path, locations)
 
 
 def measure(

@@ -59,7 +59,7 @@ def loop_factory(choice: str | None) -> tuple[str, LoopFactory | None]:
     """
     source = "--loop"
     if choice is None:
-        choice, source = os.environ.get(LOOP_ENV, "").strip() or "auto", LOOP_ENV
+        choice, source = os.environ.get(LOOP_ENV, "").strip().lower() or "auto", LOOP_ENV
     if choice not in LOOP_CHOICES:
         raise ConfigurationError(
             f"{source} must be one of {', '.join(LOOP_CHOICES)}, not {choice!r}"
