@@ -103,14 +103,14 @@ async def test_a_record_waiting_to_retry_at_its_deadline_ends_saying_so(
     assert sandbox.stats()["requests"] == 1
 
 
-@pytest.mark.parametrize("timeout", [0, -1, math.nan, math.inf, "1"])
+@pytest.mark.parametrize("seconds", [0, -1, math.nan, math.inf, "1"])
 async def test_a_bad_timeout_is_a_configuration_error(
-    sandbox: object, timeout: object, start_sandbox: StartSandbox
+    seconds: object, start_sandbox: StartSandbox
 ) -> None:
     running = await start_sandbox()
     async with GrowthHubClient(TEST_TOKEN, base_url=running.base_url) as gh:
         with pytest.raises(ConfigurationError, match="timeout"):
-            await gh.submit("c1", UpdateContact(first_name="A"), timeout=timeout)  # type: ignore[arg-type]
+            await gh.submit("c1", UpdateContact(first_name="A"), timeout=seconds)  # type: ignore[arg-type]
     assert running.stats()["requests"] == 0
 
 
