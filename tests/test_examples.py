@@ -25,7 +25,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
+from growthhub_async import GrowthHubClient, Outcome, UpdateContact
 from growthhub_async.sandbox import Faults, Sandbox
 from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
 
@@ -272,3 +275,60 @@ async def test_sigterm_while_requests_are_queued_answers_each_and_exits_cleanly(
     await asyncio.sleep(0.1)
     assert "growthhub client closed" in app.text  # the lifespan / cleanup context ran
     _no_trouble_logged(app)
+
+
+async def test_fastapi_takes_outcome_as_a_return_annotation_and_response_model(
+    start_sandbox: StartSandbox,
+) -> None:
+    """``-> Outcome`` and ``response_model=Outcome`` import, serve the outcome's JSON (the
+    updated contact included) and document it in the OpenAPI schema; before issue 15 the
+    annotation failed at import and a returned Outcome was a 500."""
+    # Module-level names: FastAPI resolves the string annotations (``from __future__ import
+    # annotations``) in the module's globals, as in any application.
+    sandbox = await start_sandbox()
+    async with GrowthHubClient(TEST_TOKEN, base_url=sandbox.base_url, rate=None) as gh:
+        api = FastAPI()
+
+        @api.put("/annotated/{contact_id}")
+        async def annotated(contact_id: str) -> Outcome:
+            return await gh.submit(contact_id, UpdateContact(first_name="Ada"), response=True)
+
+        @api.put("/model/{contact_id}", response_model=Outcome)
+        async def model(contact_id: str) -> Any:
+            return await gh.submit(contact_id, UpdateContact(first_name="Bo"))
+
+        server = uvicorn.Server(
+            uvicorn.Config(api, host="127.0.0.1", port=0, log_config=None, lifespan="off")
+        )
+        serving = asyncio.create_task(server.serve())
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:
+                    await asyncio.sleep(0.02)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            url = f"http://127.0.0.1:{port}"
+            async with _session() as http:
+                first = await _put(http, f"{url}/annotated/c1", b"")
+                second = await _put(http, f"{url}/model/c2", b"")
+                async with http.get(f"{url}/openapi.json") as resp:
+                    assert resp.status == 200
+                    openapi = await resp.json()
+        finally:
+            server.should_exit = True
+            await serving
+    assert first[0] == 200
+    assert first[1]["status"] == "updated"
+    assert first[1]["contactId"] == "c1"
+    assert first[1]["response"]["contact"]["firstName"] == "Ada"
+    assert second[0] == 200
+    assert second[1] == {
+        "line": 2,
+        "contactId": "c2",
+        "status": "updated",
+        "httpStatus": 200,
+        "attempts": 1,
+        "error": None,
+    }
+    schema = json.dumps(openapi)
+    for key in ("contactId", "httpStatus", "attempts", "firstName"):
+        assert key in schema
