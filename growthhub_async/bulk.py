@@ -23,9 +23,12 @@ Rules, and why:
   back once ``max_pending`` of them wait.
 - **One outcome per record, none dropped.** Cancelling the consumer (or ``aclose()``, or closing
   the client) stops the reader, ends queued records as ``failed`` (``"cancelled"``, no request)
-  and cancels the ones in flight, which end ``failed`` (``"cancelled"``) with their attempts
-  counted. Outcomes that the closed stream can no longer yield still reach the hooks
-  (:class:`~growthhub_async.events.RecordFinished`) and the stream's ``summary``.
+  and the ones in flight too, with their attempts counted. A request already written is not
+  cut then (only closing the client cuts it): it finishes in the background, holding its
+  contact's gate, so the contact's next record (of any run or ``submit``) never goes beside it
+  (see :meth:`Engine.cancel_job`). Outcomes that the closed stream can no longer yield still
+  reach the hooks (:class:`~growthhub_async.events.RecordFinished`) and the stream's
+  ``summary``.
 - **Retries** follow :class:`~growthhub_async.retry.RetryPolicy`. **A record waiting for its
   retry holds no worker**: the worker goes on with other records, and a timer puts the record
   back at the front of its token's queue when the wait is over. The record keeps its contact's
@@ -845,8 +848,9 @@ class OutcomeStream:
     ahead of the consumer). If the input itself raises, the outcomes of the records read so
     far come first, then the exception. Cancelling the task that awaits the next outcome stops
     the run like :meth:`aclose`: queued records end ``failed`` (``"cancelled"``) without a
-    request, records in flight are cancelled and end ``failed`` (``"cancelled"``); their
-    outcomes go to the hooks and the :attr:`summary`. No task is left running.
+    request, records in flight end ``failed`` (``"cancelled"``) at once (a request already
+    written finishes in the background, holding its contact, until the client is closed);
+    their outcomes go to the hooks and the :attr:`summary`.
 
     **Side by side** (``side_by_side=True``, issue 13): records of many tokens (locations)
     progress at once whatever the input order, a file sorted by location included. The reader
@@ -1204,7 +1208,8 @@ class OutcomeStream:
         does a record whose answer comes back asking for more (a retry, a token refresh and
         re-send): no request goes after the stop. The stream then ends once the requests on the
         wire are answered. For a graceful stop on
-        SIGTERM; :meth:`aclose` cancels those on the wire too. Records still in a spill file
+        SIGTERM; :meth:`aclose` ends those on the wire too, at once (their requests finish in
+        the background, or are cut by the client's ``close()``). Records still in a spill file
         are not read (:meth:`stop_input`): no outcome, a resumed job sends them.
         """
         self.stop_input()

@@ -138,6 +138,16 @@ def _no_trouble_logged(app: App) -> None:
         assert bad not in text, f"{bad!r} in the app's log:\n{text}"
 
 
+def _put_many(
+    http: aiohttp.ClientSession, app: App, count: int
+) -> list[asyncio.Task[tuple[int | str, Any]]]:
+    """``count`` concurrent PUTs of ``c0``, ``c1``... to the app, as tasks."""
+    return [
+        asyncio.create_task(_put(http, f"{app.url}/contacts/c{i}", {"firstName": "A"}))
+        for i in range(count)
+    ]
+
+
 def _session() -> aiohttp.ClientSession:
     # No client-side pool limit: every request is on the wire at once.
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -256,10 +266,7 @@ async def test_sigterm_while_requests_are_queued_answers_each_and_exits_cleanly(
 ) -> None:
     sandbox = await start_sandbox(sandbox_config(rate_limit=10, rate_window=0.5))
     async with run_app(kind, sandbox, rate="10/0.5s", deadline="1.5") as app, _session() as http:
-        calls = [
-            asyncio.create_task(_put(http, f"{app.url}/contacts/c{i}", {"firstName": "A"}))
-            for i in range(60)
-        ]
+        calls = _put_many(http, app, 60)
         await asyncio.sleep(0.4)
         loop = asyncio.get_running_loop()
         signalled = loop.time()
@@ -428,10 +435,7 @@ async def test_a_second_signal_during_shutdown_answers_each_and_closes_the_clien
     open are dropped, the lifespan's shutdown is skipped; no 500 and no traceback."""
     sandbox = await start_sandbox(sandbox_config(rate_limit=4, rate_window=0.5))
     async with run_app(kind, sandbox, rate="4/0.5s", deadline="1.5") as app, _session() as http:
-        calls = [
-            asyncio.create_task(_put(http, f"{app.url}/contacts/c{i}", {"firstName": "A"}))
-            for i in range(16)
-        ]
+        calls = _put_many(http, app, 16)
         await asyncio.sleep(0.4)
         app.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
@@ -466,10 +470,7 @@ async def test_uvicorn_cutting_handlers_at_its_graceful_timeout_answers_503_not_
         ) as app,
         _session() as http,
     ):
-        calls = [
-            asyncio.create_task(_put(http, f"{app.url}/contacts/c{i}", {"firstName": "A"}))
-            for i in range(20)
-        ]
+        calls = _put_many(http, app, 20)
         await asyncio.sleep(0.3)
         app.process.send_signal(signal.SIGTERM)
         answers = await asyncio.gather(*calls)
