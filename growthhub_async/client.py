@@ -116,6 +116,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TOKEN_KEY",
     "MAX_ANSWER",
+    "MAX_KEPT_ANSWER",
     "MAX_TIMEOUT",
     "MAX_VALUE_DEPTH",
     "GrowthHubClient",
@@ -288,7 +289,8 @@ def read_response(
     ``keep``: the decoded 2xx goes to a caller (``submit(..., response=True)``), so a secret
     the server echoed in it (a contact field holding the bearer) is removed first: the body is
     decoded again from its redacted text, or without its contact if that is no longer JSON (or
-    if a custom field value nests deeper than :data:`MAX_VALUE_DEPTH`). Only then: the scan
+    if a custom field value nests deeper than :data:`MAX_VALUE_DEPTH`, or the body is larger
+    than :data:`MAX_KEPT_ANSWER`). Only then: the scan
     costs a pass over the body, for nothing when the body is dropped. A body nested too deep
     to decode (``RecursionError``) is unreadable like any other.
     """
@@ -340,12 +342,20 @@ given to a caller (``response=True``): a web framework's JSON encoder or pydanti
 few hundred levels (the API's values are scalars or lists of strings)."""
 
 
+MAX_KEPT_ANSWER: Final = 256 << 10
+"""Bytes: the largest 2xx whose contact is given to a caller (``response=True``). Looking for
+secrets costs about 0.3 s a MiB on the event loop; the API's answer is a few KB."""
+
+
 def _for_caller(
     decoded: UpdateContactResponse, body: bytes, clean: Redactor
 ) -> UpdateContactResponse:
     """The decoded 2xx as a caller may hold it: ``body`` decoded again from its redacted text
     when it holds a secret, and without the contact when that no longer decodes, or when a
-    custom field value nests deeper than :data:`MAX_VALUE_DEPTH`."""
+    custom field value nests deeper than :data:`MAX_VALUE_DEPTH`, or when the body is larger
+    than :data:`MAX_KEPT_ANSWER`."""
+    if len(body) > MAX_KEPT_ANSWER:
+        return msgspec.structs.replace(decoded, contact=None)
     redacted = clean.bytes(body)
     if redacted != body:
         try:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from growthhub_async import ConfigurationError, Status, UpdateContact
-from growthhub_async.client import MAX_VALUE_DEPTH, read_response
+from growthhub_async.client import MAX_KEPT_ANSWER, MAX_VALUE_DEPTH, read_response
 from growthhub_async.errors import ResponseError
 from growthhub_async.events import Event, RecordFinished
 from growthhub_async.models import CustomField
@@ -59,6 +59,18 @@ def test_a_200_that_no_longer_decodes_once_redacted_keeps_no_contact() -> None:
     assert kept.succeded is True
     plain = read_response(200, {}, body, redact=redact, contact_id="c1")
     assert plain.contact is not None  # not asked for: decoded once, not scanned
+
+
+def test_a_200_too_large_to_scan_keeps_no_contact() -> None:
+    """Scanning for secrets blocks the loop (about 0.3 s a MiB): a body past
+    ``MAX_KEPT_ANSWER`` is given back without its contact, secret or not."""
+    padding = "x" * MAX_KEPT_ANSWER
+    body = b'{"succeded": true, "contact": {"id": "c1", "source": "%s"}}' % padding.encode()
+    kept = read_response(200, {}, body, redact=Redactor("abcdefghijkl-secret"), keep=True)
+    assert kept.succeded is True
+    assert kept.contact is None
+    small = read_response(200, {}, body[: -len(padding) - 3] + b'"}}', keep=True)
+    assert small.contact is not None
 
 
 async def test_a_record_whose_deadline_passed_while_the_loop_was_busy_is_never_sent() -> None:
