@@ -16,10 +16,11 @@ What it shows:
 - **The answer**: the outcome as JSON with the status code it calls for (see
   :func:`examples.common.answer`).
 - **A deadline per request** (``submit(..., timeout=)``).
-- **Disconnects**: ``web.run_app(..., handler_cancellation=True)`` (off by default since
-  aiohttp 3.9) cancels the handler when its caller goes away, and cancelling ``submit``
-  cancels the update: one still queued is never sent. (Under gunicorn's aiohttp worker, which
-  does not set it, a disconnect goes unnoticed and the update runs to its deadline.)
+- **Disconnects**: ``handler_cancellation=True`` (of ``web.run_app`` or ``AppRunner``; off
+  by default since aiohttp 3.9) cancels the handler when its caller goes away, and cancelling
+  ``submit`` cancels the update: one still queued is never sent. (Under gunicorn's aiohttp
+  worker, which does not set it, a disconnect goes unnoticed and the update runs to its
+  deadline.)
 - **Shutdown** (SIGTERM or SIGINT): :func:`serve` stops accepting, lets the handlers finish
   for up to ``shutdown_timeout`` (more than the deadline, so each ends on its own with an
   answer), then the cleanup context closes the client; the process exits 0. A second signal
