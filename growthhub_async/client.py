@@ -86,6 +86,7 @@ from growthhub_async.errors import (
 from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
 from growthhub_async.incremental import StateRun
 from growthhub_async.locations import LocationToken, LocationTokens, location_problem
+from growthhub_async.logs import current_run_id, log_event
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -100,6 +101,7 @@ from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
 from growthhub_async.sources import Record
 from growthhub_async.state import SyncState
+from growthhub_async.telemetry import ClientTelemetry, Telemetry
 from growthhub_async.transport import (
     MAX_ANSWER,
     check_base_url,
@@ -595,6 +597,9 @@ class GrowthHubClient:
       on first use, closed with the client) or a :class:`~growthhub_async.state.SyncState`
       (the caller closes it). ``update_contacts`` and ``submit`` then skip records whose body
       equals the one last applied (outcome ``unchanged``) and remember what their 2xx applied.
+    - ``telemetry``: OpenTelemetry traces and metrics (issue 16; the ``otel`` extra). ``None``
+      (default): to the global providers if an SDK is configured when the client first sends;
+      ``False``: never; a :class:`~growthhub_async.telemetry.Telemetry`: to its providers.
     """
 
     def __init__(
@@ -617,6 +622,7 @@ class GrowthHubClient:
         user_agent: str | None = None,
         state: str | os.PathLike[str] | SyncState | None = None,
         locations: LocationTokens | None = None,
+        telemetry: Telemetry | bool | None = None,
     ) -> None:
         if token is not None and tokens is not None:
             raise ConfigurationError("give exactly one of token= or tokens=")
@@ -646,7 +652,8 @@ class GrowthHubClient:
         self.retry = retry if retry is not None else RetryPolicy()
         self.max_pending = max_pending
         self.user_agent = user_agent or f"growthhub-async/{__version__}"
-        self.hooks: list[Hook] = list(hooks)
+        # The events as log records of growthhub_async.events (a level check when unused).
+        self.hooks: list[Hook] = [*hooks, log_event]
         self.redactor = Redactor()
         """Every secret of every token: removed from server text before it is kept anywhere."""
         for provider in providers.values():
@@ -665,6 +672,9 @@ class GrowthHubClient:
         self._timeouts: aiohttp.ClientTimeout | None = None
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
+        self._telemetry_option = telemetry
+        self._telemetry: ClientTelemetry | None = None
+        self._telemetry_decided = False
         self._closed = False
         self._submitted = itertools.count(1)
         self._owns_state = state is not None and not isinstance(state, SyncState)
@@ -788,7 +798,20 @@ class GrowthHubClient:
                 hooks=self.hooks,
                 default_token_key=self.default_token_key,
             )
+            if (telemetry := self._telemetry_now()) is not None:
+                telemetry.attach(self._engine)
         return self._engine
+
+    def _telemetry_now(self) -> ClientTelemetry | None:
+        """Decided once, at first use: an SDK configured by then gets reports (issue 16)."""
+        if not self._telemetry_decided:
+            self._telemetry_decided = True
+            chosen = Telemetry.resolve(self._telemetry_option)
+            if chosen is not None:
+                url = self.base_url
+                self._telemetry = chosen.for_client((url.host or "", url.port))
+                self.hooks.append(self._telemetry.hook)
+        return self._telemetry
 
     def add_hook(self, hook: Hook) -> None:
         """Subscribe ``hook`` to every event from now on."""
@@ -896,6 +919,8 @@ class GrowthHubClient:
             hooks = [*hooks, run.on_event]  # after the caller's (a journal line comes first)
         elif full or changed_fields_only:
             raise ConfigurationError("full= and changed_fields_only= need a client with state=")
+        if (telemetry := self._telemetry_now()) is not None:
+            hooks = [*hooks, telemetry.run(current_run_id()).hook]  # the run's span
         return OutcomeStream(
             self._get_engine,
             records,
