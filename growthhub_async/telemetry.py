@@ -31,6 +31,7 @@ What it reports, all from :mod:`~growthhub_async.events` (a subscriber, not hook
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import weakref
 from collections.abc import Iterable
@@ -48,23 +49,35 @@ from growthhub_async.events import (
 from growthhub_async.logs import new_run_id
 from growthhub_async.outcomes import Status
 
-try:  # the `otel` extra
-    from opentelemetry import metrics as _metrics
-    from opentelemetry import trace as _trace
-except ImportError:  # pragma: no cover - the extra is installed for the tests
-    _metrics = None  # type: ignore[assignment]
-    _trace = None  # type: ignore[assignment]
-
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
     from growthhub_async.bulk import Engine
 
-__all__ = ["AVAILABLE", "DURATION_BUCKETS", "ClientTelemetry", "Telemetry"]
+__all__ = ["DURATION_BUCKETS", "ClientTelemetry", "Telemetry", "available"]
 
-AVAILABLE: Final = _trace is not None
-"""Whether ``opentelemetry-api`` is installed (the ``otel`` extra)."""
+
+class _API:
+    """The ``opentelemetry`` API's modules, imported on first need, never with the package:
+    a program that never imported them has configured no SDK, and pays nothing."""
+
+    trace: Any = None
+    metrics: Any = None
+    tried = False
+
+
+def available() -> bool:
+    """Whether ``opentelemetry-api`` (the ``otel`` extra) can be imported."""
+    if not _API.tried:
+        _API.tried = True
+        try:
+            from opentelemetry import metrics, trace  # noqa: PLC0415 (optional, on demand)
+        except ImportError:
+            return False
+        _API.trace, _API.metrics = trace, metrics
+    return _API.trace is not None
+
 
 DURATION_BUCKETS: Final = (
     0.005,
@@ -91,7 +104,9 @@ _TEMPLATE: Final = "/contacts/{contactId}"
 
 def _sdk_configured(tracer_provider: Any, meter_provider: Any) -> bool:
     """Whether an SDK stands behind the global providers (the API's own are proxies/no-ops)."""
-    no_tracing = isinstance(tracer_provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider)
+    no_tracing = isinstance(
+        tracer_provider, _API.trace.ProxyTracerProvider | _API.trace.NoOpTracerProvider
+    )
     idle_meters = type(meter_provider).__name__ in {"_ProxyMeterProvider", "NoOpMeterProvider"}
     return not (no_tracing and idle_meters)
 
@@ -147,7 +162,7 @@ class _Instruments:
                 continue
             for key, counts in engine.load().items():
                 totals[key] = totals.get(key, 0) + counts[index]
-        return [_metrics.Observation(value, {_LOCATION: key}) for key, value in totals.items()]
+        return [_API.metrics.Observation(value, {_LOCATION: key}) for key, value in totals.items()]
 
     def _observe_queued(self, _options: CallbackOptions) -> Iterable[Observation]:
         return self._observe(0)
@@ -177,7 +192,7 @@ class Telemetry:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
-        if not AVAILABLE:
+        if not available():
             raise RuntimeError("telemetry needs the otel extra: pip install growthhub-async[otel]")
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
@@ -185,12 +200,18 @@ class Telemetry:
     @classmethod
     def resolve(cls, option: Telemetry | bool | None) -> Telemetry | None:
         """What a client's ``telemetry=`` means now: ``None`` when nothing is to be reported."""
-        if option is False or not AVAILABLE:
+        if option is False:
             return None
         if isinstance(option, Telemetry):
             return option
+        if option is None and not {"opentelemetry.trace", "opentelemetry.metrics"} & set(
+            sys.modules
+        ):
+            return None  # nothing imported the API: no SDK can be configured
+        if not available():
+            return None
         if option is True or _sdk_configured(
-            _trace.get_tracer_provider(), _metrics.get_meter_provider()
+            _API.trace.get_tracer_provider(), _API.metrics.get_meter_provider()
         ):
             return cls()
         return None
@@ -199,11 +220,11 @@ class Telemetry:
         """The subscriber of one client (its server's host and port for the HTTP spans)."""
         from growthhub_async import __version__  # noqa: PLC0415 (the package imports us)
 
-        tracer = _trace.get_tracer(_SCOPE, __version__, self.tracer_provider)
-        provider = self.meter_provider or _metrics.get_meter_provider()
+        tracer = _API.trace.get_tracer(_SCOPE, __version__, self.tracer_provider)
+        provider = self.meter_provider or _API.metrics.get_meter_provider()
         instruments = _INSTRUMENTS.get(provider)
         if instruments is None:
-            meter = _metrics.get_meter(_SCOPE, __version__, provider)
+            meter = _API.metrics.get_meter(_SCOPE, __version__, provider)
             instruments = _INSTRUMENTS[provider] = _Instruments(meter)
         client = ClientTelemetry(tracer, instruments, server)
         instruments.engines.add(client)
@@ -227,7 +248,7 @@ class _Run:
         self.span = owner.tracer.start_span(
             "update_contacts", attributes={"growthhub.run.id": self.run_id}
         )
-        self.context = _trace.set_span_in_context(self.span)
+        self.context = _API.trace.set_span_in_context(self.span)
 
     def hook(self, event: Event) -> None:
         """The run's own hook: its events come here right after the client's hook."""
@@ -357,13 +378,13 @@ class ClientTelemetry:
             attributes["http.request.resend_count"] = event.attempt - 1
         span = self.tracer.start_span(
             "PUT",
-            context=_trace.set_span_in_context(record.span),
-            kind=_trace.SpanKind.CLIENT,
+            context=_API.trace.set_span_in_context(record.span),
+            kind=_API.trace.SpanKind.CLIENT,
             start_time=start,
             attributes=attributes,
         )
         if "error.type" in attributes:
-            span.set_status(_trace.StatusCode.ERROR)
+            span.set_status(_API.trace.StatusCode.ERROR)
         span.end(end_time=start + int(event.duration * 1e9))
 
     def _record_span(self, event: RecordFinished, run: _Run | None) -> None:
@@ -387,5 +408,5 @@ class ClientTelemetry:
         if outcome.http_status is not None:
             span.set_attribute("http.response.status_code", outcome.http_status)
         if outcome.status not in (Status.UPDATED, Status.UNCHANGED):
-            span.set_status(_trace.StatusCode.ERROR)
+            span.set_status(_API.trace.StatusCode.ERROR)
         span.end()
