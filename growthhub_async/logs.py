@@ -255,15 +255,13 @@ class LogSetup:
     def __init__(self, handler: logging.Handler, logger: logging.Logger, level: int) -> None:
         self.handler = handler
         self.logger = logger
-        self._previous = (logger.level, logger.propagate)
+        self._previous = logger.level
         logger.addHandler(handler)
         logger.setLevel(level)
-        logger.propagate = False
 
     def remove(self) -> None:
         self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self._previous[0])
-        self.logger.propagate = self._previous[1]
+        self.logger.setLevel(self._previous)
 
 
 def configure(
