@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TextIO, cast
 
-from growthhub_async import __version__, demo, logs
+from growthhub_async import __version__, demo, logs, report
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
 from growthhub_async.cmdline import PROG, HelpFormatter, Terminal, invoked_as
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Each subcommand registers itself and sets ``handler`` (Namespace -> exit status).
     add_update_parser(subparsers)
     add_state_parser(subparsers)
+    add_report_parser(subparsers)
     sandbox_cli.add_parser(subparsers)
     demo.add_parser(subparsers)
     for subparser in subparsers.choices.values():
@@ -473,6 +474,58 @@ async def _state_command(args: argparse.Namespace) -> int:
             )
         stats = await state.stats()
     out.write(render_state(args.file, stats) + "\n")
+    out.flush()
+    return 0
+
+
+REPORT_DESCRIPTION = """\
+Summarise one or more outcome journals (the OUTCOMES of update, or the journals of several
+shards): records by status (each record's last outcome) and by location, the most frequent
+error reasons, the requests, retries and 429s. --html FILE also writes a self-contained page
+(no network) with requests per second against the limit and outcomes over time. Journals are
+read one line at a time: blank, torn or foreign lines are counted and skipped."""
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``report`` subcommand (issue 16)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "report",
+        allow_abbrev=False,
+        help="summarise outcome journals, as text or an HTML page with charts",
+        description=REPORT_DESCRIPTION,
+    )
+    parser.add_argument("journals", nargs="+", metavar="OUTCOMES.jsonl", help="journals to read")
+    parser.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
+    parser.add_argument(
+        "--rate",
+        type=_rate_arg,
+        default=DEFAULT_RATE,
+        metavar="N/Ws",
+        help=f"the limit per location the chart compares with (default {DEFAULT_RATE})",
+    )
+    parser.add_argument(
+        "--top", type=int, default=10, metavar="N", help="error reasons shown (default 10)"
+    )
+    parser.set_defaults(handler=run_report)
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Handle ``growthhub-async report``; 0 when every journal was read, 2 otherwise."""
+    try:
+        found = report.read_journals(args.journals)
+    except OSError as exc:
+        return fatal("report", f"cannot read {exc.filename!r}: {exc.strerror}")
+    out = Terminal(sys.stdout)
+    out.write(report.render_text(found, top=max(1, args.top)))
+    if args.html:
+        page = report.render_html(found, rate=args.rate, top=max(1, args.top))
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(page)
+        except OSError as exc:
+            return fatal("report", f"cannot write {args.html!r}: {exc.strerror}")
+        out.write(f"page: {args.html}\n")
     out.flush()
     return 0
 
