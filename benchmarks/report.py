@@ -117,8 +117,21 @@ def _locations(r: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _otel(r: dict[str, Any]) -> tuple[str, str, str]:
+    v = r["variants"]
+    return (
+        f"no SDK: **{v['noSdk']['ratioToWithout']:.3f}x** ({v['noSdk']['cpuMicrosecondsPerRecord']}"
+        f" vs {v['without']['cpuMicrosecondsPerRecord']} µs CPU/record); extra unused: "
+        f"**{v['idle']['ratioToWithout']:.3f}x**<br>SDK on, no exporter: "
+        f"{v['sdk']['ratioToWithout']:.2f}x ({v['sdk']['cpuMicrosecondsPerRecord']} µs)",
+        "≤ 1.02x without the extra",
+        _yes(r["met"]),
+    )
+
+
 ROWS = {
     "cpu_per_record": ("Client CPU per record (ours / raw aiohttp loop)", _cpu),
+    "otel_overhead": ("OpenTelemetry's cost (CPU per record against no extra)", _otel),
     "rate_utilisation": ("Rate-limit utilisation", _rate),
     "memory": ("Memory (peak RSS, streaming)", _memory),
     "memory_locations": ("Memory by location (10 then 1,000 locations, sorted)", _memory),

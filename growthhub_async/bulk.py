@@ -624,10 +624,12 @@ class Engine:
             waiting[job.lane.key] = waiting.get(job.lane.key, 0) + 1
         load = {}
         for key, queue in self._queues.items():
-            active = self._active[key]
+            active = self._active[key]  # contacts whose record is running, waiting or ready
             parked = sum(len(jobs) for jobs in active.values() if jobs)
+            # Back from a retry's wait, in the queue again (rank 0): waiting for a worker.
+            ready = sum(1 for rank, _, _ in getattr(queue, "_queue", ()) if rank == 0)
             held = waiting.get(key, 0)
-            load[key] = (queue.qsize() + parked + held, max(0, len(active) - held))
+            load[key] = (queue.qsize() + parked + held, max(0, len(active) - held - ready))
         return load
 
     # -- shutdown --------------------------------------------------------------------------

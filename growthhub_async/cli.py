@@ -653,19 +653,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if real is not None and _wants_json(words):
         # Before the options are parsed: a usage error is a JSON line too.
         sys.stderr = cast(TextIO, logs.JsonLines(real))
-    try:
-        args = parser.parse_args(words)
-        if args.command is None:
-            parser.print_help(sys.stderr)
-            return 2
-        handler: Callable[[argparse.Namespace], int] = args.handler
-        with _logging(args, real):
-            status = handler(args)
-    finally:
-        if sys.stderr is not real:
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.close()  # its last, unfinished line
-            sys.stderr = real
+    # What escapes from here (a usage error's exit, a crash's traceback) is printed by Python
+    # through the JSON stream, which is left in place for it: stderr stays JSON to the end.
+    args = parser.parse_args(words)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    with _logging(args, real):
+        status = handler(args)
+    if sys.stderr is not real:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.close()  # its last, unfinished line
+        sys.stderr = real
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
