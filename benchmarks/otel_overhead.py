@@ -39,7 +39,7 @@ from benchmarks._common import (
     write_records,
     write_result,
 )
-from benchmarks.cpu_per_record import run_child
+from benchmarks.cpu_per_record import commands, run_child
 
 NAME = "otel_overhead"
 GOAL = 1.02
@@ -59,23 +59,10 @@ WRAPPERS = {
 
 
 def command(variant: str, input_path: Path, journal: Path, base_url: str, c: int) -> list[str]:
-    """The ``update`` command line of one variant."""
-    return [
-        sys.executable,
-        "-c",
-        WRAPPERS[variant],
-        "update",
-        str(input_path),
-        "--out",
-        str(journal),
-        "--base-url",
-        base_url,
-        "--rate",
-        "1000000/1s",
-        "--concurrency",
-        str(c),
-        "--no-progress",
-    ]
+    """The ``update`` command line of one variant (cpu_per_record's, through its wrapper)."""
+    ours = commands("asyncio", input_path, journal, base_url, c)["ours"]
+    assert ours[1:3] == ["-m", "growthhub_async"]
+    return [sys.executable, "-c", WRAPPERS[variant], *ours[3:]]
 
 
 def measure(records: int, rounds: int, concurrency: int, variants: list[str]) -> dict[str, Any]:

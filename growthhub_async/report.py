@@ -115,6 +115,19 @@ class _LastOutcome:
         yield from self.sparse.values()
 
 
+def _intern(names: list[str], index: dict[str, int], key: str, cap: int, other: str) -> int:
+    """``key``'s number in ``names``; past ``cap`` names, new keys all get ``other``'s."""
+    found = index.get(key)
+    if found is None:
+        if len(names) >= cap:
+            key = other
+            found = index.get(key)
+        if found is None:
+            found = index[key] = len(names)
+            names.append(key)
+    return found
+
+
 @dataclass
 class _Bucket:
     requests: int = 0
@@ -158,15 +171,7 @@ class Report:
 
     def _location(self, name: str | None) -> int:
         key = _NO_LOCATION if name is None else name[:200]
-        index = self._location_index.get(key)
-        if index is None:
-            if len(self._locations) >= MAX_LOCATIONS:
-                key = _OTHER_LOCATIONS
-                index = self._location_index.get(key)
-            if index is None:
-                index = self._location_index[key] = len(self._locations)
-                self._locations.append(key)
-        return index
+        return _intern(self._locations, self._location_index, key, MAX_LOCATIONS, _OTHER_LOCATIONS)
 
     def _skip(self, name: str, number: int, why: str) -> None:
         self.skipped_count += 1
@@ -209,15 +214,9 @@ class Report:
     def _reason(self, error: str) -> int:
         """The index of an error's reason (0: none); at most MAX_REASONS distinct ones."""
         reason = reason_of(error)
-        index = self._reason_index.get(reason)
-        if index is None:
-            if len(self._reason_names) > MAX_REASONS:
-                reason = _OTHER_REASONS
-                index = self._reason_index.get(reason)
-            if index is None:
-                index = self._reason_index[reason] = len(self._reason_names)
-                self._reason_names.append(reason)
-        return index
+        return _intern(
+            self._reason_names, self._reason_index, reason, MAX_REASONS + 1, _OTHER_REASONS
+        )
 
     def _add(self, entry: _Entry, code: int, last: _LastOutcome) -> None:
         self.entries += 1
