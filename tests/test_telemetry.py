@@ -6,8 +6,12 @@ spend the budget), so every attribute checked below was set by a real answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -231,3 +235,48 @@ async def test_without_an_sdk_nothing_is_subscribed() -> None:
         outcome = await gh.submit("c1", UpdateContact(city="x"))
         assert outcome.status is Status.UPDATED
         assert gh.hooks == [log_hook]
+
+
+WRAPPER = """
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+from growthhub_async.cli import main
+status = main(sys.argv[1:])
+spans = [[s.name, dict(s.attributes or {})] for s in exporter.get_finished_spans()]
+print(json.dumps(spans), file=sys.__stdout__)
+sys.exit(status)
+"""
+
+
+async def test_the_command_reports_to_a_configured_sdk_with_the_runs_id(tmp_path: Path) -> None:
+    """As under ``opentelemetry-instrument``: global providers set, then the command runs."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"contactId": "c1", "firstName": "a"}\n{"contactId": "c2", "email": 3}\n')
+    out = tmp_path / "out.jsonl"
+    config = SandboxConfig(tokens=frozenset({TOKEN}), rate_limit=1000, rate_window=0.2)
+    async with run_sandbox(config) as sb:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WRAPPER,
+            *("update", str(source), "--out", str(out), "--base-url", sb.base_url),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "GROWTHHUB_TOKEN": TOKEN},
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1, stderr.decode()
+    spans = json.loads(stdout.decode().splitlines()[-1])
+    names = Counter(name for name, _ in spans)
+    assert names == {"update_contacts": 1, "update_contact": 2, "PUT": 1}
+    (run,) = [attributes for name, attributes in spans if name == "update_contacts"]
+    journal = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {j["runId"] for j in journal} == {run["growthhub.run.id"]}
+    assert TOKEN not in stdout.decode() + stderr.decode()
