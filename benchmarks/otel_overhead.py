@@ -114,17 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny run (for the tests)")
     parser.add_argument("--out", type=Path, help="the result file (default results/NAME.json)")
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.records, args.rounds = 200, 1
-    busy = busy_cpus()
     variants = ["without", "noSdk", "idle", "sdk"]
+    if args.smoke:  # the two ends: the import blocked, the SDK on
+        args.records, args.rounds, variants = 100, 1, ["without", "sdk"]
+    busy = busy_cpus()
     results = measure(args.records, args.rounds, args.concurrency, variants)
     figures = {
         "records": args.records,
         "rounds": args.rounds,
         "concurrency": args.concurrency,
         "goal": f"noSdk and idle CPU <= {GOAL} x without",
-        "met": all(results[v]["ratioToWithout"] <= GOAL for v in ("noSdk", "idle")),
+        "met": all(results[v]["ratioToWithout"] <= GOAL for v in ("noSdk", "idle") if v in results),
         "pytestProcessesAtStart": busy,
         "variants": results,
     }

@@ -138,7 +138,7 @@ def _long_journal(lines: int) -> bytes:
                     "failed" if failed else "updated",
                     error=f"HTTP 500: refused by node {n % 3000}" if failed else None,
                     location=f"loc{n % 300}",
-                    at=T0 + 30 * n,  # 7 days for 20,000 lines: the timeline coarsens
+                    at=T0 + 30 * n,  # 5 days for 16,000 lines: the timeline coarsens
                 )
             ).encode()
         )
@@ -157,14 +157,14 @@ def _peak(data: bytes) -> tuple[report.Report, int]:
 
 def test_memory_stays_bounded_on_a_long_journal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Twice the lines cost a few bytes per line (the last outcomes), not twice the memory."""
-    small, peak_small = _peak(_long_journal(10_000))
-    large, peak_large = _peak(_long_journal(20_000))
-    assert large.records == 20_000
-    assert large.by_status["failed"] == 10_000
+    small, peak_small = _peak(_long_journal(8_000))
+    large, peak_large = _peak(_long_journal(16_000))
+    assert large.records == 16_000
+    assert large.by_status["failed"] == 8_000
     assert len(large.buckets) <= report.MAX_BUCKETS
     assert large.resolution > small.resolution >= 128
     assert len(large.timeline(None)[1]) <= 600
-    assert (peak_large - peak_small) / 10_000 < 40, (peak_small, peak_large)
+    assert (peak_large - peak_small) / 8_000 < 40, (peak_small, peak_large)
     # Distinct reasons are capped too: the rest are counted together.
     monkeypatch.setattr(report, "MAX_REASONS", 100)
     capped = report.Report()
