@@ -153,7 +153,10 @@ class _RunIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.runId = current_run_id()
         if self.redactor is not None:
-            message = record.getMessage()
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):  # a bad format: the handler reports it, as ever
+                return True
             clean = self.redactor(message)
             if record.exc_info and not record.exc_text:
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
