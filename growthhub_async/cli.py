@@ -449,9 +449,10 @@ def run_update(args: argparse.Namespace) -> int:
 
 def run_update_dask(args: argparse.Namespace) -> int:
     """``update --dask ADDRESS --out-dir DIR --shards N``: the shards on a Dask cluster."""
-    try:
-        from growthhub_async import distributed  # noqa: PLC0415 (the extra is optional)
+    from growthhub_async import distributed  # noqa: PLC0415 (imports Dask only when run)
 
+    try:
+        distributed.cluster_spec(args.dask)  # a bad address is told before Dask is imported
         distributed.require_distributed()
     except GrowthHubError as exc:
         return fatal("update", exc)

@@ -71,10 +71,13 @@ __all__ = [
     "ShardTask",
     "ShardedResult",
     "TokenBroker",
+    "cluster_spec",
     "journal_name",
     "require_distributed",
     "run_shard",
     "run_shards",
+    "shard_tasks",
+    "split_tokens",
 ]
 
 INSTALL_HINT: Final = "pip install 'growthhub-async[dask]'"
@@ -588,7 +591,46 @@ def split_tokens(
     return fixed, brokered
 
 
-def _cluster_spec(cluster: str) -> tuple[str | None, int | None]:
+def shard_tasks(
+    settings: JobSettings,
+    *,
+    out_dir: str,
+    shards: int,
+    run_id: str,
+    token: str | TokenProvider | None,
+    locations: LocationTokens | None,
+    resume_command: str | None = None,
+) -> tuple[list[ShardTask], dict[str, TokenProvider]]:
+    """The task of each shard (what travels to the workers), and the providers that stay with
+    the coordinator's broker."""
+    input_path, folder = _absolute(settings.input), _absolute(out_dir)
+    fixed, providers = split_tokens(shards, token, locations)
+    agency = locations is not None and locations.agency is not None
+    tasks = []
+    for k in range(shards):
+        shard_settings = replace(
+            settings,
+            input=input_path,
+            out=os.path.join(folder, journal_name(k, shards)),
+            shard=(k, shards),
+            spill_dir=folder,
+            resume_command=resume_command,
+        )
+        tasks.append(
+            ShardTask(
+                shard_settings,
+                run_id,
+                resume=settings.resume,
+                token=Secret(token) if isinstance(token, str) and k == 0 else None,
+                tokens=Secret(fixed[k]) if fixed[k] else None,
+                brokered=frozenset(key for key in providers if _owner(key, shards) == k),
+                agency=agency,
+            )
+        )
+    return tasks, providers
+
+
+def cluster_spec(cluster: str) -> tuple[str | None, int | None]:
     """``local`` / ``local:N``: ``(None, N or None)``; otherwise ``(address, None)``."""
     if cluster == "local" or cluster.startswith("local:"):
         count = cluster.partition(":")[2]
@@ -642,38 +684,24 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
         )
     if token is None and locations is None:
         raise ConfigurationError("no token: a live run needs one")
-    input_path, folder = _absolute(settings.input), _absolute(out_dir)
-    fixed, providers = split_tokens(shards, token, locations)
+    run_id = uuid.uuid4().hex[:16]
+    tasks, providers = shard_tasks(
+        settings,
+        out_dir=out_dir,
+        shards=shards,
+        run_id=run_id,
+        token=token,
+        locations=locations,
+        resume_command=resume_command,
+    )
+    folder = os.path.dirname(tasks[0].settings.out)
     agency = locations.agency if locations is not None else None
     broker = TokenBroker(shards, providers, agency)
     _attach(settings.base_url, providers, agency)
-    run_id = uuid.uuid4().hex[:16]
-    tasks = []
-    for k in range(shards):
-        journal = os.path.join(folder, journal_name(k, shards))
-        shard_settings = replace(
-            settings,
-            input=input_path,
-            out=journal,
-            shard=(k, shards),
-            spill_dir=folder,
-            resume_command=resume_command,
-        )
-        tasks.append(
-            ShardTask(
-                shard_settings,
-                run_id,
-                resume=settings.resume,
-                token=Secret(token) if isinstance(token, str) and k == 0 else None,
-                tokens=Secret(fixed[k]) if fixed[k] else None,
-                brokered=frozenset(key for key in providers if _owner(key, shards) == k),
-                agency=agency is not None,
-            )
-        )
     own_cluster: Any = None
     own_client: Any = None
     if isinstance(cluster, str):
-        address, workers = _cluster_spec(cluster)
+        address, workers = cluster_spec(cluster)
         if address is None:
             own_cluster = await distributed.LocalCluster(
                 n_workers=workers or max(1, min(shards, os.cpu_count() or 1)),
