@@ -488,10 +488,8 @@ def run_update_dask(args: argparse.Namespace) -> int:
         return fatal("update", exc)
     except OSError as exc:
         return fatal("update", f"--out-dir {args.out_dir!r}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        sys.stderr.write(
-            f"interrupted: the shards were asked to stop; to resume:\n  {resume_command(args)}\n"
-        )
+    except KeyboardInterrupt:  # the shards were stopped and the resume command printed
+        sys.stderr.write("interrupted\n")
         return EXIT_NOT_ALL
     finally:
         if isinstance(token, OAuthProvider):

@@ -57,7 +57,7 @@ from growthhub_async.auth import DEFAULT_REFRESH_MARGIN, AccessToken, TokenProvi
 from growthhub_async.client import DEFAULT_TOKEN_KEY
 from growthhub_async.cmdline import Terminal
 from growthhub_async.errors import ConfigurationError, GrowthHubError, TokenRefreshFailed
-from growthhub_async.job import EXIT_FATAL, EXIT_OK, JobResult, JobSettings, run_job
+from growthhub_async.job import EXIT_FATAL, EXIT_NOT_ALL, EXIT_OK, JobResult, JobSettings, run_job
 from growthhub_async.locations import AgencyTokens, LocationTokens, location_problem, shard_of
 from growthhub_async.outcomes import Status, Summary
 from growthhub_async.progress import LocationStats, render_locations, render_summary
@@ -85,6 +85,7 @@ _PREFIX: Final = "growthhub"
 BROKER_TIMEOUT: Final = 120.0
 """Seconds a worker waits for the coordinator's answer about a token."""
 _POLL: Final = 0.5  # seconds between two looks of a shard for the coordinator's stop
+_STOP_SLACK: Final = 5.0  # seconds beyond a shard's grace that the coordinator waits on a stop
 _BROKER_POLL: Final = 0.05  # seconds between two looks of the broker at an empty queue
 _T = TypeVar("_T")
 
@@ -707,7 +708,10 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
                 n_workers=workers or max(1, min(shards, os.cpu_count() or 1)),
                 threads_per_worker=1,
                 processes=True,
+                # No dashboard; the scheduler's HTTP server on a free loopback port (its
+                # default, 8787, may be taken: Dask would warn and move).
                 dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 asynchronous=True,
             )
             address = own_cluster.scheduler_address
@@ -737,24 +741,37 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
             f"dask: {shards} shards submitted to {client.scheduler.address}; journals in {folder}\n"
         )
         err.flush()
+
+        async def collect(future: Any) -> None:
+            k = int(str(future.key).split("-")[2])
+            try:
+                report = await future
+            except Exception as exc:  # noqa: BLE001 (a shard's failure is reported, not raised)
+                report = ShardReport(k, EXIT_FATAL, error=f"{type(exc).__name__}: {exc}")
+            reports[k] = report
+            err.write(_shard_line(report, shards, folder) + "\n")
+            err.flush()
+
         try:
             async for future in distributed.as_completed(futures):
-                k = int(str(future.key).split("-")[2])
-                try:
-                    report = await future
-                except Exception as exc:  # noqa: BLE001 (a shard's failure is reported, not raised)
-                    report = ShardReport(k, EXIT_FATAL, error=f"{type(exc).__name__}: {exc}")
-                reports[k] = report
-                err.write(_shard_line(report, shards, folder) + "\n")
-                err.flush()
+                await collect(future)
         except asyncio.CancelledError:
+            # Ctrl-C (or the caller's cancel): every shard stops as one run does on SIGTERM
+            # (nothing new sent, what is on the wire finishes, the rest journaled as
+            # cancelled); their summaries still count. A second Ctrl-C stops at once.
             interrupted = True
-            raise
+            err.write(
+                f"\ninterrupted: asking every shard to stop; waiting up to "
+                f"{settings.grace + _STOP_SLACK:g}s for them\n"
+            )
+            err.flush()
+            await distributed.Event(f"{_PREFIX}-{run_id}-stop", client=client).set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(distributed.wait(futures), settings.grace + _STOP_SLACK)
+            for future in futures:
+                if future.done() and int(str(future.key).split("-")[2]) not in reports:
+                    await collect(future)
     finally:
-        if interrupted or len(reports) < len(futures):
-            # Every shard stops as on SIGTERM and journals what it sent.
-            with contextlib.suppress(Exception):
-                await distributed.Event(f"{_PREFIX}-{run_id}-stop", client=client).set()
         done.set()
         await asyncio.gather(serving, return_exceptions=True)
         await _forget_events(distributed, client, run_id, shards)
@@ -764,9 +781,14 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
         if own_cluster is not None:
             await own_cluster.close()
     result = combine([reports[k] for k in sorted(reports)], loop.time() - started)
+    if len(reports) < shards:  # a shard with no report did not finish
+        result.exit_status = max(result.exit_status, EXIT_NOT_ALL if interrupted else EXIT_FATAL)
+    result.interrupted = result.interrupted or interrupted
     _print(
         result, settings=settings, folder=folder, resume_command=resume_command, out=out, err=err
     )
+    if interrupted:
+        raise asyncio.CancelledError
     return result
 
 

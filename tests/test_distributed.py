@@ -50,7 +50,12 @@ OWN_TOKEN = "tok-OWN-SECRET-8c1f77"
 def cluster() -> Iterator[str]:
     """A real LocalCluster: two worker processes (with nannies, which restart a killed one)."""
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        # Port 8787, the HTTP server's default, may be taken (Dask would warn and move).
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
     ) as local:
         yield local.scheduler_address
 
@@ -225,6 +230,66 @@ async def test_a_worker_killed_mid_shard_is_run_again_from_its_journal(
     for contact in finished_before:  # journaled before the kill: never sent again
         assert len(history[contact]) == 1, contact
     assert sum(result.whole_job.values()) == len(rows)
+
+
+async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
+    tmp_path: Path, cluster: str
+) -> None:
+    """Cancelled (the command's Ctrl-C): every shard stops as on SIGTERM, journals what it
+    sent, the summary and the resume command are printed; resuming sends each record once in
+    all."""
+    rows = [
+        {"contactId": f"s{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
+        for loc in range(4)
+        for n in range(60)
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    out = io.StringIO()
+    async with run_sandbox(_config()) as sb:
+        settings = JobSettings(
+            input=str(data), out=str(folder), base_url=sb.base_url, rate=Rate(20, 1.0), grace=2.0
+        )
+        job = asyncio.create_task(
+            run_shards(
+                settings,
+                out_dir=str(folder),
+                shards=2,
+                cluster=cluster,
+                locations=LocationTokens(TOKENS),
+                stdout=out,
+                stderr=out,
+                resume_command="the resume command",
+            )
+        )
+        for _ in range(500):
+            if len(_final(folder)) >= 20:
+                break
+            await asyncio.sleep(0.02)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(job, 60)
+        sent_first = sb.stats()["requests"]
+        first = _final(folder)
+        resumed = await run_shards(
+            replace(settings, resume=True),
+            out_dir=str(folder),
+            shards=2,
+            cluster=cluster,
+            locations=LocationTokens(TOKENS),
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
+        history = sb.history
+    text = out.getvalue()
+    assert "asking every shard to stop" in text
+    assert "the resume command" in text
+    assert sent_first < len(rows)  # stopped early
+    assert sum(line["status"] == "updated" for line in first.values()) == sent_first
+    assert any(line["error"] and "cancelled" in line["error"] for line in first.values())
+    assert resumed.exit_status == 0
+    assert all(len(history[row["contactId"]]) == 1 for row in rows)  # each sent once in all
 
 
 def _agency_file(tmp_path: Path) -> Path:
