@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from growthhub_async import __version__, demo
+from growthhub_async import __version__, demo, distributed  # distributed imports Dask lazily
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
 from growthhub_async.cmdline import PROG, HelpFormatter, Terminal, invoked_as
@@ -80,18 +80,11 @@ def _shard_arg(text: str) -> tuple[int, int]:
     return shard
 
 
-DASK_EXTRA = "pip install 'growthhub-async[dask]'"
 MAX_SHARDS = 10_000
 
 
 def _shards_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_SHARDS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_SHARDS}")
-    return value
+    return _whole_number(text, MAX_SHARDS)
 
 
 MAX_CONCURRENCY = 1000
@@ -99,14 +92,17 @@ MAX_CONCURRENCY = 1000
 
 
 def _concurrency(text: str) -> int:
+    return _whole_number(text, MAX_CONCURRENCY)
+
+
+def _whole_number(text: str, most: int) -> int:
+    """``text`` as a whole number from 1 to ``most``, else the usage error saying so."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number from 1 to {MAX_CONCURRENCY}"
-        )
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {most}")
     return value
 
 
@@ -135,7 +131,8 @@ Many locations: a record's locationId (JSONL key or CSV column) picks its locati
 (--tokens FILE, or minted from an agency app with --agency-oauth FILE) and budget; it is never
 sent in the body. Locations run side by side whatever the input order: records waiting for
 their location go to an unlinked spill file next to OUTCOMES. --shard K/N splits the locations
-over N machines.
+over N machines; --dask ADDRESS --out-dir DIR --shards N runs the N shards on a Dask cluster
+(one journal per shard in DIR, one summary).
 
 Exit status: 0 every record updated or unchanged (with --dry-run: every record valid); 1 some
 record was not, or the run was interrupted; 2 a usage or fatal error."""
@@ -268,7 +265,7 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run the --shards on a Dask cluster: a scheduler address (tcp://scheduler:8786), "
         "or local[:N] to start N worker processes on this machine (default: one per shard, "
-        f"at most one per CPU); needs {DASK_EXTRA}. Shard K journals to "
+        f"at most one per CPU); needs {distributed.INSTALL_HINT}. Shard K journals to "
         "DIR/shard-K-of-N.jsonl; INPUT and DIR must be at the same path on every worker",
     )
     parser.add_argument(
@@ -449,8 +446,6 @@ def run_update(args: argparse.Namespace) -> int:
 
 def run_update_dask(args: argparse.Namespace) -> int:
     """``update --dask ADDRESS --out-dir DIR --shards N``: the shards on a Dask cluster."""
-    from growthhub_async import distributed  # noqa: PLC0415 (imports Dask only when run)
-
     try:
         distributed.cluster_spec(args.dask)  # a bad address is told before Dask is imported
         distributed.require_distributed()

@@ -522,11 +522,13 @@ class TokenBroker:
         queue = distributed.Queue(_queue_name(run_id), client=client)
         await queue
         pending: set[asyncio.Task[None]] = set()
+        answered: list[str] = []
 
         async def reply(request: dict[str, Any]) -> None:
             answer = await self.answer(request)
             name = request.get("reply")
             if isinstance(name, str) and name.startswith(f"{_PREFIX}-{run_id}-reply-"):
+                answered.append(name)
                 await distributed.Variable(name, client=client).set(answer)
 
         try:
@@ -548,6 +550,12 @@ class TokenBroker:
             await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await queue.close()
+            # An answer whose worker died before reading it would keep a token in the
+            # scheduler's memory: every answer is deleted (a read one already was).
+            await asyncio.gather(
+                *(distributed.Variable(name, client=client).delete() for name in answered),
+                return_exceptions=True,
+            )
 
     async def aclose(self) -> None:
         """Close the providers (their sessions); the rotations are already saved."""
@@ -666,7 +674,8 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
     ``LocalCluster`` of N worker processes, started and stopped here), or a running
     ``distributed.Client`` (asynchronous). Shard K writes ``out_dir/shard-K-of-N.jsonl``; the
     input and ``out_dir`` must be at the same path on every worker (shared storage).
-    ``settings.resume`` resumes every shard from its journal. Tokens as for
+    ``settings.out`` is not used. ``settings.resume`` resumes every shard from its journal;
+    ``settings.grace`` is what a stop gives the requests on the wire. Tokens as for
     :func:`~growthhub_async.job.run_job` (``locations`` for ``--tokens`` / ``--agency-oauth``).
     """
     distributed = require_distributed()
