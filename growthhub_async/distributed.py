@@ -414,6 +414,8 @@ class BrokeredToken(TokenProvider):
             raise TokenRefreshFailed(failure.reason, refresh_status=failure.refresh_status)
 
     async def _ask(self, op: str, generation: int) -> None:
+        asked = asyncio.get_running_loop().time()  # its life is counted from here: the
+        # answer's way back only makes it shorter than the worker thinks
         answer = await self._link.ask(self.key, op, generation, self._confirmed)
         error = answer.get("error")
         value = answer.get("token")
@@ -434,14 +436,13 @@ class BrokeredToken(TokenProvider):
             self._confirmed = False
         self._fresh = bool(answer.get("fresh"))
         lifetime = answer.get("expires_in")
-        now = asyncio.get_running_loop().time()
         if not renewed or not isinstance(lifetime, int | float) or not math.isfinite(lifetime):
             # Unknown, or the same token again: use it until the server refuses it (asking
             # again at once would only spin).
             self._expires_at = self._lifetime = None
         else:
             self._lifetime = max(0.0, float(lifetime))
-            self._expires_at = now + self._lifetime
+            self._expires_at = asked + self._lifetime
 
 
 # -- the coordinator's side ----------------------------------------------------------------------
@@ -469,7 +470,9 @@ class TokenBroker:
         self.shards = shards
         self.providers: dict[str, TokenProvider] = dict(providers or {})
         self.agency = agency
-        self.requests = 0
+        self.requests: Counter[str] = Counter()
+        """Requests answered, by ``op``: ``token`` (first use, or due to expire) and
+        ``rejected`` (a 401 on a token that had worked)."""
         self._minted: dict[str, TokenProvider] = {}
 
     def __repr__(self) -> str:
@@ -484,9 +487,9 @@ class TokenBroker:
     async def answer(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """The answer to one worker's request (``shard``, ``key``, ``op``, ``generation``,
         ``confirmed``)."""
-        self.requests += 1
         key, shard = request.get("key"), request.get("shard")
         op, generation = request.get("op"), request.get("generation")
+        self.requests[str(op)] += 1
         if not (
             isinstance(key, str)
             and isinstance(shard, int)
@@ -579,6 +582,9 @@ class ShardedResult:
     """With resumes: the records already final in the journals, plus this run's."""
     by_location: dict[str, LocationStats] = field(default_factory=dict)
     interrupted: bool = False
+    token_requests: Counter[str] = field(default_factory=Counter)
+    """What the workers asked the coordinator's token broker, by kind (see
+    :attr:`TokenBroker.requests`)."""
 
 
 def split_tokens(
@@ -793,6 +799,7 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
     if len(reports) < shards:  # a shard with no report did not finish
         result.exit_status = max(result.exit_status, EXIT_NOT_ALL if interrupted else EXIT_FATAL)
     result.interrupted = result.interrupted or interrupted
+    result.token_requests = broker.requests
     _print(
         result, settings=settings, folder=folder, resume_command=resume_command, out=out, err=err
     )
