@@ -193,6 +193,11 @@ def run_shard(task: ShardTask) -> ShardReport:
     )
     output = io.StringIO()
     try:
+        if not os.path.exists(settings.input):
+            raise ConfigurationError(
+                f"INPUT {settings.input!r} is not on this worker (every worker reads it, at "
+                "the same path as on the coordinator: shared storage)"
+            )
         _check_out_dir(settings.out, n)
         link = _BrokerLink(client, task) if task.brokered or task.agency else None
         result = asyncio.run(_shard_job(task, settings, link, client, output))

@@ -131,6 +131,15 @@ async def test_the_command_runs_shards_on_the_cluster_once_each_and_shows_no_tok
             stdout=outputs,
             stderr=outputs,
         )
+        missing = await run_shards(
+            replace(resumed, input=str(tmp_path / "elsewhere.jsonl")),
+            out_dir=str(folder),
+            shards=3,
+            cluster=cluster,
+            locations=kept,
+            stdout=outputs,
+            stderr=outputs,
+        )
         final_requests = sb.stats()["requests"]
         contacts = sb.contacts
     assert ran.status == 1, ran.stderr  # the bad record is rejected, as in one run
@@ -163,6 +172,8 @@ async def test_the_command_runs_shards_on_the_cluster_once_each_and_shows_no_tok
     assert split_otherwise.exit_status == 2
     assert "split 3 ways" in outputs.getvalue()
     assert final_requests == requests
+    assert missing.exit_status == 2  # what a worker without the shared storage says
+    assert "is not on this worker" in outputs.getvalue()
     everything = ran.stdout + ran.stderr + again.stdout + again.stderr + outputs.getvalue()
     everything += "".join(p.read_text() for p in folder.iterdir())
     for secret in (*LOCATION_TOKENS, OWN_TOKEN):
