@@ -34,11 +34,11 @@ lock: | $(UV)
 	$(UV) lock --python $(PYTHON) --upgrade
 
 lint: $(STAMP)
-	$(BIN)/ruff check growthhub_async tests benchmarks
-	$(BIN)/ruff format --check growthhub_async tests benchmarks
+	$(BIN)/ruff check growthhub_async tests benchmarks examples
+	$(BIN)/ruff format --check growthhub_async tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict growthhub_async
+	$(BIN)/mypy --strict growthhub_async examples
 
 test: lint typecheck chromium
 	$(BIN)/pytest

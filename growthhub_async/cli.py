@@ -13,7 +13,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TextIO, cast
 
-from growthhub_async import __version__, demo, logs, report
+from growthhub_async import (  # distributed imports Dask lazily
+    __version__,
+    demo,
+    distributed,
+    logs,
+    report,
+)
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
 from growthhub_async.cmdline import PROG, HelpFormatter, Terminal, invoked_as
@@ -83,19 +89,29 @@ def _shard_arg(text: str) -> tuple[int, int]:
     return shard
 
 
+MAX_SHARDS = 10_000
+
+
+def _shards_arg(text: str) -> int:
+    return _whole_number(text, MAX_SHARDS)
+
+
 MAX_CONCURRENCY = 1000
 """More requests in flight than this cannot help one token (100 per 10 s) and cost memory."""
 
 
 def _concurrency(text: str) -> int:
+    return _whole_number(text, MAX_CONCURRENCY)
+
+
+def _whole_number(text: str, most: int) -> int:
+    """``text`` as a whole number from 1 to ``most``, else the usage error saying so."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number from 1 to {MAX_CONCURRENCY}"
-        )
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {most}")
     return value
 
 
@@ -124,7 +140,8 @@ Many locations: a record's locationId (JSONL key or CSV column) picks its locati
 (--tokens FILE, or minted from an agency app with --agency-oauth FILE) and budget; it is never
 sent in the body. Locations run side by side whatever the input order: records waiting for
 their location go to an unlinked spill file next to OUTCOMES. --shard K/N splits the locations
-over N machines.
+over N machines; --dask ADDRESS --out-dir DIR --shards N runs the N shards on a Dask cluster
+(one journal per shard in DIR, one summary).
 
 Exit status: 0 every record updated or unchanged (with --dry-run: every record valid); 1 some
 record was not, or the run was interrupted; 2 a usage or fatal error."""
@@ -141,7 +158,8 @@ examples:
   {prog} update contacts.jsonl --out o.jsonl --rate 25/10s          # a trial account
   {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox
   {prog} update export.csv --out o.jsonl --tokens tokens.json       # many locations
-  {prog} update export.csv --out o0.jsonl --tokens tokens.json --shard 0/4   # machine 0 of 4"""
+  {prog} update export.csv --out o0.jsonl --tokens tokens.json --shard 0/4   # machine 0 of 4
+  {prog} update export.csv --out-dir shards --shards 8 --tokens tokens.json --dask tcp://scheduler:8786"""
 
 
 def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -159,9 +177,9 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out",
-        required=True,
         metavar="OUTCOMES.jsonl",
-        help="the outcome journal; must be new or empty unless --resume",
+        help="the outcome journal; must be new or empty unless --resume (required, except "
+        "with --dask, which takes --out-dir)",
     )
     parser.add_argument(
         "--base-url",
@@ -252,6 +270,25 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         "locationId belong to shard 0. Give each shard its own --out",
     )
     parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the --shards on a Dask cluster: a scheduler address (tcp://scheduler:8786), "
+        "or local[:N] to start N worker processes on this machine (default: one per shard, "
+        f"at most one per CPU); needs {distributed.INSTALL_HINT}. Shard K journals to "
+        "DIR/shard-K-of-N.jsonl; INPUT and DIR must be at the same path on every worker",
+    )
+    parser.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="with --dask: the folder of the shards' journals and logs (shared storage)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=_shards_arg,
+        metavar="N",
+        help="with --dask: how many shards (tasks) to split the locations into, 1 to 10000",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
@@ -317,7 +354,11 @@ def resume_command(args: argparse.Namespace) -> str:
     odd_input = args.input.startswith("-") and args.input != "-"
     if not odd_input:
         words.append(args.input)
-    words += [*_option("--out", args.out), "--resume"]
+    if getattr(args, "dask", None):
+        words += [*_option("--out-dir", args.out_dir), "--shards", str(args.shards)]
+        words += [*_option("--dask", args.dask), "--resume"]
+    else:
+        words += [*_option("--out", args.out), "--resume"]
     if args.base_url != DEFAULT_BASE_URL:
         words += _option("--base-url", args.base_url)
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
@@ -365,8 +406,34 @@ def fatal(command: str, message: object) -> int:
     return EXIT_FATAL
 
 
+def _dask_problem(args: argparse.Namespace) -> str | None:  # noqa: PLR0911 (one per rule)
+    """What is wrong with the options of a ``--dask`` run (or of a run without one)."""
+    if not args.dask:
+        if args.out is None:
+            return "the following arguments are required: --out"
+        if args.out_dir is not None or args.shards is not None:
+            return "--out-dir and --shards go with --dask ADDRESS"
+        return None
+    if args.out is not None:
+        return "--dask writes one journal per shard: give --out-dir DIR, not --out"
+    if args.out_dir is None or args.shards is None:
+        return "--dask needs --out-dir DIR and --shards N"
+    for name in ("shard", "state", "dry_run"):
+        if getattr(args, name):
+            option = "--" + name.replace("_", "-")
+            return f"--dask runs every shard: {option} is for a run on one machine"
+    if args.input == "-":
+        return "--dask cannot read standard input: the workers read INPUT (shared storage)"
+    return None
+
+
 def run_update(args: argparse.Namespace) -> int:
     """Handle ``growthhub-async update``; returns the exit status."""
+    problem = _dask_problem(args)
+    if problem is not None:
+        return fatal("update", problem)
+    if args.dask:
+        return run_update_dask(args)
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
     settings = JobSettings(
         input=args.input,
@@ -402,6 +469,62 @@ def run_update(args: argparse.Namespace) -> int:
     except GrowthHubError as exc:
         return fatal("update", exc)
     except KeyboardInterrupt:  # before the job's own handlers were installed
+        sys.stderr.write("interrupted\n")
+        return EXIT_NOT_ALL
+    finally:
+        if isinstance(token, OAuthProvider):
+            report_token_file(token, args.oauth)
+        if locations is not None and locations.agency is not None:
+            report_token_file(locations.agency.agency, args.agency_oauth)
+    return result.exit_status
+
+
+def run_update_dask(args: argparse.Namespace) -> int:
+    """``update --dask ADDRESS --out-dir DIR --shards N``: the shards on a Dask cluster."""
+    try:
+        distributed.cluster_spec(args.dask)  # a bad address is told before Dask is imported
+        distributed.require_distributed()
+    except GrowthHubError as exc:
+        return fatal("update", exc)
+    rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
+    settings = JobSettings(
+        input=args.input,
+        out=args.out_dir,
+        base_url=args.base_url,
+        rate=rate,
+        concurrency=args.concurrency,
+        value_key=args.value_key,
+        resume=args.resume,
+        token_hint=_token_hint(args),
+    )
+    token: str | TokenProvider | None = None
+    locations: LocationTokens | None = None
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+        locations = acquire_locations(args)
+        token = acquire_token(args)
+        redactor: Redactor | None = getattr(args, "log_redactor", None)
+        if redactor is not None:  # the coordinator's logs (issue 16)
+            if isinstance(token, str):
+                redactor.add(token)
+            elif token is not None:
+                redactor.include(token.redactor)
+        result = asyncio.run(
+            distributed.run_shards(
+                settings,
+                out_dir=args.out_dir,
+                shards=args.shards,
+                cluster=args.dask,
+                token=token,
+                locations=locations,
+                resume_command=resume_command(args),
+            )
+        )
+    except GrowthHubError as exc:
+        return fatal("update", exc)
+    except OSError as exc:
+        return fatal("update", f"--out-dir {args.out_dir!r}: {exc.strerror or exc}")
+    except KeyboardInterrupt:  # the shards were stopped and the resume command printed
         sys.stderr.write("interrupted\n")
         return EXIT_NOT_ALL
     finally:

@@ -165,6 +165,13 @@ class JobResult:
     """With ``dry_run``: records that would have been sent."""
     unchanged: int = 0
     """With ``dry_run`` and a state: records that would not be sent (same body applied)."""
+    skipped_by_status: Counter[Status] = field(default_factory=Counter)
+    """Records skipped by ``resume``, by the final status the journal holds for them (the
+    whole job's counts are these plus ``summary.by_status``)."""
+    by_location: dict[str, LocationStats] = field(default_factory=dict)
+    """Per location (token key), when the run has locations: the summary's table."""
+    other_shards: int = 0
+    """With ``shard``: records left to the other shards."""
 
 
 class _Reader:
@@ -262,6 +269,7 @@ async def run_job(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     client_options: Mapping[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
     log_redactor: Redactor | None = None,
 ) -> JobResult:
     """Run one bulk job; print progress on ``stderr`` and the summary on ``stdout``.
@@ -271,7 +279,8 @@ async def run_job(
     :class:`GrowthHubClient` (for instance ``tokens=`` or a retry policy); ``log_redactor``
     learns the client's secrets (the command line's log handler redacts with it). Raises
     :class:`~growthhub_async.errors.GrowthHubError` (input, journal or configuration problems)
-    before any request is sent.
+    before any request is sent. ``stop``, once set, stops the job as SIGTERM does (for a
+    job run where signals cannot reach it: a shard on a Dask worker).
     """
     out = cast(TextIO, Terminal(stdout if stdout is not None else sys.stdout))
     err = cast(TextIO, Terminal(stderr if stderr is not None else sys.stderr))
@@ -323,6 +332,7 @@ async def run_job(
                     client=client,
                     out=out,
                     err=err,
+                    stop=stop,
                 )
         finally:
             journal.close()
@@ -478,6 +488,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     client: GrowthHubClient,
     out: TextIO,
     err: TextIO,
+    stop: asyncio.Event | None = None,
 ) -> JobResult:
     loop = asyncio.get_running_loop()
     run_id = current_run_id()
@@ -578,6 +589,14 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows' loops
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
+    watcher: asyncio.Task[None] | None = None
+    if stop is not None:
+
+        async def watch(event: asyncio.Event) -> None:
+            await event.wait()
+            on_signal(signal.SIGTERM)
+
+        watcher = asyncio.create_task(watch(stop), name="growthhub-job-stop")
     failure: BaseException | None = None
     try:
         next_draw = started + progress.every
@@ -611,6 +630,8 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+        if watcher is not None:
+            watcher.cancel()
         if cutoff is not None:
             cutoff.cancel()
         if not consumer.done():
@@ -635,7 +656,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         out.write(f"shard {k}/{n}: {reader.other_shards} records belong to other shards\n")
     if many and by_location:
         out.write("by location:\n" + render_locations(by_location) + "\n")
-    return _report(
+    result = _report(
         settings,
         summary,
         state,
@@ -647,6 +668,11 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         out=out,
         err=err,
     )
+    # What a sharded run (growthhub_async.distributed) adds up over its shards.
+    result.skipped_by_status = reader.skipped
+    result.by_location = by_location
+    result.other_shards = reader.other_shards
+    return result
 
 
 def _check_journal(
