@@ -10,7 +10,8 @@
    scripts, never a host's clock). A request is admitted by one Lua script, atomically: drop
    the entries whose time has passed; when fewer than ``N`` are left, add one scored with a
    *lease* (now + the client's ``timeout`` + the span + 1 s) and go. When the answer comes, a
-   second script re-scores the entry to *answer time + span*. So, as in one process, a request
+   second script re-scores the entry to *answer time + span* (the answer time: Redis's now less
+   how long ago, by this host's monotonic clock, the answer came). So, as in one process, a request
    counts from before its send until a span after its answer, and a request goes only when
    fewer than ``N`` requests of all processes are in flight or were answered within the last
    span: the ``N``-th one back arrived at the server before its answer, at least a span before
@@ -124,7 +125,8 @@ return {1, math.floor(tonumber(first[2]) - now) + 1, epoch, procs}
 _COMPLETE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
+local answered = now - math.max(0, tonumber(ARGV[3]))
+return redis.call('ZADD', KEYS[1], 'XX', 'CH', answered + tonumber(ARGV[1]), ARGV[2])
 """
 
 _PAUSE: Final = """
@@ -478,7 +480,15 @@ class SharedPacer:
         self.budget.complete(now)
         member = self._pending.popleft() if self._pending else None
         if member is not None and self.store.available:
-            self.store.spawn(self._write("complete", [self._keys[0]], [self._span_us, member]))
+            self.store.spawn(self._completed(member, now))
+
+    async def _completed(self, member: str, answered: float) -> None:
+        # How long ago the answer came, by this host's monotonic clock (a duration, so no
+        # skew): the write's own delay does not hold the slot. Measured before the script
+        # runs, so the entry ends a little later than it could, never earlier.
+        ago = asyncio.get_running_loop().time() - answered
+        args = [self._span_us, member, max(0, math.floor(ago * 1e6))]
+        await self._write("complete", [self._keys[0]], args)
 
     async def _write(self, name: str, keys: list[str], args: list[Any]) -> None:
         with contextlib.suppress(_Unavailable):
