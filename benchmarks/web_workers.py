@@ -7,8 +7,9 @@ The sandbox runs in a subprocess pinned to one CPU at 20 requests per 1 s (slidi
 ``redis-server`` (Debian's package) runs on a free loopback port in a temporary folder;
 ``uvicorn examples.fastapi_app:app --workers 4`` serves the FastAPI example, each worker with its
 own ``GrowthHubClient`` at ``rate=20/1s`` on the same token. A load generator fires ``--requests``
-concurrent ``POST /contacts/{id}`` at once (each handler awaits ``gh.submit``), twice: each worker
-pacing alone (no ``GROWTHHUB_SHARED_BUDGET``), then with the budget in Redis. For each run:
+concurrent ``POST /contacts/{id}`` at once (each handler awaits ``gh.submit``), twice, the
+sandbox reset between: each worker pacing alone (no ``GROWTHHUB_SHARED_BUDGET``), then with the
+budget in Redis. For each run:
 
 - 429s: as counted by the sandbox (the library retries them; each is a request the API refused);
   and the most requests the sandbox saw within any window (``maxInWindow``, the limit is 20);
@@ -121,6 +122,19 @@ def uvicorn_workers(
             proc.wait()
 
 
+def reset(base_url: str) -> None:
+    """``POST /__sandbox/reset``."""
+
+    async def post() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{base_url}/__sandbox/reset") as resp,
+        ):
+            resp.raise_for_status()
+
+    asyncio.run(post())
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -223,23 +237,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     pin(0, client_cpus)
     rate = f"{args.limit}/{args.window:g}s"
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp), client_cpus) as (url, pid):
+    options = {"rate_limit": args.limit, "rate_window": args.window}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        redis_server(Path(tmp), client_cpus) as (url, pid),
+        sandbox_process(server_cpus, daily_limit=10**9, **options) as sb,
+    ):
         for name, shared in (("withoutRedis", None), ("withRedis", url)):
-            options = {"rate_limit": args.limit, "rate_window": args.window}
-            with sandbox_process(server_cpus, daily_limit=10**9, **options) as sb:
-                env = {
-                    **os.environ,
-                    "GROWTHHUB_TOKEN": TOKEN,
-                    "GROWTHHUB_BASE_URL": sb.base_url,
-                    "GROWTHHUB_RATE": rate,
-                    "PYTHONPATH": str(ROOT),
-                }
-                env.pop("GROWTHHUB_SHARED_BUDGET", None)
-                if shared is not None:
-                    env["GROWTHHUB_SHARED_BUDGET"] = shared
-                log = Path(tmp) / f"uvicorn-{name}.log"
-                with uvicorn_workers(args.workers, env, log, client_cpus) as app_url:
-                    r = asyncio.run(fire(app_url, sb.base_url, args.requests))
+            reset(sb.base_url)  # counters, budgets and meters start from zero
+            env = {
+                **os.environ,
+                "GROWTHHUB_TOKEN": TOKEN,
+                "GROWTHHUB_BASE_URL": sb.base_url,
+                "GROWTHHUB_RATE": rate,
+                "PYTHONPATH": str(ROOT),
+            }
+            env.pop("GROWTHHUB_SHARED_BUDGET", None)
+            if shared is not None:
+                env["GROWTHHUB_SHARED_BUDGET"] = shared
+            log = Path(tmp) / f"uvicorn-{name}.log"
+            with uvicorn_workers(args.workers, env, log, client_cpus) as app_url:
+                r = asyncio.run(fire(app_url, sb.base_url, args.requests))
             limit_per_second = args.limit / args.window
             ok = r["okPerSecond"]
             r["utilisation"] = round(ok / limit_per_second, 4) if ok is not None else None

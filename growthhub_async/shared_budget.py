@@ -256,8 +256,8 @@ class RedisBudgets:
     @property
     def available(self) -> bool:
         """Whether pacing goes through Redis now (``False`` from a failure until a probe
-        answers)."""
-        return not self._down
+        answers, and once closed)."""
+        return not (self._down or self._closed)
 
     def _client(self) -> Redis:
         if self._redis is None:

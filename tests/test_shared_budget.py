@@ -330,3 +330,40 @@ def test_configuration_is_checked() -> None:
     assert one != budget_key("http://127.0.0.1:1", "tok-b")
     assert one != budget_key("http://127.0.0.1:2", "tok-a")
     assert "tok-a" not in one
+
+
+async def test_a_redis_that_never_answers_falls_back_within_its_timeout(
+    start_sandbox: StartSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that accepts connections and never answers (a hung server, a black hole): each
+    command gives up after ``timeout``, the records go at the share, and closing waits no more
+    than the timeout for the writes under way."""
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    sandbox = await start_sandbox(sandbox_config())
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()  # never answers
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisBudgets(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    started = time.monotonic()
+    try:
+        async with GrowthHubClient(
+            TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=store
+        ) as gh:
+            outcomes = [o async for o in gh.update_contacts(updates("h", 6))]
+        await store.aclose()
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await server.wait_closed()
+    elapsed = time.monotonic() - started
+    assert [o.status for o in outcomes] == [Status.UPDATED] * 6
+    assert store.fallbacks == 1
+    assert store.local_admissions == 6
+    assert elapsed < 3  # 6 records at 5 per 0.5 s, plus one timeout; not one per request
+    assert len([r for r in caplog.records if "is unreachable" in r.getMessage()]) == 1
