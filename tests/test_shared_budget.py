@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from growthhub_async import GrowthHubClient, UpdateContact
 from growthhub_async.errors import ConfigurationError, RateLimited
 from growthhub_async.events import Event, Paused, RecordFinished
 from growthhub_async.outcomes import Status
+from growthhub_async.sandbox import Sandbox
 from growthhub_async.shared_budget import RedisBudgets, budget_key
 from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
 from tests.redis_helpers import PASSWORD, RedisServer, free_port
@@ -83,6 +85,13 @@ async def run_children(base_url: str, redis_url: str, plans: list[tuple[int, str
     return results
 
 
+def shared_client(sandbox: Sandbox, shared: str | RedisBudgets, **options: Any) -> GrowthHubClient:
+    """A client of ``TEST_TOKEN`` on ``sandbox`` (at ``RATE`` unless told), its budget in
+    ``shared``."""
+    options.setdefault("rate", RATE)
+    return GrowthHubClient(TEST_TOKEN, base_url=sandbox.base_url, shared_budget=shared, **options)
+
+
 def updates(prefix: str, count: int) -> list[tuple[str, UpdateContact]]:
     return [(f"{prefix}{i:06d}", UpdateContact(first_name="Ada")) for i in range(count)]
 
@@ -110,9 +119,7 @@ async def test_keys_are_hashes_and_hold_no_secret(
     start_sandbox: StartSandbox, redis_server: RedisServer
 ) -> None:
     sandbox = await start_sandbox(sandbox_config())
-    async with GrowthHubClient(
-        TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=redis_server.url
-    ) as gh:
+    async with shared_client(sandbox, redis_server.url) as gh:
         async for _ in gh.update_contacts(updates("k", 5)):
             pass
         assert PASSWORD not in repr(gh)
@@ -143,19 +150,9 @@ async def test_a_429_in_one_process_pauses_the_others(
     and pauses; process B, which had not met it, waits the pause out before sending."""
     sandbox = await start_sandbox(sandbox_config(rate_limit=3))
     events: list[Event] = []
-    a = GrowthHubClient(
-        TEST_TOKEN,
-        base_url=sandbox.base_url,
-        rate="3/0.5s",
-        shared_budget=RedisBudgets(redis_server.url),
-        hooks=[events.append],
-    )
-    b = GrowthHubClient(
-        TEST_TOKEN,
-        base_url=sandbox.base_url,
-        rate="3/0.5s",
-        shared_budget=RedisBudgets(redis_server.url),
-    )
+    # Two processes' clients: each its own store (connection pool, process name in Redis).
+    a = shared_client(sandbox, RedisBudgets(redis_server.url), rate="3/0.5s", hooks=[events.append])
+    b = shared_client(sandbox, RedisBudgets(redis_server.url), rate="3/0.5s")
     stores = [a.shared_budget, b.shared_budget]
     try:
         async with a, b:
@@ -186,16 +183,12 @@ async def test_the_daily_stop_is_shared(
     """A's answers say the day's budget is spent; B then sends nothing: its record ends failed
     with the reason, and the server sees no request from it."""
     sandbox = await start_sandbox(sandbox_config(daily_limit=3))
-    async with GrowthHubClient(
-        TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=redis_server.url
-    ) as a:
+    async with shared_client(sandbox, redis_server.url) as a:
         outcomes = [o async for o in a.update_contacts(updates("d", 3))]
         assert {o.status for o in outcomes} == {Status.UPDATED}
         await asyncio.sleep(0.05)  # the stop reaches Redis
     assert sandbox.stats()["requests"] == 3
-    async with GrowthHubClient(
-        TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=redis_server.url
-    ) as b:
+    async with shared_client(sandbox, redis_server.url) as b:
         outcome = await b.submit("late1", UpdateContact(first_name="B"))
     assert outcome.status is Status.FAILED
     assert outcome.error is not None
@@ -226,13 +219,7 @@ async def test_redis_killed_mid_run_falls_back_once_and_comes_back(
 
     store = RedisBudgets(server.url, probe_max=0.3)
     try:
-        async with GrowthHubClient(
-            TEST_TOKEN,
-            base_url=sandbox.base_url,
-            rate=RATE,
-            shared_budget=store,
-            hooks=[hook],
-        ) as gh:
+        async with shared_client(sandbox, store, hooks=[hook]) as gh:
             stream = gh.update_contacts(updates("r", 70))
 
             async def outage() -> tuple[float, float, int]:
@@ -271,9 +258,7 @@ async def test_no_redis_at_all_falls_back_and_never_shows_the_password(
     caplog.set_level(logging.WARNING, logger="growthhub_async")
     sandbox = await start_sandbox(sandbox_config())
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"  # nothing listens there
-    async with GrowthHubClient(
-        TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=url
-    ) as gh:
+    async with shared_client(sandbox, url) as gh:
         outcomes = [o async for o in gh.update_contacts(updates("n", 8))]
         text = repr(gh) + repr(gh.shared_budget)
     assert [o.status for o in outcomes] == [Status.UPDATED] * 8
@@ -290,9 +275,7 @@ async def test_a_wrong_password_falls_back_and_is_not_shown(
     sandbox = await start_sandbox(sandbox_config())
     wrong = "not-the-password-93x"
     url = f"redis://:{wrong}@127.0.0.1:{redis_server.port}/0"
-    async with GrowthHubClient(
-        TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=url
-    ) as gh:
+    async with shared_client(sandbox, url) as gh:
         outcome = await gh.submit("w1", UpdateContact(first_name="W"))
     assert outcome.status is Status.UPDATED
     (warning,) = [r for r in caplog.records if "is unreachable" in r.getMessage()]
@@ -305,9 +288,7 @@ async def test_scripts_flushed_from_redis_are_loaded_again(
 ) -> None:
     """EVALSHA answered NOSCRIPT (a restart, SCRIPT FLUSH): EVAL loads it, no fallback."""
     sandbox = await start_sandbox(sandbox_config())
-    async with GrowthHubClient(
-        TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=redis_server.url
-    ) as gh:
+    async with shared_client(sandbox, redis_server.url) as gh:
         await gh.submit("s1", UpdateContact(first_name="S"))
         with redis_server.client() as r:
             r.script_flush()
@@ -351,9 +332,7 @@ async def test_a_redis_that_never_answers_falls_back_within_its_timeout(
     store = RedisBudgets(f"redis://127.0.0.1:{port}/0", timeout=0.2)
     started = time.monotonic()
     try:
-        async with GrowthHubClient(
-            TEST_TOKEN, base_url=sandbox.base_url, rate=RATE, shared_budget=store
-        ) as gh:
+        async with shared_client(sandbox, store) as gh:
             outcomes = [o async for o in gh.update_contacts(updates("h", 6))]
         await store.aclose()
     finally:
