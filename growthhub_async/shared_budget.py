@@ -26,8 +26,8 @@
 4. **Keys** are ``growthhub:{H}:window|pause|daily|epoch|procs``, ``H`` the first 32 hex digits
    of SHA-256 over a constant prefix, the API's base URL and the token (or, for a token that is
    not fixed, such as OAuth or one minted per location, the token's key: its location id). The
-   token itself is never in Redis. ``{H}`` is a hash tag: one token's keys share a Cluster slot.
-   Every key expires on its own (the window a lease after its last write).
+   token itself is never in Redis. ``{H}`` is a hash tag (one token's keys would share a
+   Cluster slot). Every key expires on its own (the window a lease after its last write).
 
 **When Redis cannot be reached** (refused, timed out, an error answer, a wrong password), the
 client does not stop: it logs one warning, paces each token in this process at a safe share of
@@ -225,17 +225,23 @@ class RedisBudgets:
             raise ConfigurationError(
                 "shared_budget needs the redis package: pip install 'growthhub-async[redis]'"
             ) from None
-        self._url = url
-        self.url, password = _masked(url)
-        """The URL without its password."""
-        self.redactor = Redactor()
-        """The password, removed from any text the store logs."""
-        if password:
-            self.redactor.add(password)
         self.fallback_share = float(fallback_share)
         self.timeout = timeout
         self.probe_max = probe_max
         self.daily_stop = daily_stop
+        self._url = url
+        self.redactor = Redactor()
+        """The password, removed from any text the store logs."""
+        try:
+            self.url, password = _masked(url)
+            """The URL without its password."""
+            if password:
+                self.redactor.add(password)
+            self._redis: Redis = self._connect()  # no connection yet: only the pool
+        except ValueError as exc:  # a bad port or option; the message never shows the URL
+            raise ConfigurationError(
+                f"shared_budget URL is not valid: {self.redactor(str(exc))}"
+            ) from None
         self.process = secrets.token_hex(8)
         """This process's (this store's) name in Redis: random, says nothing about the host."""
         self.fallbacks = 0
@@ -244,7 +250,6 @@ class RedisBudgets:
         self.local_admissions = 0
         self.generation = 0
         """Counts recoveries: a pacer that saw another generation hands Redis its requests."""
-        self._redis: Redis | None = None
         self._down = False
         self._probe: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -259,20 +264,18 @@ class RedisBudgets:
         answers, and once closed)."""
         return not (self._down or self._closed)
 
-    def _client(self) -> Redis:
-        if self._redis is None:
-            from redis.asyncio import Redis  # noqa: PLC0415 (an optional extra)
-            from redis.asyncio.retry import Retry  # noqa: PLC0415
-            from redis.backoff import NoBackoff  # noqa: PLC0415
+    def _connect(self) -> Redis:
+        from redis.asyncio import Redis  # noqa: PLC0415 (an optional extra)
+        from redis.asyncio.retry import Retry  # noqa: PLC0415
+        from redis.backoff import NoBackoff  # noqa: PLC0415
 
-            # One retry on a fresh connection: a pooled one may be dead after a restart.
-            self._redis = Redis.from_url(
-                self._url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
-        return self._redis
+        # One retry on a fresh connection: a pooled one may be dead after a restart.
+        return Redis.from_url(
+            self._url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run script ``name``: ``EVALSHA``, and ``EVAL`` (which loads it) on ``NOSCRIPT``.
@@ -283,7 +286,7 @@ class RedisBudgets:
 
         if self._down or self._closed:
             raise _Unavailable
-        client = self._client()
+        client = self._redis
         try:
             try:
                 return await client.evalsha(_SHAS[name], len(keys), *keys, *args)
@@ -315,7 +318,7 @@ class RedisBudgets:
         while True:
             await asyncio.sleep(delay)
             try:
-                await self._client().ping()
+                await self._redis.ping()
             except (RedisError, OSError):
                 delay = min(2 * delay, self.probe_max)
                 continue
@@ -345,8 +348,7 @@ class RedisBudgets:
         for task in [*self._writes, *([self._probe] if self._probe else [])]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._redis is not None:
-            await self._redis.aclose()
+        await self._redis.aclose()
 
     def pacer(self, base_url: str, identity: str, budget: Budget, *, lease: float) -> SharedPacer:
         """The pacer of one token (``identity``: the token, or its location id; hashed)."""

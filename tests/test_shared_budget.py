@@ -23,6 +23,7 @@ from growthhub_async import GrowthHubClient, UpdateContact
 from growthhub_async.errors import ConfigurationError, RateLimited
 from growthhub_async.events import Event, Paused, RecordFinished
 from growthhub_async.outcomes import Status
+from growthhub_async.ratelimit import Budget, Rate
 from growthhub_async.sandbox import Sandbox
 from growthhub_async.shared_budget import RedisBudgets, budget_key
 from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
@@ -305,6 +306,9 @@ def test_configuration_is_checked() -> None:
         GrowthHubClient(TEST_TOKEN, shared_budget="http://127.0.0.1:6379")
     with pytest.raises(ConfigurationError, match="fallback_share"):
         RedisBudgets("redis://127.0.0.1:1/0", fallback_share=0)
+    with pytest.raises(ConfigurationError, match="not valid") as bad:
+        RedisBudgets(f"redis://:{PASSWORD}@127.0.0.1:99999/0")
+    assert PASSWORD not in str(bad.value)
     # Another token, another URL: other keys; never the token in the key.
     one = budget_key("http://127.0.0.1:1", "tok-a")
     assert one == budget_key("http://127.0.0.1:1", "tok-a")
@@ -346,3 +350,28 @@ async def test_a_redis_that_never_answers_falls_back_within_its_timeout(
     assert store.local_admissions == 6
     assert elapsed < 3  # 6 records at 5 per 0.5 s, plus one timeout; not one per request
     assert len([r for r in caplog.records if "is unreachable" in r.getMessage()]) == 1
+
+
+async def test_the_fallback_share_shrinks_with_the_processes_redis_counted(
+    redis_server: RedisServer,
+) -> None:
+    """Six processes asked for this token lately: one falling back takes a sixth, not the
+    default quarter (and never more than the configured share)."""
+    stores = [RedisBudgets(redis_server.url) for _ in range(6)]
+    try:
+        pacers = [
+            store.pacer("http://127.0.0.1:9", "share-token", Budget(Rate(60, 1.0)), lease=5.0)
+            for store in stores
+        ]
+        for pacer in pacers:
+            sent_at = await pacer.acquire()
+            pacer.complete(sent_at)
+        assert pacers[-1]._share() == pytest.approx(1 / 6)
+        alone = RedisBudgets(redis_server.url, fallback_share=0.1)
+        stores.append(alone)
+        few = alone.pacer("http://127.0.0.1:9", "share-token", Budget(Rate(60, 1.0)), lease=5.0)
+        await few.acquire()
+        assert few._share() == pytest.approx(0.1)
+    finally:
+        for store in stores:
+            await store.aclose()
