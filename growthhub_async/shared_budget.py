@@ -147,7 +147,17 @@ redis.call('SET', KEYS[1], '1', 'PX', tonumber(ARGV[1]))
 return 1
 """
 
-_SCRIPTS: Final = {"admit": _ADMIT, "complete": _COMPLETE, "pause": _PAUSE, "daily": _DAILY}
+_RELEASE: Final = """
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
+_SCRIPTS: Final = {
+    "admit": _ADMIT,
+    "complete": _COMPLETE,
+    "pause": _PAUSE,
+    "daily": _DAILY,
+    "release": _RELEASE,
+}
 _SHAS: Final = {
     name: hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
     for name, text in _SCRIPTS.items()
@@ -465,7 +475,15 @@ class SharedPacer:
                 args += [self._lease_us, name]
         else:
             args.append("0")
-        status, wait_us, epoch, processes = await store.run("admit", self._keys, args)
+        admission = asyncio.ensure_future(store.run("admit", self._keys, args))
+        try:
+            reply = await asyncio.shield(admission)
+        except asyncio.CancelledError:
+            # The caller gave up (a deadline, a disconnect) while Redis was deciding: an entry
+            # it may have added goes again, or it would hold a slot until its lease ends.
+            admission.add_done_callback(lambda _: self._release(admission, member))
+            raise
+        status, wait_us, epoch, processes = reply
         self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         self._processes = int(processes)
         if adopted is not None:
@@ -476,6 +494,12 @@ class SharedPacer:
         elif status == EPOCH:
             self._generation = -1  # adopt on the next call
         return int(status), int(wait_us) / 1e6
+
+    def _release(self, admission: asyncio.Future[Any], member: str) -> None:
+        if admission.cancelled() or admission.exception() is not None:
+            return
+        if int(admission.result()[0]) == GRANTED and self.store.available:
+            self.store.spawn(self._write("release", [self._keys[0]], [member]))
 
     def complete(self, now: float) -> None:
         """The answer came: the entry now counts until a span from now (Redis's clock)."""

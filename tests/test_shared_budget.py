@@ -8,6 +8,7 @@ and the most requests that arrived within any window (``maxInWindow``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -375,3 +376,56 @@ async def test_the_fallback_share_shrinks_with_the_processes_redis_counted(
     finally:
         for store in stores:
             await store.aclose()
+
+
+async def test_a_caller_that_gives_up_while_redis_decides_leaves_no_slot_taken(
+    redis_server: RedisServer,
+) -> None:
+    """A web handler's deadline (or a disconnect) cancels the wait while Redis is admitting it:
+    the entry Redis added is removed, not left to hold a slot until its lease ends. Redis's
+    answers pass through a proxy that holds them back 0.3 s."""
+    writers: list[asyncio.StreamWriter] = []
+    pipes: list[asyncio.Task[None]] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float):
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def proxy(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", redis_server.port)
+        writers.extend((client_w, redis_w))
+        pipes.append(asyncio.create_task(pipe(client_r, redis_w, 0.0)))
+        pipes.append(asyncio.create_task(pipe(redis_r, client_w, 0.3)))
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisBudgets(f"redis://:{PASSWORD}@127.0.0.1:{port}/0", timeout=2.0)
+    base = "http://127.0.0.1:8"
+    pacer = store.pacer(base, "cancel-token", Budget(Rate(5, 1.0)), lease=5.0)
+    key = budget_key(base, "cancel-token") + "window"
+    try:
+        sent_at = await pacer.acquire()  # the first: its entry stays (answered below)
+        pacer.complete(sent_at)
+        while store._writes:  # the answer's write is done: its connection is free again
+            await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(pacer.acquire())
+        await asyncio.sleep(0.15)  # the admission has reached Redis; its answer is held
+        with redis_server.client() as r:
+            assert r.zcard(key) == 2  # admitted, in Redis's view
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0.8)  # the answer comes; the entry is released
+        with redis_server.client() as r:
+            assert r.zcard(key) == 1  # only the first
+    finally:
+        await store.aclose()
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*pipes)
+        await server.wait_closed()
