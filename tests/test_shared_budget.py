@@ -87,6 +87,14 @@ async def run_children(base_url: str, redis_url: str, plans: list[tuple[int, str
     return results
 
 
+@pytest.fixture(autouse=True)
+def _empty_redis(redis_server: RedisServer) -> None:
+    """Each test starts with an empty Redis: keys name a sandbox by its port, and a port comes
+    round again (a daily stop left by one test would stop another's token for an hour)."""
+    with redis_server.client() as r:
+        r.flushall()
+
+
 def shared_client(sandbox: Sandbox, shared: str | RedisBudgets, **options: Any) -> GrowthHubClient:
     """A client of ``TEST_TOKEN`` on ``sandbox`` (at ``RATE`` unless told), its budget in
     ``shared``."""
