@@ -418,8 +418,7 @@ async def test_a_caller_that_gives_up_while_redis_decides_leaves_no_slot_taken(
     try:
         sent_at = await pacer.acquire()  # the first: its entry stays (answered below)
         pacer.complete(sent_at)
-        while store._writes:  # the answer's write is done: its connection is free again
-            await asyncio.sleep(0.05)
+        await asyncio.wait(set(store._writes))  # the answer's write: its connection is free
         waiter = asyncio.create_task(pacer.acquire())
         await asyncio.sleep(0.15)  # the admission has reached Redis; its answer is held
         with redis_server.client() as r:
