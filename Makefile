@@ -34,11 +34,11 @@ lock: | $(UV)
 	$(UV) lock --python $(PYTHON) --upgrade
 
 lint: $(STAMP)
-	$(BIN)/ruff check growthhub_async tests benchmarks
-	$(BIN)/ruff format --check growthhub_async tests benchmarks
+	$(BIN)/ruff check growthhub_async tests benchmarks examples
+	$(BIN)/ruff format --check growthhub_async tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict growthhub_async
+	$(BIN)/mypy --strict growthhub_async examples
 
 # What the tests need from the system: a redis-server binary (the shared-budget tests start
 # their own, on a free loopback port). Installed with apt-get when missing and we are root

@@ -135,6 +135,9 @@ class _Sink(Protocol):
     halted: tuple[Status, str] | None
     """Set when the run stops (:meth:`OutcomeStream.stop`): the outcome of every record that
     has no request on the wire, in place of any further request or retry."""
+    keeps_response: bool
+    """Whether a record's decoded 2xx body is kept for it (``submit(..., response=True)``);
+    never for a bulk run, whose outcomes go to a journal and must not grow with the body."""
 
     def event(self, event: Event) -> None: ...
 
@@ -145,6 +148,7 @@ class _Job:
     __slots__ = (
         "attempts",
         "body",
+        "cancel_reason",
         "cancel_requested",
         "contact_id",
         "first",
@@ -154,6 +158,7 @@ class _Job:
         "on_wire",
         "reauths",
         "resend_after",
+        "response",
         "sink",
         "state",
         "task",
@@ -185,6 +190,8 @@ class _Job:
         self.resend_after = 0.0  # the pause a 401 asked for before the record is sent again
         self.on_wire = False  # a request of this record is being sent or answered
         self.cancel_requested = False
+        self.cancel_reason: str | None = None  # the error of a cancelled record, if not CANCELLED
+        self.response: Any = None  # the decoded 2xx body, kept only when the sink asks
         self.task: asyncio.Task[Any] | None = None
         """The worker running this record (set only while its attempts are awaited)."""
         self.first: float | None = None
@@ -354,8 +361,9 @@ class Engine:
         if following is not None:
             self._ready(following)
 
-    def cancel_job(self, job: _Job) -> None:
-        """End a job as ``failed`` (``"cancelled"``): at once if queued, via its worker if running.
+    def cancel_job(self, job: _Job, reason: str = CANCELLED) -> None:
+        """End a job as ``failed`` (``reason``, by default ``"cancelled"``): at once if queued,
+        via its worker if running.
 
         A running record is cancelled by cancelling the worker that runs it, once: the worker is
         suspended inside that record's attempts (see :meth:`_run`), so the cancellation lands
@@ -363,35 +371,64 @@ class Engine:
         record waiting for a retry (no worker) ends at once, and its contact's next record goes.
         """
         if job.state is _State.QUEUED:
-            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            self._finish(job, job.outcome(Status.FAILED, reason))
         elif job.state in (_State.WAITING, _State.READY):
             if job.timer is not None:
                 job.timer.cancel()
                 job.timer = None
             self._waiting.discard(job)
-            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            self._finish(job, job.outcome(Status.FAILED, reason))
             if not self.closed:
                 self._hand_on(job)
         elif job.state is _State.RUNNING and job.task is not None and not job.cancel_requested:
             job.cancel_requested = True
+            job.cancel_reason = reason
             job.task.cancel()
 
     async def submit(
-        self, line: int, contact_id: str, update: UpdateContact, token_key: str | None
+        self,
+        line: int,
+        contact_id: str,
+        update: UpdateContact,
+        token_key: str | None,
+        *,
+        # Not asyncio.timeout (ASYNC109): that would raise, and the record's outcome, which
+        # says whether it was sent, would be lost; the deadline ends the record instead.
+        timeout: float | None = None,  # noqa: ASYNC109
+        response: bool = False,
     ) -> Outcome:
-        """One record through the workers; see ``GrowthHubClient.submit``."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        sink = _FutureSink(future, self)
+        """One record through the workers; see ``GrowthHubClient.submit``.
+
+        ``timeout``: seconds from now after which the record ends ``failed`` whatever its
+        state (:func:`deadline_reason` says how far it got); ``response``: the outcome carries
+        the decoded 2xx body (the hooks get the outcome without it).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        sink = _FutureSink(future, self, keeps_response=response)
         prepared = self.prepare(Record(line, contact_id, update, token_key), line, None, sink)
         if isinstance(prepared, Outcome):
             self.call_hooks(self.hooks, RecordFinished(outcome=prepared, token_key=token_key))
             return prepared
         self.enqueue(prepared)
+        expiry = (
+            loop.call_later(timeout, self._expire, prepared, timeout)
+            if timeout is not None
+            else None
+        )
         try:
             return await future
         except asyncio.CancelledError:
             self.cancel_job(prepared)
             raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    def _expire(self, job: _Job, timeout: float) -> None:
+        """A submitted record's deadline has passed: end it, saying how far it got."""
+        if job.state is not _State.DONE:
+            self.cancel_job(job, deadline_reason(job, timeout))
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -472,9 +509,9 @@ class Engine:
             if worker.cancelling() or self.closed:
                 # Someone else cancels the worker too (the engine is closing, or the loop is
                 # shutting down): end this record, then let the worker stop.
-                self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+                self._finish(job, job.outcome(Status.FAILED, job.cancel_reason or CANCELLED))
                 raise
-            result = job.outcome(Status.FAILED, CANCELLED)
+            result = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
         except Exception as exc:  # a bug of ours: this record fails, not the run
             job.task = None
             log.exception("internal error on line %d", job.line)
@@ -486,7 +523,7 @@ class Engine:
                 # or it would hit the worker's next record.
                 worker.uncancel()
                 if not isinstance(result, Outcome):
-                    result = job.outcome(Status.FAILED, CANCELLED)
+                    result = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
         if not isinstance(result, Outcome) and job.sink.halted is not None:
             result = job.outcome(*job.sink.halted)  # the run stops: no retry
         if isinstance(result, Outcome):
@@ -569,9 +606,11 @@ class Engine:
         """One request: ``None`` when applied, else the error (``_REFRESHED``: send again)."""
         job.on_wire = True
         try:
-            job.http_status, _ = await job.lane.request(
+            job.http_status, decoded = await job.lane.request(
                 job.contact_id, job.body, sent_at=sent_at, deadline=deadline
             )
+            if job.sink.keeps_response:
+                job.response = decoded
         except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
             job.http_status = exc.status_code
             if exc.status_code == 401 and job.reauths < _REAUTHS:
@@ -648,22 +687,51 @@ def _rejected(line: int, contact_id: str | None, error: str) -> Outcome:
     return Outcome(line=line, contact_id=contact_id, status=Status.REJECTED, error=error)
 
 
+def deadline_reason(job: _Job, timeout: float) -> str:
+    """The error of a submitted record whose deadline (``timeout`` seconds) passed.
+
+    Always starts with ``"deadline"``, so that a caller can tell it from other failures (a web
+    handler answers 504 for it). A record that had sent nothing says so: it never will.
+    """
+    if job.on_wire:
+        return (
+            f"deadline ({timeout:g} s) passed with a request in flight: cancelled "
+            f"(the server may have applied it)"
+        )
+    if job.attempts and job.http_status is not None:
+        return (
+            f"deadline ({timeout:g} s) passed waiting to retry, after {job.attempts} "
+            f"request(s) (last answer HTTP {job.http_status})"
+        )
+    if job.attempts:
+        return f"deadline ({timeout:g} s) passed waiting to retry, after {job.attempts} request(s)"
+    return f"deadline ({timeout:g} s) passed before the record could be sent: not sent"
+
+
 class _FutureSink:
     """Where a ``submit`` job's outcome goes: the awaiting future, and the client's hooks."""
 
     halted: tuple[Status, str] | None = None  # a submit is never stopped, only cancelled
 
-    def __init__(self, future: asyncio.Future[Outcome], engine: Engine) -> None:
+    def __init__(
+        self, future: asyncio.Future[Outcome], engine: Engine, *, keeps_response: bool = False
+    ) -> None:
         self.future = future
         self.engine = engine
+        self.keeps_response = keeps_response
 
     def event(self, event: Event) -> None:
         Engine.call_hooks(self.engine.hooks, event)
 
     def finish(self, job: _Job, outcome: Outcome) -> None:
+        # The hooks (a journal, a state) get the outcome without the body: only the caller
+        # who asked for it holds it.
         Engine.call_hooks(
             self.engine.hooks, RecordFinished(outcome=outcome, token_key=job.lane.key)
         )
+        if job.response is not None and outcome.status is Status.UPDATED:
+            outcome = msgspec.structs.replace(outcome, response=job.response)
+        job.response = None
         if not self.future.done():
             self.future.set_result(outcome)
 
@@ -709,6 +777,8 @@ class OutcomeStream:
     Records still in the spill file when the run is stopped (:meth:`stop_input`, ``aclose``)
     count as not read: they get no outcome (a resumed job sends them).
     """
+
+    keeps_response = False  # a run's outcomes never carry the 2xx body (see _Sink)
 
     def __init__(
         self,
@@ -816,7 +886,7 @@ class OutcomeStream:
             return
         engine = self._engine = self._get_engine()
         if engine.closed:
-            raise ClientClosed("the client is closed")
+            raise ClientClosed("the client is closed: it sends nothing more")
         engine.runs.add(self)
         self._slots = asyncio.Semaphore(self._max_pending)
         self._started_at = asyncio.get_running_loop().time()

@@ -777,7 +777,10 @@ class GrowthHubClient:
 
     def _open(self) -> None:
         if self._closed:
-            raise ClientClosed("this GrowthHubClient is closed")
+            raise ClientClosed(
+                "this GrowthHubClient is closed: it sends nothing more; make a new one "
+                "(a web app keeps one per process, closed at shutdown)"
+            )
         if self._connector is not None:
             return
         # With locations, lanes come and go with the input: the engine bounds what is in
@@ -967,23 +970,44 @@ class GrowthHubClient:
         line: int | None = None,
         full: bool = False,
         changed_fields_only: bool = False,
+        # Not asyncio.timeout (ASYNC109): that would raise, and the record's outcome, which
+        # says whether it was sent, would be lost; the deadline ends the record instead.
+        timeout: float | None = None,  # noqa: ASYNC109
+        response: bool = False,
     ) -> Outcome:
         """Send one record through the engine (shared workers, budget, retries) for its Outcome.
 
         Never raises for API or transport errors: they are the outcome's ``status`` and
         ``error``. Cancelling the awaiting task cancels this record only (its outcome goes to
-        the hooks as ``failed``, ``"cancelled"``). ``line`` defaults to a running count.
-        After :meth:`close` it raises :class:`~growthhub_async.errors.ClientClosed`.
+        the hooks as ``failed``, ``"cancelled"``; one still queued is never sent). ``line``
+        defaults to a running count. After :meth:`close` it raises
+        :class:`~growthhub_async.errors.ClientClosed`.
+
+        ``timeout`` (seconds, issue 15): the record's deadline, counted from this call. When it
+        passes, the record ends ``failed`` and ``submit`` returns; the outcome's ``error``
+        starts with ``"deadline"`` and says how far it got: not sent (it never will be), cut
+        while in flight (cancelled like any other: the server may have applied it), or waiting
+        to retry. Without it a queued record waits as long as the budget makes it.
+
+        ``response=True``: an ``updated`` outcome carries the decoded 2xx body in
+        ``outcome.response`` (``outcome.contact``: the contact as the server now holds it).
+        Hooks get the outcome without it.
+
         With a ``state``, as :meth:`update_contacts` (an ``unchanged`` record is not sent);
         a state that cannot be read raises :class:`~growthhub_async.errors.StateError`.
         """
+        if timeout is not None and not (isinstance(timeout, int | float) and 0 < timeout < 1e9):
+            raise ConfigurationError(f"timeout must be a positive number of seconds: {timeout!r}")
+        started = asyncio.get_running_loop().time()
         number = line if line is not None else next(self._submitted)
         engine = self._get_engine()
         run = self._submit_run
         if run is None:
             if full or changed_fields_only:
                 raise ConfigurationError("full= and changed_fields_only= need state=")
-            return await engine.submit(number, contact_id, update, token_key)
+            return await engine.submit(
+                number, contact_id, update, token_key, timeout=timeout, response=response
+            )
         record = Record(number, contact_id, update, token_key)
         (judged,) = await run.judge(
             [record], number, full=full, changed_fields_only=changed_fields_only
@@ -992,11 +1016,17 @@ class GrowthHubClient:
             # Not sent (unchanged, or not a record at all): the engine says which.
             outcome = judged if isinstance(judged, Outcome) else None
             if outcome is None:
-                return await engine.submit(number, contact_id, update, token_key)
+                return await engine.submit(
+                    number, contact_id, update, token_key, timeout=timeout, response=response
+                )
             Engine.call_hooks(self.hooks, RecordFinished(outcome=outcome, token_key=token_key))
             return outcome
+        if timeout is not None:  # the state's look-up counts against the deadline
+            timeout = max(timeout - (asyncio.get_running_loop().time() - started), 1e-3)
         try:
-            outcome = await engine.submit(number, contact_id, judged.update, token_key)
+            outcome = await engine.submit(
+                number, contact_id, judged.update, token_key, timeout=timeout, response=response
+            )
         except asyncio.CancelledError:
             # It may have reached the server: what the contact holds is unknown now.
             run.finished(
