@@ -28,6 +28,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("incremental", [], ["--contacts", "100000", "--records", "10000"]),
     ("memory", ["--by-location"], ["--quick", "--by-location"]),
     ("locations", [], []),
+    ("web_workers", [], ["--requests", "200"]),
 ]
 
 

@@ -134,6 +134,24 @@ def _otel(r: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _web_workers(r: dict[str, Any]) -> tuple[str, str, str]:
+    rows = []
+    for name, label in (("withRedis", "with Redis"), ("withoutRedis", "without")):
+        f = r[name]
+        rows.append(
+            f"{label}: **{f['answered429']} x 429** of {f['sandboxRequests']} requests, at most"
+            f" {f['maxInWindow']} in a window; utilisation **{f['utilisation']:.3f}**; p50"
+            f" {f['p50Seconds']:.1f} s, p99 {f['p99Seconds']:.1f} s ({f['requests']} at once)"
+        )
+    cost = r["redisCost"]
+    rows.append(
+        f"Redis per request: +{cost['addedWallMicroseconds']:.0f} µs wall, "
+        f"+{cost['addedCpuMicroseconds']:.0f} µs worker CPU, "
+        f"{cost['redis']['redisServerCpuMicroseconds']:.0f} µs Redis CPU"
+    )
+    return "<br>".join(rows), "with Redis: 0 x 429, ≥ 0.95", _yes(r["met"])
+
+
 ROWS = {
     "cpu_per_record": ("Client CPU per record (ours / raw aiohttp loop)", _cpu),
     "otel_overhead": ("OpenTelemetry's cost (CPU per record against no extra)", _otel),
@@ -145,6 +163,7 @@ ROWS = {
     "encoding": ("Encoding (full body, per record)", _encoding),
     "sandbox_throughput": ("Sandbox throughput", _throughput),
     "incremental": ("Incremental sync (--state)", _incremental),
+    "web_workers": ("Web workers on one token (4 uvicorn workers, FastAPI example)", _web_workers),
 }
 
 

@@ -58,6 +58,7 @@ from growthhub_async.models import (
 from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.retry import RetryPolicy
+from growthhub_async.shared_budget import RedisBudgets
 from growthhub_async.sources import Record
 from growthhub_async.state import SyncState
 from growthhub_async.telemetry import Telemetry
@@ -96,6 +97,7 @@ __all__ = [
     "Record",
     "RecordFinished",
     "Redirected",
+    "RedisBudgets",
     "RequestFinished",
     "RequestTimeout",
     "ResponseError",

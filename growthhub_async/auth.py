@@ -220,6 +220,13 @@ class TokenProvider(abc.ABC):
         serves (:mod:`growthhub_async.distributed`), so they ask again in time."""
         return None
 
+    @property
+    def budget_identity(self) -> str | None:
+        """What names this token's rate budget in a shared store (hashed there, never kept):
+        the token itself when it never changes, else ``None`` (the client then uses the
+        token's key, its location id)."""
+        return None
+
     def attach(self, base_url: yarl.URL) -> None:  # noqa: B027 (an optional hook)
         """The client that uses this provider talks to ``base_url`` (called once per client)."""
 
@@ -243,6 +250,11 @@ class FixedToken(TokenProvider):
     async def token(self) -> AccessToken:
         """The fixed value."""
         return self._token
+
+    @property
+    def budget_identity(self) -> str:
+        """The token: a fixed token is its own budget."""
+        return self._token.value
 
 
 @dataclass(frozen=True, slots=True, repr=False)

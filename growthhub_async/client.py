@@ -96,9 +96,17 @@ from growthhub_async.models import (
     decode_response,
 )
 from growthhub_async.outcomes import Outcome, Status
-from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
+from growthhub_async.ratelimit import (
+    Budget,
+    Pacer,
+    Pacing,
+    Rate,
+    parse_rate,
+    parse_rate_headers,
+)
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
+from growthhub_async.shared_budget import RedisBudgets
 from growthhub_async.sources import Record
 from growthhub_async.state import SyncState
 from growthhub_async.telemetry import ClientTelemetry, Telemetry
@@ -339,7 +347,7 @@ class _Lane:
         self._fresh_refusals = 0
         self._fresh_refused_at = float("-inf")
         self._session: aiohttp.ClientSession | None = None
-        self._pacer: Pacer | None = None
+        self._pacer: Pacing | None = None
         self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
         """Why this token sends no more: ``(status, reason)`` for its remaining records."""
@@ -349,7 +357,7 @@ class _Lane:
         return f"<token {self.key!r}>"
 
     def open(self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout) -> None:
-        self._pacer = Pacer(self.budget)
+        self._pacer = self._client.pacing(self.key, self.provider, self.budget)
         self._timeout = timeout.total or 0.0
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -376,6 +384,8 @@ class _Lane:
             self._trim = None
         if self._session is not None:
             await self._session.close()
+        if self._pacer is not None:
+            await self._pacer.aclose()
         await self.provider.aclose()
 
     def pause_remaining(self, now: float) -> float:
@@ -401,8 +411,10 @@ class _Lane:
         """
         assert self._pacer is not None
         sent_at = await self._pacer.acquire()
+        if self.budget.daily_exhausted:  # another process saw it (a shared budget)
+            self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
         if self.stopped is not None:
-            self.budget.complete(sent_at)
+            self._pacer.complete(sent_at)
         return sent_at
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
@@ -481,10 +493,11 @@ class _Lane:
         budget learns when the request ended: it counts against the window from then on (rule
         1 of :mod:`~growthhub_async.ratelimit`).
         """
+        assert self._pacer is not None
         try:
             return await self._request(contact_id, body, sent_at=sent_at, deadline=deadline)
         finally:
-            self.budget.complete(asyncio.get_running_loop().time())
+            self._pacer.complete(asyncio.get_running_loop().time())
 
     async def _exchange(
         self, url: yarl.URL, body: bytes, auth: Mapping[str, str], deadline: float | None
@@ -511,7 +524,8 @@ class _Lane:
         wait = asked if asked is not None else self.budget.rest_of_window(now)
         cap = self.budget.pause_cap
         seconds = min(wait, cap)
-        if self.budget.pause(now + seconds):
+        assert self._pacer is not None
+        if self._pacer.pause(now + seconds, now):
             reason = "429 Too Many Requests"
             if wait > cap:
                 reason += f" (asked for {wait:g}s, cut to max_pause {cap:g}s)"
@@ -538,7 +552,8 @@ class _Lane:
         status, headers, raw = await self._exchange(url, body, auth, deadline)
         now = asyncio.get_running_loop().time()
         rate = parse_rate_headers(headers)
-        self.budget.observe(rate, sent_at=sent_at, now=now)
+        assert self._pacer is not None
+        self._pacer.observe(rate, sent_at=sent_at, now=now)
         try:
             result = read_response(
                 status, headers, raw, now=time.time(), redact=self._redact, contact_id=contact_id
@@ -571,6 +586,19 @@ class _Lane:
         return status, result
 
 
+def _budget_store(
+    shared_budget: str | RedisBudgets | None, rate: Rate | None, redactor: Redactor
+) -> RedisBudgets | None:
+    """The shared budget's store for ``shared_budget=``; its password joins the redactor."""
+    if shared_budget is None:
+        return None
+    if rate is None:
+        raise ConfigurationError("shared_budget= needs a rate (rate=None paces nothing)")
+    store = RedisBudgets(shared_budget) if isinstance(shared_budget, str) else shared_budget
+    redactor.include(store.redactor)
+    return store
+
+
 class GrowthHubClient:
     """The client: sessions, auth, pacing per token, ``update_contact``, the bulk engine.
 
@@ -597,6 +625,10 @@ class GrowthHubClient:
       on first use, closed with the client) or a :class:`~growthhub_async.state.SyncState`
       (the caller closes it). ``update_contacts`` and ``submit`` then skip records whose body
       equals the one last applied (outcome ``unchanged``) and remember what their 2xx applied.
+    - ``shared_budget``: one budget per token for every process that names the same Redis
+      (issue 15): a ``redis://`` URL (the client makes the store and closes it) or a
+      :class:`~growthhub_async.shared_budget.RedisBudgets` (for its options; the caller closes
+      it). Needs a ``rate``. See :mod:`~growthhub_async.shared_budget`.
     - ``telemetry``: OpenTelemetry traces and metrics (issue 16; the ``otel`` extra). ``None``
       (default): to the global providers if an SDK is configured when the client first sends;
       ``False``: never; a :class:`~growthhub_async.telemetry.Telemetry`: to its providers.
@@ -622,6 +654,7 @@ class GrowthHubClient:
         user_agent: str | None = None,
         state: str | os.PathLike[str] | SyncState | None = None,
         locations: LocationTokens | None = None,
+        shared_budget: str | RedisBudgets | None = None,
         telemetry: Telemetry | bool | None = None,
     ) -> None:
         if token is not None and tokens is not None:
@@ -661,6 +694,9 @@ class GrowthHubClient:
         self._codec = UpdateContactCodec(value_key)
         self._rate_margin = rate_margin
         self._max_pause = max_pause
+        self._owns_budgets = isinstance(shared_budget, str)
+        self.shared_budget = _budget_store(shared_budget, self.rate, self.redactor)
+        """The Redis store of the budgets (issue 15), or ``None``: each process its own."""
         self._unauthorized_limit = unauthorized_limit
         self.locations = locations
         if locations is not None:
@@ -783,6 +819,15 @@ class GrowthHubClient:
             await self._connector.close()
         if self.state is not None and self._owns_state:
             await self.state.close()
+        if self.shared_budget is not None and self._owns_budgets:
+            await self.shared_budget.aclose()
+
+    def pacing(self, key: str, provider: TokenProvider, budget: Budget) -> Pacing:
+        """The pacer of one token: in this process, or in the shared budget's Redis."""
+        if self.shared_budget is None:
+            return Pacer(budget)
+        identity = provider.budget_identity or f"key\0{key}"
+        return self.shared_budget.pacer(str(self.base_url), identity, budget, lease=self.timeout)
 
     def _broadcast(self, event: Event) -> None:
         if self._engine is not None:
