@@ -634,7 +634,7 @@ class GrowthHubClient:
       ``False``: never; a :class:`~growthhub_async.telemetry.Telemetry`: to its providers.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 (one checked assignment per option)
         self,
         token: str | TokenProvider | None = None,
         *,
@@ -708,9 +708,9 @@ class GrowthHubClient:
         self._timeouts: aiohttp.ClientTimeout | None = None
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
-        self._telemetry_option = telemetry
+        # Decided at first use (_telemetry_now), when the application has set up its SDK.
+        self._telemetry_option: Telemetry | bool | None = telemetry
         self._telemetry: ClientTelemetry | None = None
-        self._telemetry_decided = False
         self._closed = False
         self._submitted = itertools.count(1)
         self._owns_state = state is not None and not isinstance(state, SyncState)
@@ -852,9 +852,10 @@ class GrowthHubClient:
 
     def _telemetry_now(self) -> ClientTelemetry | None:
         """Decided once, at first use: an SDK configured by then gets reports (issue 16)."""
-        if not self._telemetry_decided:
-            self._telemetry_decided = True
-            chosen = Telemetry.resolve(self._telemetry_option)
+        option = self._telemetry_option
+        if option is not False:
+            self._telemetry_option = False  # decided: never again
+            chosen = Telemetry.resolve(option)
             if chosen is not None:
                 url = self.base_url
                 self._telemetry = chosen.for_client((url.host or "", url.port))
