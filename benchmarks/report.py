@@ -117,6 +117,23 @@ def _locations(r: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _otel(r: dict[str, Any]) -> tuple[str, str, str]:
+    v = r["variants"]
+
+    def spread(name: str) -> str:
+        ratios = v[name]["ratios"]
+        return (
+            f"**{v[name]['ratioToWithout']:.3f}x** (rounds {min(ratios):.2f} to {max(ratios):.2f})"
+        )
+
+    return (
+        f"median of {r['rounds']} rounds: no SDK {spread('noSdk')}; extra unused "
+        f"{spread('idle')}<br>SDK on, no exporter: {v['sdk']['ratioToWithout']:.2f}x",
+        "≤ 1.02x without the extra",
+        _yes(r["met"]),
+    )
+
+
 def _web_workers(r: dict[str, Any]) -> tuple[str, str, str]:
     rows = []
     for name, label in (("withRedis", "with Redis"), ("withoutRedis", "without")):
@@ -137,6 +154,7 @@ def _web_workers(r: dict[str, Any]) -> tuple[str, str, str]:
 
 ROWS = {
     "cpu_per_record": ("Client CPU per record (ours / raw aiohttp loop)", _cpu),
+    "otel_overhead": ("OpenTelemetry's cost (CPU per record against no extra)", _otel),
     "rate_utilisation": ("Rate-limit utilisation", _rate),
     "memory": ("Memory (peak RSS, streaming)", _memory),
     "memory_locations": ("Memory by location (10 then 1,000 locations, sorted)", _memory),

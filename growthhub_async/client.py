@@ -86,6 +86,7 @@ from growthhub_async.errors import (
 from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
 from growthhub_async.incremental import StateRun
 from growthhub_async.locations import LocationToken, LocationTokens, location_problem
+from growthhub_async.logs import current_run_id, log_event
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -108,6 +109,7 @@ from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
 from growthhub_async.shared_budget import RedisBudgets
 from growthhub_async.sources import Record
 from growthhub_async.state import SyncState
+from growthhub_async.telemetry import ClientTelemetry, Telemetry
 from growthhub_async.transport import (
     MAX_ANSWER,
     check_base_url,
@@ -627,9 +629,12 @@ class GrowthHubClient:
       (issue 15): a ``redis://`` URL (the client makes the store and closes it) or a
       :class:`~growthhub_async.shared_budget.RedisBudgets` (for its options; the caller closes
       it). Needs a ``rate``. See :mod:`~growthhub_async.shared_budget`.
+    - ``telemetry``: OpenTelemetry traces and metrics (issue 16; the ``otel`` extra). ``None``
+      (default): to the global providers if an SDK is configured when the client first sends;
+      ``False``: never; a :class:`~growthhub_async.telemetry.Telemetry`: to its providers.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 (one checked assignment per option)
         self,
         token: str | TokenProvider | None = None,
         *,
@@ -650,6 +655,7 @@ class GrowthHubClient:
         state: str | os.PathLike[str] | SyncState | None = None,
         locations: LocationTokens | None = None,
         shared_budget: str | RedisBudgets | None = None,
+        telemetry: Telemetry | bool | None = None,
     ) -> None:
         if token is not None and tokens is not None:
             raise ConfigurationError("give exactly one of token= or tokens=")
@@ -679,7 +685,8 @@ class GrowthHubClient:
         self.retry = retry if retry is not None else RetryPolicy()
         self.max_pending = max_pending
         self.user_agent = user_agent or f"growthhub-async/{__version__}"
-        self.hooks: list[Hook] = list(hooks)
+        # The events as log records of growthhub_async.events (a level check when unused).
+        self.hooks: list[Hook] = [*hooks, log_event]
         self.redactor = Redactor()
         """Every secret of every token: removed from server text before it is kept anywhere."""
         for provider in providers.values():
@@ -701,6 +708,9 @@ class GrowthHubClient:
         self._timeouts: aiohttp.ClientTimeout | None = None
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
+        # Decided at first use (_telemetry_now), when the application has set up its SDK.
+        self._telemetry_option: Telemetry | bool | None = telemetry
+        self._telemetry: ClientTelemetry | None = None
         self._closed = False
         self._submitted = itertools.count(1)
         self._owns_state = state is not None and not isinstance(state, SyncState)
@@ -836,7 +846,21 @@ class GrowthHubClient:
                 hooks=self.hooks,
                 default_token_key=self.default_token_key,
             )
+            if (telemetry := self._telemetry_now()) is not None:
+                telemetry.attach(self._engine)
         return self._engine
+
+    def _telemetry_now(self) -> ClientTelemetry | None:
+        """Decided once, at first use: an SDK configured by then gets reports (issue 16)."""
+        option = self._telemetry_option
+        if option is not False:
+            self._telemetry_option = False  # decided: never again
+            chosen = Telemetry.resolve(option)
+            if chosen is not None:
+                url = self.base_url
+                self._telemetry = chosen.for_client((url.host or "", url.port))
+                self.hooks.append(self._telemetry.hook)
+        return self._telemetry
 
     def add_hook(self, hook: Hook) -> None:
         """Subscribe ``hook`` to every event from now on."""
@@ -944,6 +968,8 @@ class GrowthHubClient:
             hooks = [*hooks, run.on_event]  # after the caller's (a journal line comes first)
         elif full or changed_fields_only:
             raise ConfigurationError("full= and changed_fields_only= need a client with state=")
+        if (telemetry := self._telemetry_now()) is not None:
+            hooks = [*hooks, telemetry.run(current_run_id()).hook]  # the run's span
         return OutcomeStream(
             self._get_engine,
             records,

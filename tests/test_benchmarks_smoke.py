@@ -56,6 +56,15 @@ def test_cpu_per_record(tmp_path: Path) -> None:
     assert isinstance(r["met"], bool)
 
 
+def test_otel_overhead(tmp_path: Path) -> None:
+    r = run_smoke("otel_overhead", tmp_path)
+    variants = r["variants"]
+    assert set(variants) == {"without", "sdk"}
+    assert all(v["cpuSeconds"] > 0 for v in variants.values())
+    assert variants["without"]["ratioToWithout"] == 1.0
+    assert isinstance(r["met"], bool)
+
+
 def test_rate_utilisation(tmp_path: Path) -> None:
     r = run_smoke("rate_utilisation", tmp_path)
     for name in ("sliding", "fixed", "sharedWithPlainSender", "sharedTwoClients"):
