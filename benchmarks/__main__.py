@@ -20,6 +20,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     # (module, full arguments, --quick arguments)
     ("encoding", [], []),
     ("cpu_per_record", [], ["--rounds", "3", "--records", "10000"]),
+    ("otel_overhead", [], ["--rounds", "3", "--records", "10000"]),
     ("rate_utilisation", [], ["--seconds", "10"]),
     ("latency", [], []),
     ("sandbox_throughput", [], []),
@@ -27,6 +28,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("incremental", [], ["--contacts", "100000", "--records", "10000"]),
     ("memory", ["--by-location"], ["--quick", "--by-location"]),
     ("locations", [], []),
+    ("web_workers", [], ["--requests", "200"]),
 ]
 
 

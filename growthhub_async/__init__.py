@@ -3,6 +3,8 @@
 The public API is what ``__all__`` lists; every other name is private.
 """
 
+import logging
+
 from growthhub_async.auth import FixedToken, OAuthProvider, TokenProvider, TokenSet
 from growthhub_async.bulk import OutcomeStream
 from growthhub_async.client import GrowthHubClient, TokenView
@@ -34,7 +36,9 @@ from growthhub_async.events import (
     Paused,
     RateLimitHit,
     RecordFinished,
+    RequestFinished,
     RetryScheduled,
+    RunFinished,
     TokenStopped,
 )
 from growthhub_async.models import (
@@ -54,8 +58,10 @@ from growthhub_async.models import (
 from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.retry import RetryPolicy
+from growthhub_async.shared_budget import RedisBudgets
 from growthhub_async.sources import Record
 from growthhub_async.state import SyncState
+from growthhub_async.telemetry import Telemetry
 
 __version__ = "0.1.0"
 
@@ -91,15 +97,19 @@ __all__ = [
     "Record",
     "RecordFinished",
     "Redirected",
+    "RedisBudgets",
+    "RequestFinished",
     "RequestTimeout",
     "ResponseError",
     "RetryPolicy",
     "RetryScheduled",
+    "RunFinished",
     "ServerError",
     "StateError",
     "Status",
     "Summary",
     "SyncState",
+    "Telemetry",
     "TokenProvider",
     "TokenRefreshFailed",
     "TokenSet",
@@ -115,3 +125,6 @@ __all__ = [
     "UploadedFileMeta",
     "__version__",
 ]
+
+# The library logs under growthhub_async.* and configures nothing: the application decides.
+logging.getLogger("growthhub_async").addHandler(logging.NullHandler())

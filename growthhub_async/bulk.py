@@ -69,7 +69,9 @@ from growthhub_async.events import (
     Paused,
     RateLimitHit,
     RecordFinished,
+    RequestFinished,
     RetryScheduled,
+    RunFinished,
 )
 from growthhub_async.journal import record_hash, sent_hash
 from growthhub_async.models import UpdateContact
@@ -653,7 +655,23 @@ class Engine:
                 return decision
 
     @staticmethod
-    async def _send(job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
+    def _answered(job: _Job, sent_at: float, error: BaseException | None) -> None:
+        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans."""
+        job.sink.event(
+            RequestFinished(
+                line=job.line,
+                contact_id=job.contact_id,
+                token_key=job.lane.key,
+                attempt=job.attempts,
+                sent_at=sent_at,
+                duration=asyncio.get_running_loop().time() - sent_at,
+                http_status=job.http_status,
+                error=None if error is None else type(error).__name__,
+            )
+        )
+
+    @classmethod
+    async def _send(cls, job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
         """One request: ``None`` when applied, else the error (``_REFRESHED``: send again;
         :class:`NotSent`: the send gate held it back, see :meth:`_Job.may_send`)."""
         job.on_wire = True
@@ -675,6 +693,7 @@ class Engine:
             raise
         except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
             job.http_status = exc.status_code
+            cls._answered(job, sent_at, exc)
             if exc.status_code == 401 and job.reauths < _REAUTHS:
                 if job.sink.halted is not None or job.detached:
                     return _REFRESHED  # the run stops: no refresh, no re-send (ends halted)
@@ -690,10 +709,30 @@ class Engine:
         except (TransportError, ResponseError, NotSent) as exc:
             if not isinstance(exc, NotSent):  # NotSent: the send gate held it back, unsent
                 job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
+                cls._answered(job, sent_at, exc)
             return exc
         finally:
             job.on_wire = job.written = False
+        cls._answered(job, sent_at, None)
         return None
+
+    def load(self) -> dict[str, tuple[int, int]]:
+        """Per token key, ``(queued, in_flight)`` now: records waiting for a worker (new ones,
+        those parked behind their contact's record, those waiting to retry) and records a
+        worker is on (pacing, on the wire). Read by telemetry's gauges when they are collected,
+        never on a record's path."""
+        waiting: dict[str, int] = {}
+        for job in self._waiting:
+            waiting[job.lane.key] = waiting.get(job.lane.key, 0) + 1
+        load = {}
+        for key, queue in self._queues.items():
+            active = self._active[key]  # contacts whose record is running, waiting or ready
+            parked = sum(len(jobs) for jobs in active.values() if jobs)
+            # Back from a retry's wait, in the queue again (rank 0): waiting for a worker.
+            ready = sum(1 for rank, _, _ in getattr(queue, "_queue", ()) if rank == 0)
+            held = waiting.get(key, 0)
+            load[key] = (queue.qsize() + parked + held, max(0, len(active) - held - ready))
+        return load
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -1196,9 +1235,10 @@ class OutcomeStream:
     def _end(self) -> None:
         if not self._closed:
             self._closed = True
-        if self._engine is not None:
+        if self._engine is not None and self in self._engine.runs:
             self._engine.runs.discard(self)
             self.summary.elapsed = asyncio.get_running_loop().time() - self._started_at
+            self._emit(RunFinished(summary=self.summary))
 
     def stop(self) -> None:
         """Take no more records and send no more requests; let those on the wire finish.

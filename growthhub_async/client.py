@@ -86,6 +86,7 @@ from growthhub_async.errors import (
 from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
 from growthhub_async.incremental import StateRun
 from growthhub_async.locations import LocationToken, LocationTokens, location_problem
+from growthhub_async.logs import current_run_id, log_event
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -95,11 +96,20 @@ from growthhub_async.models import (
     decode_response,
 )
 from growthhub_async.outcomes import Outcome, Status
-from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
+from growthhub_async.ratelimit import (
+    Budget,
+    Pacer,
+    Pacing,
+    Rate,
+    parse_rate,
+    parse_rate_headers,
+)
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
+from growthhub_async.shared_budget import RedisBudgets
 from growthhub_async.sources import Record
 from growthhub_async.state import SyncState
+from growthhub_async.telemetry import ClientTelemetry, Telemetry
 from growthhub_async.transport import (
     MAX_ANSWER,
     NotSent,
@@ -410,7 +420,7 @@ class _Lane:
         self._fresh_refusals = 0
         self._fresh_refused_at = float("-inf")
         self._session: aiohttp.ClientSession | None = None
-        self._pacer: Pacer | None = None
+        self._pacer: Pacing | None = None
         self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
         """Why this token sends no more: ``(status, reason)`` for its remaining records."""
@@ -420,7 +430,7 @@ class _Lane:
         return f"<token {self.key!r}>"
 
     def open(self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout) -> None:
-        self._pacer = Pacer(self.budget)
+        self._pacer = self._client.pacing(self.key, self.provider, self.budget)
         self._timeout = timeout.total or 0.0
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -447,6 +457,8 @@ class _Lane:
             self._trim = None
         if self._session is not None:
             await self._session.close()
+        if self._pacer is not None:
+            await self._pacer.aclose()
         await self.provider.aclose()
 
     def pause_remaining(self, now: float) -> float:
@@ -472,13 +484,16 @@ class _Lane:
         """
         assert self._pacer is not None
         sent_at = await self._pacer.acquire()
+        if self.budget.daily_exhausted:  # another process saw it (a shared budget)
+            self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
         if self.stopped is not None:
             self.release(sent_at)
         return sent_at
 
     def release(self, sent_at: float) -> None:
         """The request :meth:`acquire` made room for is not sent: its slot goes back."""
-        self.budget.complete(sent_at)
+        assert self._pacer is not None
+        self._pacer.complete(sent_at)
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
         """After a 401: seconds to wait before sending again (0: at once), or ``None``: not.
@@ -563,12 +578,13 @@ class _Lane:
         1 of :mod:`~growthhub_async.ratelimit`). ``keep_response``: the decoded body goes to
         a caller (``submit(..., response=True)``), so a secret it echoes is removed first.
         """
+        assert self._pacer is not None
         try:
             return await self._request(
                 contact_id, body, sent_at=sent_at, deadline=deadline, keep=keep_response
             )
         finally:
-            self.budget.complete(asyncio.get_running_loop().time())
+            self._pacer.complete(asyncio.get_running_loop().time())
 
     async def _exchange(
         self, url: yarl.URL, body: bytes, auth: Mapping[str, str], deadline: float | None
@@ -595,7 +611,8 @@ class _Lane:
         wait = asked if asked is not None else self.budget.rest_of_window(now)
         cap = self.budget.pause_cap
         seconds = min(wait, cap)
-        if self.budget.pause(now + seconds):
+        assert self._pacer is not None
+        if self._pacer.pause(now + seconds, now):
             reason = "429 Too Many Requests"
             if wait > cap:
                 reason += f" (asked for {wait:g}s, cut to max_pause {cap:g}s)"
@@ -622,7 +639,8 @@ class _Lane:
         status, headers, raw = await self._exchange(url, body, auth, deadline)
         now = asyncio.get_running_loop().time()
         rate = parse_rate_headers(headers)
-        self.budget.observe(rate, sent_at=sent_at, now=now)
+        assert self._pacer is not None
+        self._pacer.observe(rate, sent_at=sent_at, now=now)
         try:
             result = read_response(
                 status,
@@ -679,6 +697,19 @@ def check_timeout(timeout: object) -> None:
         )
 
 
+def _budget_store(
+    shared_budget: str | RedisBudgets | None, rate: Rate | None, redactor: Redactor
+) -> RedisBudgets | None:
+    """The shared budget's store for ``shared_budget=``; its password joins the redactor."""
+    if shared_budget is None:
+        return None
+    if rate is None:
+        raise ConfigurationError("shared_budget= needs a rate (rate=None paces nothing)")
+    store = RedisBudgets(shared_budget) if isinstance(shared_budget, str) else shared_budget
+    redactor.include(store.redactor)
+    return store
+
+
 class GrowthHubClient:
     """The client: sessions, auth, pacing per token, ``update_contact``, the bulk engine.
 
@@ -705,9 +736,16 @@ class GrowthHubClient:
       on first use, closed with the client) or a :class:`~growthhub_async.state.SyncState`
       (the caller closes it). ``update_contacts`` and ``submit`` then skip records whose body
       equals the one last applied (outcome ``unchanged``) and remember what their 2xx applied.
+    - ``shared_budget``: one budget per token for every process that names the same Redis
+      (issue 15): a ``redis://`` URL (the client makes the store and closes it) or a
+      :class:`~growthhub_async.shared_budget.RedisBudgets` (for its options; the caller closes
+      it). Needs a ``rate``. See :mod:`~growthhub_async.shared_budget`.
+    - ``telemetry``: OpenTelemetry traces and metrics (issue 16; the ``otel`` extra). ``None``
+      (default): to the global providers if an SDK is configured when the client first sends;
+      ``False``: never; a :class:`~growthhub_async.telemetry.Telemetry`: to its providers.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 (one checked assignment per option)
         self,
         token: str | TokenProvider | None = None,
         *,
@@ -727,6 +765,8 @@ class GrowthHubClient:
         user_agent: str | None = None,
         state: str | os.PathLike[str] | SyncState | None = None,
         locations: LocationTokens | None = None,
+        shared_budget: str | RedisBudgets | None = None,
+        telemetry: Telemetry | bool | None = None,
     ) -> None:
         if token is not None and tokens is not None:
             raise ConfigurationError("give exactly one of token= or tokens=")
@@ -756,7 +796,8 @@ class GrowthHubClient:
         self.retry = retry if retry is not None else RetryPolicy()
         self.max_pending = max_pending
         self.user_agent = user_agent or f"growthhub-async/{__version__}"
-        self.hooks: list[Hook] = list(hooks)
+        # The events as log records of growthhub_async.events (a level check when unused).
+        self.hooks: list[Hook] = [*hooks, log_event]
         self.redactor = Redactor()
         """Every secret of every token: removed from server text before it is kept anywhere."""
         for provider in providers.values():
@@ -764,6 +805,9 @@ class GrowthHubClient:
         self._codec = UpdateContactCodec(value_key)
         self._rate_margin = rate_margin
         self._max_pause = max_pause
+        self._owns_budgets = isinstance(shared_budget, str)
+        self.shared_budget = _budget_store(shared_budget, self.rate, self.redactor)
+        """The Redis store of the budgets (issue 15), or ``None``: each process its own."""
         self._unauthorized_limit = unauthorized_limit
         self.locations = locations
         if locations is not None:
@@ -775,6 +819,9 @@ class GrowthHubClient:
         self._timeouts: aiohttp.ClientTimeout | None = None
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
+        # Decided at first use (_telemetry_now), when the application has set up its SDK.
+        self._telemetry_option: Telemetry | bool | None = telemetry
+        self._telemetry: ClientTelemetry | None = None
         self._closed = False
         self._submitted = itertools.count(1)
         self._owns_state = state is not None and not isinstance(state, SyncState)
@@ -883,6 +930,15 @@ class GrowthHubClient:
             await self._connector.close()
         if self.state is not None and self._owns_state:
             await self.state.close()
+        if self.shared_budget is not None and self._owns_budgets:
+            await self.shared_budget.aclose()
+
+    def pacing(self, key: str, provider: TokenProvider, budget: Budget) -> Pacing:
+        """The pacer of one token: in this process, or in the shared budget's Redis."""
+        if self.shared_budget is None:
+            return Pacer(budget)
+        identity = provider.budget_identity or f"key\0{key}"
+        return self.shared_budget.pacer(str(self.base_url), identity, budget, lease=self.timeout)
 
     def _broadcast(self, event: Event) -> None:
         if self._engine is not None:
@@ -901,7 +957,21 @@ class GrowthHubClient:
                 hooks=self.hooks,
                 default_token_key=self.default_token_key,
             )
+            if (telemetry := self._telemetry_now()) is not None:
+                telemetry.attach(self._engine)
         return self._engine
+
+    def _telemetry_now(self) -> ClientTelemetry | None:
+        """Decided once, at first use: an SDK configured by then gets reports (issue 16)."""
+        option = self._telemetry_option
+        if option is not False:
+            self._telemetry_option = False  # decided: never again
+            chosen = Telemetry.resolve(option)
+            if chosen is not None:
+                url = self.base_url
+                self._telemetry = chosen.for_client((url.host or "", url.port))
+                self.hooks.append(self._telemetry.hook)
+        return self._telemetry
 
     def add_hook(self, hook: Hook) -> None:
         """Subscribe ``hook`` to every event from now on."""
@@ -1009,6 +1079,8 @@ class GrowthHubClient:
             hooks = [*hooks, run.on_event]  # after the caller's (a journal line comes first)
         elif full or changed_fields_only:
             raise ConfigurationError("full= and changed_fields_only= need a client with state=")
+        if (telemetry := self._telemetry_now()) is not None:
+            hooks = [*hooks, telemetry.run(current_run_id()).hook]  # the run's span
         return OutcomeStream(
             self._get_engine,
             records,
