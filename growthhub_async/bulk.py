@@ -656,7 +656,11 @@ class Engine:
 
     @staticmethod
     def _answered(job: _Job, sent_at: float, error: BaseException | None) -> None:
-        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans."""
+        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans. Not
+        for a record cut while its request was on the wire: its outcome (and its span) are out
+        already, and a late request event would open a record span that nothing ends."""
+        if job.detached:
+            return
         job.sink.event(
             RequestFinished(
                 line=job.line,

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 
 import pytest
 from aiohttp import web
@@ -247,3 +248,39 @@ async def test_a_contact_nested_deep_but_readable_is_not_given_to_the_caller() -
     assert outcome.contact is None
     assert json.loads(json.dumps(outcome.to_dict()))["status"] == "updated"
     assert shallow.contact is not None  # what the API sends is kept
+
+
+async def test_a_request_answered_after_its_record_was_cut_leaves_no_span_open() -> None:
+    """Telemetry gets the cut record's span (ended, failed) and no event for the request that
+    finished in the background after it: nothing reopens a span that nothing would end."""
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415 (the dev extra's SDK)
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: PLC0415
+        InMemorySpanExporter,
+    )
+
+    from growthhub_async.telemetry import Telemetry  # noqa: PLC0415
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    store = SlowStore()
+    async with serve(store) as server:
+        gh = client(server, telemetry=Telemetry(tracer_provider=provider))
+        async with gh:
+            cut = await gh.submit("X", UpdateContact(tags=["old"]), timeout=0.1)
+            after = await gh.submit("X", UpdateContact(tags=["new"]))
+            assert telemetry_open(gh) == {}
+    assert (cut.status, after.status) == (Status.FAILED, Status.UPDATED)
+    names = Counter(span.name for span in exporter.get_finished_spans())
+    assert names == {"update_contact": 2, "PUT": 1}  # the cut request has no PUT span
+
+
+def telemetry_open(gh: object) -> dict[object, object]:
+    """The record spans telemetry holds open (started, not ended)."""
+    engine = gh._engine  # type: ignore[attr-defined]
+    for hook in engine.hooks:
+        owner = getattr(hook, "__self__", None)
+        if owner is not None and hasattr(owner, "open"):
+            return dict(owner.open)
+    raise AssertionError("no telemetry hook")
