@@ -16,13 +16,18 @@ What it shows:
 - **The answer**: the outcome as JSON with the status code it calls for (see
   :func:`examples.common.answer`).
 - **A deadline per request** (``submit(..., timeout=)``).
-- **Disconnects**: ``web.run_app(..., handler_cancellation=True)`` (off by default since
-  aiohttp 3.9) cancels the handler when its caller goes away, and cancelling ``submit``
-  cancels the update: one still queued is never sent. (Under gunicorn's aiohttp worker, which
-  does not set it, a disconnect goes unnoticed and the update runs to its deadline.)
-- **Shutdown** (SIGTERM or SIGINT): ``run_app`` stops accepting, lets the handlers finish for
-  up to ``shutdown_timeout`` (more than the deadline, so each ends on its own with an answer),
-  then the cleanup context closes the client; the process exits 0.
+- **Disconnects**: ``handler_cancellation=True`` (of ``web.run_app`` or ``AppRunner``; off
+  by default since aiohttp 3.9) cancels the handler when its caller goes away, and cancelling
+  ``submit`` cancels the update: one still queued is never sent. (Under gunicorn's aiohttp
+  worker, which does not set it, a disconnect goes unnoticed and the update runs to its
+  deadline.)
+- **Shutdown** (SIGTERM or SIGINT): :func:`serve` stops accepting, lets the handlers finish
+  for up to ``shutdown_timeout`` (more than the deadline, so each ends on its own with an
+  answer), then the cleanup context closes the client; the process exits 0. A second signal
+  during that wait is logged and ignored: the shutdown it would interrupt ends within
+  ``shutdown_timeout`` anyway. (``web.run_app`` handles the signals itself, and a second one
+  breaks its shutdown: tracebacks, callers left without an answer, the client never closed,
+  exit status 1. So :func:`serve` is ``run_app`` with its own signal handling.)
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -71,7 +77,7 @@ async def update_contact(request: web.Request) -> web.Response:
         log.info("the caller of %s went away: its update is cancelled", contact_id)
         raise
     code, payload = answer(outcome)
-    return web.json_response(payload, status=code)
+    return web.Response(body=payload, status=code, content_type="application/json")
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -84,6 +90,43 @@ def create_app(settings: Settings | None = None) -> web.Application:
     return app
 
 
+async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout: float) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then shut down gracefully, once: stop accepting,
+    let the handlers finish (for up to ``shutdown_timeout``), run the cleanup contexts."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,  # ours, below: a second signal must not break the shutdown
+        handler_cancellation=True,  # a caller that disconnects cancels its handler
+        shutdown_timeout=shutdown_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            log.info(
+                "%s during the shutdown: ignored (it ends within %g s)",
+                signum.name,
+                shutdown_timeout,
+            )
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        print(f"======== Running on {site.name} ========", flush=True)  # noqa: T201
+        await stop.wait()
+        log.info("shutting down: waiting for the requests in progress")
+    finally:
+        await runner.cleanup()  # the signal handlers stay: a second signal is ignored
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m examples.aiohttp_app [--host 127.0.0.1] [--port 8080]``."""
     parser = argparse.ArgumentParser(prog="python -m examples.aiohttp_app")
@@ -91,15 +134,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    settings = Settings.from_env()
-    web.run_app(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        handler_cancellation=True,  # a caller that disconnects cancels its handler
-        shutdown_timeout=settings.deadline + 5,  # every handler ends within its deadline
-        access_log=None,
-    )
+    try:
+        settings = Settings.from_env()
+    except RuntimeError as exc:
+        raise SystemExit(f"examples.aiohttp_app: {exc}") from None
+    # Every handler ends within its deadline: the shutdown waits a little more than that.
+    app = create_app(settings)
+    asyncio.run(serve(app, host=args.host, port=args.port, shutdown_timeout=settings.deadline + 5))
 
 
 app = create_app()

@@ -8,7 +8,8 @@ Environment variables (the token never on a command line, where ``ps`` shows it)
 - ``GROWTHHUB_RATE``: the client's pace per token, ``N/<duration>`` (default ``100/10s``);
 - ``GROWTHHUB_CONCURRENCY``: requests in flight per process (default 10);
 - ``GROWTHHUB_DEADLINE``: seconds a request may wait for its update, queue included (default
-  10); after it the answer is 504 and an update that had not started is never sent;
+  10, below 1e9: the rule ``submit(timeout=)`` applies); after it the answer is 504 and an
+  update that had not started is never sent;
 - ``GROWTHHUB_SHARED_BUDGET``: a Redis URL, one rate budget for every worker process on the
   token (``GrowthHubClient(shared_budget=...)``); unset, each process paces alone.
 """
@@ -23,11 +24,20 @@ from typing import Any, Final
 
 import msgspec
 
-from growthhub_async import GrowthHubClient, Outcome, Status, UpdateContact
-from growthhub_async.client import DEFAULT_BASE_URL
+from growthhub_async import ConfigurationError, GrowthHubClient, Outcome, Status, UpdateContact
+from growthhub_async.client import DEFAULT_BASE_URL, check_timeout
 from growthhub_async.models import decode_update
+from growthhub_async.ratelimit import parse_rate
 
-__all__ = ["MAX_BODY", "Settings", "answer", "invalid_body", "make_client", "read_update"]
+__all__ = [
+    "MAX_BODY",
+    "Settings",
+    "answer",
+    "cancelled_body",
+    "invalid_body",
+    "make_client",
+    "read_update",
+]
 
 MAX_BODY: Final = 1 << 20
 """The largest request body the apps read (1 MiB); a larger one is answered 413."""
@@ -59,17 +69,31 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        """Read the settings; a missing token or a malformed number raises ``RuntimeError``
-        naming the variable (never its value)."""
+        """Read the settings; a missing token, a malformed number or rate, or a deadline that
+        ``submit`` would refuse raises ``RuntimeError`` naming the variable (the token's value
+        never): at start-up, not on every request."""
         token = environ.get("GROWTHHUB_TOKEN", "")
         if not token:
             raise RuntimeError("GROWTHHUB_TOKEN is not set: the app needs the API token")
+        deadline = _number(environ, "GROWTHHUB_DEADLINE", 10.0)
+        rate = environ.get("GROWTHHUB_RATE") or "100/10s"
+        concurrency = _number(environ, "GROWTHHUB_CONCURRENCY", 10)
+        try:
+            check_timeout(deadline)  # the rule submit() applies to it, once here
+        except ConfigurationError as exc:
+            raise RuntimeError(f"GROWTHHUB_DEADLINE: {exc}") from None
+        try:
+            parse_rate(rate)
+        except ConfigurationError as exc:
+            raise RuntimeError(f"GROWTHHUB_RATE: {exc}") from None
+        if concurrency != int(concurrency):
+            raise RuntimeError(f"GROWTHHUB_CONCURRENCY must be a whole number, not {concurrency!r}")
         return cls(
             token=token,
             base_url=environ.get("GROWTHHUB_BASE_URL") or DEFAULT_BASE_URL,
-            rate=environ.get("GROWTHHUB_RATE") or "100/10s",
-            concurrency=int(_number(environ, "GROWTHHUB_CONCURRENCY", 10)),
-            deadline=_number(environ, "GROWTHHUB_DEADLINE", 10.0),
+            rate=rate,
+            concurrency=int(concurrency),
+            deadline=deadline,
             shared_budget=environ.get("GROWTHHUB_SHARED_BUDGET") or None,
         )
 
@@ -115,16 +139,33 @@ def read_update(body: bytes) -> UpdateContact | str:
         return str(exc)
 
 
-def answer(outcome: Outcome) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and JSON body for an outcome: the outcome itself (``to_dict()``, with
-    the updated contact under ``response.contact`` when ``submit(..., response=True)``).
+def answer(outcome: Outcome) -> tuple[int, bytes]:
+    """The HTTP status and JSON body for an outcome: the outcome itself (``to_json()``, with
+    the updated contact under ``response.contact`` when ``submit(..., response=True)``). A
+    contact that cannot be encoded (whatever the server put in it) is left out: the answer
+    is the outcome without it, never a 500.
 
     ``failed`` is 503, except a passed deadline (the error starts with ``"deadline"``): 504.
     """
     code = _HTTP_STATUS[outcome.status]
     if outcome.status is Status.FAILED and (outcome.error or "").startswith("deadline"):
         code = 504
-    return code, outcome.to_dict()
+    try:
+        return code, outcome.to_json()
+    except (RecursionError, ValueError, TypeError):  # msgspec.EncodeError is a ValueError
+        return code, msgspec.structs.replace(outcome, response=msgspec.UNSET).to_json()
+
+
+def cancelled_body(contact_id: str) -> dict[str, Any]:
+    """The JSON body of a 503 for a handler that the server cancelled (its graceful shutdown
+    timed out): the update was cancelled with it, and may have been applied if it was in
+    flight; how many requests went is not known here."""
+    return {
+        "contactId": contact_id,
+        "status": Status.FAILED.value,
+        "attempts": None,
+        "error": "cancelled: the server is shutting down (the update may have been applied)",
+    }
 
 
 def invalid_body(contact_id: str, message: str) -> dict[str, Any]:

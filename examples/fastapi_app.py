@@ -25,7 +25,8 @@ What it shows:
 - **Shutdown** (SIGTERM): uvicorn stops accepting and lets the requests in progress finish,
   each within its deadline; then the lifespan closes the client (anything still queued would
   end ``failed``, "cancelled", unsent). Give ``--timeout-graceful-shutdown`` more than the
-  deadline, or uvicorn cancels the requests itself.
+  deadline: otherwise (or on a second Ctrl-C) uvicorn cancels the requests still running, and
+  each caller gets a 503, "cancelled: the server is shutting down", no traceback.
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ from typing import Any, TypedDict
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from examples.common import MAX_BODY, Settings, answer, invalid_body, make_client, read_update
+from examples.common import (
+    MAX_BODY,
+    Settings,
+    answer,
+    cancelled_body,
+    invalid_body,
+    make_client,
+    read_update,
+)
 from growthhub_async import GrowthHubClient, Outcome
 
 log = logging.getLogger("examples.fastapi_app")
@@ -77,15 +86,25 @@ async def update_contact(contact_id: str, request: Request) -> Response:
         return JSONResponse(invalid_body(contact_id, update), status_code=422)
     growthhub: GrowthHubClient = request.state.growthhub
     settings: Settings = request.state.settings
-    outcome = await _unless_disconnected(
-        request,
-        growthhub.submit(contact_id, update, timeout=settings.deadline, response=True),
-    )
+    try:
+        outcome = await _unless_disconnected(
+            request,
+            growthhub.submit(contact_id, update, timeout=settings.deadline, response=True),
+        )
+    except asyncio.CancelledError:
+        # uvicorn cancels the handlers still running when its graceful shutdown times out (or
+        # on a second Ctrl-C); the update is cancelled with this one. Answer that, rather than
+        # let the cancellation out as a 500 and an "Exception in ASGI application" traceback.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        log.info("shutting down: the update of %s is cancelled", contact_id)
+        return JSONResponse(cancelled_body(contact_id), status_code=503)
     if outcome is None:
         log.info("the caller of %s went away: its update is cancelled", contact_id)
         return Response(status_code=499)  # nobody reads it; the connection is gone
     code, payload = answer(outcome)
-    return JSONResponse(payload, status_code=code)
+    return Response(payload, status_code=code, media_type="application/json")
 
 
 async def _read_body(request: Request) -> bytes | None:

@@ -23,9 +23,12 @@ Rules, and why:
   back once ``max_pending`` of them wait.
 - **One outcome per record, none dropped.** Cancelling the consumer (or ``aclose()``, or closing
   the client) stops the reader, ends queued records as ``failed`` (``"cancelled"``, no request)
-  and cancels the ones in flight, which end ``failed`` (``"cancelled"``) with their attempts
-  counted. Outcomes that the closed stream can no longer yield still reach the hooks
-  (:class:`~growthhub_async.events.RecordFinished`) and the stream's ``summary``.
+  and the ones in flight too, with their attempts counted. A request already written is not
+  cut then (only closing the client cuts it): it finishes in the background, holding its
+  contact's gate, so the contact's next record (of any run or ``submit``) never goes beside it
+  (see :meth:`Engine.cancel_job`). Outcomes that the closed stream can no longer yield still
+  reach the hooks (:class:`~growthhub_async.events.RecordFinished`) and the stream's
+  ``summary``.
 - **Retries** follow :class:`~growthhub_async.retry.RetryPolicy`. **A record waiting for its
   retry holds no worker**: the worker goes on with other records, and a timer puts the record
   back at the front of its token's queue when the wait is over. The record keeps its contact's
@@ -76,6 +79,7 @@ from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
 from growthhub_async.sources import Record
 from growthhub_async.spill import Spill
+from growthhub_async.transport import NotSent, send_gate
 
 __all__ = ["Engine", "Lane", "OutcomeStream", "Record", "RecordInput"]
 
@@ -99,13 +103,23 @@ class Lane(Protocol):
     async def acquire(self) -> float:
         """Wait for the token's budget; return the send time."""
 
+    def release(self, sent_at: float) -> None:
+        """Give back the budget taken by :meth:`acquire` for a request that is not sent."""
+
     async def request(
-        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None = None
+        self,
+        contact_id: str,
+        body: bytes,
+        *,
+        sent_at: float,
+        deadline: float | None = None,
+        keep_response: bool = False,
     ) -> tuple[int, Any]:
         """Send one PUT; return ``(status, decoded)`` or raise a typed error.
 
         ``deadline`` (``loop.time()``): the whole answer must be in by then, or the request
-        ends with :class:`~growthhub_async.errors.RequestTimeout`.
+        ends with :class:`~growthhub_async.errors.RequestTimeout`. ``keep_response``: the
+        decoded body is given to a caller, so secrets are removed from it first.
         """
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
@@ -153,6 +167,8 @@ class _Job:
         "cancel_reason",
         "cancel_requested",
         "contact_id",
+        "detached",
+        "expires",
         "first",
         "http_status",
         "lane",
@@ -164,8 +180,10 @@ class _Job:
         "sink",
         "state",
         "task",
+        "timeout",
         "timer",
         "token_key",
+        "written",
     )
 
     def __init__(
@@ -191,6 +209,10 @@ class _Job:
         self.reauths = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
         self.resend_after = 0.0  # the pause a 401 asked for before the record is sent again
         self.on_wire = False  # a request of this record is being sent or answered
+        self.written = False  # ... and its connection was ready: it went (or is going) out
+        self.detached = False  # cut with a request written: its outcome is out, the answer not
+        self.timeout: float | None = None  # a submit's deadline: seconds, and when (loop time)
+        self.expires: float | None = None
         self.cancel_requested = False
         self.cancel_reason: str | None = None  # the error of a cancelled record, if not CANCELLED
         self.response: Any = None  # the decoded 2xx body, kept only when the sink asks
@@ -200,6 +222,16 @@ class _Job:
         """When the first request went (``loop.time()``): ``max_time`` counts from here."""
         self.timer: asyncio.TimerHandle | None = None
         """The wake-up of a ``WAITING`` record."""
+
+    def may_send(self) -> bool:
+        """The send gate (asked when the connection is ready, right before the request is
+        written): not once the record ended, its run stopped or its deadline passed."""
+        if self.state is not _State.RUNNING or self.sink.halted is not None:
+            return False
+        if self.expires is not None and asyncio.get_running_loop().time() >= self.expires:
+            return False
+        self.written = True
+        return True
 
     def outcome(self, status: Status, error: str | None) -> Outcome:
         return Outcome(
@@ -371,6 +403,13 @@ class Engine:
         suspended inside that record's attempts (see :meth:`_run`), so the cancellation lands
         there, and the worker takes it back (``uncancel``) and goes on with its next record. A
         record waiting for a retry (no worker) ends at once, and its contact's next record goes.
+
+        A record whose request is written (on the wire, answer pending) is not cut: it ends now
+        (its outcome to its caller and the hooks), and its request goes on in the background
+        until answered or its own ``timeout``, holding its contact's gate meanwhile. The
+        server may be applying it: the contact's next record must not be in flight beside it
+        and land first (the same rule as :meth:`OutcomeStream.stop`). Only :meth:`close` cuts
+        a request on the wire.
         """
         if job.state is _State.QUEUED:
             self._finish(job, job.outcome(Status.FAILED, reason))
@@ -382,6 +421,9 @@ class Engine:
             self._finish(job, job.outcome(Status.FAILED, reason))
             if not self.closed:
                 self._hand_on(job)
+        elif job.state is _State.RUNNING and job.on_wire and job.written and not job.detached:
+            job.detached = True  # _attempts sees it when the answer comes: nothing more is sent
+            self._finish(job, job.outcome(Status.FAILED, reason))
         elif job.state is _State.RUNNING and job.task is not None and not job.cancel_requested:
             job.cancel_requested = True
             job.cancel_reason = reason
@@ -398,10 +440,12 @@ class Engine:
         # says whether it was sent, would be lost; the deadline ends the record instead.
         timeout: float | None = None,  # noqa: ASYNC109
         response: bool = False,
+        started: float | None = None,
     ) -> Outcome:
         """One record through the workers; see ``GrowthHubClient.submit``.
 
-        ``timeout``: seconds from now after which the record ends ``failed`` whatever its
+        ``timeout``: seconds from now (from ``started``, a ``loop.time()``, if given) after
+        which the record ends ``failed`` whatever its
         state (:func:`deadline_reason` says how far it got); ``response``: the outcome carries
         the decoded 2xx body (the hooks get the outcome without it).
         """
@@ -412,12 +456,15 @@ class Engine:
         if isinstance(prepared, Outcome):
             self.call_hooks(self.hooks, RecordFinished(outcome=prepared, token_key=token_key))
             return prepared
+        expiry = None
+        if timeout is not None:
+            # The timer ends a record that is waiting; the worker also looks at `expires` right
+            # before sending (the timer runs late on a busy loop, after the worker's turn).
+            now = loop.time()
+            prepared.timeout = timeout
+            prepared.expires = (started if started is not None else now) + timeout
+            expiry = loop.call_later(max(prepared.expires - now, 0.0), self._expire, prepared)
         self.enqueue(prepared)
-        expiry = (
-            loop.call_later(timeout, self._expire, prepared, timeout)
-            if timeout is not None
-            else None
-        )
         try:
             return await future
         except asyncio.CancelledError:
@@ -427,10 +474,10 @@ class Engine:
             if expiry is not None:
                 expiry.cancel()
 
-    def _expire(self, job: _Job, timeout: float) -> None:
+    def _expire(self, job: _Job) -> None:
         """A submitted record's deadline has passed: end it, saying how far it got."""
         if job.state is not _State.DONE:
-            self.cancel_job(job, deadline_reason(job, timeout))
+            self.cancel_job(job, deadline_reason(job))
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -544,19 +591,23 @@ class Engine:
         loop = asyncio.get_running_loop()
         policy = self.policy
         while True:
-            halt = lane.stopped or job.sink.halted
+            halt = _held_back(job, loop)
             if halt is None:
                 sent_at = await lane.acquire()
-                halt = lane.stopped or job.sink.halted  # or while we waited for the budget
+                halt = _held_back(job, loop, sent_at)  # or while we waited for the budget
             if halt is not None:
                 return job.outcome(*halt)
-            if job.first is None:
-                job.first = sent_at
+            job.first = sent_at if job.first is None else job.first
             job.attempts += 1
             # max_time holds while a retry is in flight too, so a record is over at most
             # max_time after its first request (or after the first request's own timeout).
             deadline = job.first + policy.max_time if job.attempts > 1 else None
             error = await self._send(job, sent_at, deadline)
+            if isinstance(error, NotSent) or job.detached:
+                # Held back at the last moment (nothing went out), or cut with its request on
+                # the wire (its caller has its outcome): _held_back ends it above.
+                job.attempts -= isinstance(error, NotSent)
+                continue
             if error is None:
                 return job.outcome(Status.UPDATED, None)
             if error is _REFRESHED:
@@ -605,7 +656,11 @@ class Engine:
 
     @staticmethod
     def _answered(job: _Job, sent_at: float, error: BaseException | None) -> None:
-        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans."""
+        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans. Not
+        for a record cut while its request was on the wire: its outcome (and its span) are out
+        already, and a late request event would open a record span that nothing ends."""
+        if job.detached:
+            return
         job.sink.event(
             RequestFinished(
                 line=job.line,
@@ -621,19 +676,30 @@ class Engine:
 
     @classmethod
     async def _send(cls, job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
-        """One request: ``None`` when applied, else the error (``_REFRESHED``: send again)."""
+        """One request: ``None`` when applied, else the error (``_REFRESHED``: send again;
+        :class:`NotSent`: the send gate held it back, see :meth:`_Job.may_send`)."""
         job.on_wire = True
+        job.written = False
         try:
-            job.http_status, decoded = await job.lane.request(
-                job.contact_id, job.body, sent_at=sent_at, deadline=deadline
-            )
-            if job.sink.keeps_response:
+            with send_gate(job.may_send):
+                job.http_status, decoded = await job.lane.request(
+                    job.contact_id,
+                    job.body,
+                    sent_at=sent_at,
+                    deadline=deadline,
+                    keep_response=job.sink.keeps_response,
+                )
+            if job.sink.keeps_response and not job.detached:
                 job.response = decoded
+        except asyncio.CancelledError:
+            if not job.written:
+                job.attempts -= 1  # cut before its connection was ready: nothing went out
+            raise
         except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
             job.http_status = exc.status_code
             cls._answered(job, sent_at, exc)
             if exc.status_code == 401 and job.reauths < _REAUTHS:
-                if job.sink.halted is not None:
+                if job.sink.halted is not None or job.detached:
                     return _REFRESHED  # the run stops: no refresh, no re-send (ends halted)
                 try:
                     delay = await job.lane.refresh(exc, again=job.reauths > 0)
@@ -644,12 +710,13 @@ class Engine:
                 except HTTPStatusError as failed:  # the refresh failed: its reason is ours
                     return failed
             return exc
-        except (TransportError, ResponseError) as exc:
-            job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
-            cls._answered(job, sent_at, exc)
+        except (TransportError, ResponseError, NotSent) as exc:
+            if not isinstance(exc, NotSent):  # NotSent: the send gate held it back, unsent
+                job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
+                cls._answered(job, sent_at, exc)
             return exc
         finally:
-            job.on_wire = False
+            job.on_wire = job.written = False
         cls._answered(job, sent_at, None)
         return None
 
@@ -726,24 +793,45 @@ def _rejected(line: int, contact_id: str | None, error: str) -> Outcome:
     return Outcome(line=line, contact_id=contact_id, status=Status.REJECTED, error=error)
 
 
-def deadline_reason(job: _Job, timeout: float) -> str:
-    """The error of a submitted record whose deadline (``timeout`` seconds) passed.
+def _held_back(
+    job: _Job, loop: asyncio.AbstractEventLoop, sent_at: float | None = None
+) -> tuple[Status, str] | None:
+    """Why a record may send nothing more (its outcome's status and error), or ``None``: its
+    token or its run stopped, its deadline passed, or it was cut (its outcome is out).
+    ``sent_at``: the budget was taken for it, and goes back (the lane's acquire gave it back
+    already if the token stopped)."""
+    halt: tuple[Status, str] | None
+    if job.state is not _State.RUNNING:
+        halt = Status.FAILED, job.cancel_reason or CANCELLED
+    else:
+        halt = job.lane.stopped or job.sink.halted
+        if halt is None and job.expires is not None and loop.time() >= job.expires:
+            halt = Status.FAILED, deadline_reason(job)
+    if halt is not None and sent_at is not None and job.lane.stopped is None:
+        job.lane.release(sent_at)
+    return halt
+
+
+def deadline_reason(job: _Job) -> str:
+    """The error of a submitted record whose deadline (``job.timeout`` seconds) passed.
 
     Always starts with ``"deadline"``, so that a caller can tell it from other failures (a web
     handler answers 504 for it). A record that had sent nothing says so: it never will.
     """
-    if job.on_wire:
+    timeout = job.timeout or 0.0
+    if job.on_wire and job.written:
         return (
-            f"deadline ({timeout:g} s) passed with a request in flight: cancelled "
-            f"(the server may have applied it)"
+            f"deadline ({timeout:g} s) passed with a request in flight: the server may have "
+            f"applied it (its answer is not awaited; the contact's next record waits for it)"
         )
-    if job.attempts and job.http_status is not None:
+    sent = job.attempts - (1 if job.on_wire else 0)  # one being connected has not gone out
+    if sent and job.http_status is not None:
         return (
-            f"deadline ({timeout:g} s) passed waiting to retry, after {job.attempts} "
+            f"deadline ({timeout:g} s) passed waiting to retry, after {sent} "
             f"request(s) (last answer HTTP {job.http_status})"
         )
-    if job.attempts:
-        return f"deadline ({timeout:g} s) passed waiting to retry, after {job.attempts} request(s)"
+    if sent:
+        return f"deadline ({timeout:g} s) passed waiting to retry, after {sent} request(s)"
     return f"deadline ({timeout:g} s) passed before the record could be sent: not sent"
 
 
@@ -803,8 +891,9 @@ class OutcomeStream:
     ahead of the consumer). If the input itself raises, the outcomes of the records read so
     far come first, then the exception. Cancelling the task that awaits the next outcome stops
     the run like :meth:`aclose`: queued records end ``failed`` (``"cancelled"``) without a
-    request, records in flight are cancelled and end ``failed`` (``"cancelled"``); their
-    outcomes go to the hooks and the :attr:`summary`. No task is left running.
+    request, records in flight end ``failed`` (``"cancelled"``) at once (a request already
+    written finishes in the background, holding its contact, until the client is closed);
+    their outcomes go to the hooks and the :attr:`summary`.
 
     **Side by side** (``side_by_side=True``, issue 13): records of many tokens (locations)
     progress at once whatever the input order, a file sorted by location included. The reader
@@ -1163,7 +1252,8 @@ class OutcomeStream:
         does a record whose answer comes back asking for more (a retry, a token refresh and
         re-send): no request goes after the stop. The stream then ends once the requests on the
         wire are answered. For a graceful stop on
-        SIGTERM; :meth:`aclose` cancels those on the wire too. Records still in a spill file
+        SIGTERM; :meth:`aclose` ends those on the wire too, at once (their requests finish in
+        the background, or are cut by the client's ``close()``). Records still in a spill file
         are not read (:meth:`stop_input`): no outcome, a resumed job sends them.
         """
         self.stop_input()

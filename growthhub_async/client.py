@@ -112,9 +112,11 @@ from growthhub_async.state import SyncState
 from growthhub_async.telemetry import ClientTelemetry, Telemetry
 from growthhub_async.transport import (
     MAX_ANSWER,
+    NotSent,
     check_base_url,
     is_loopback,
     map_exceptions,
+    may_send,
     no_hidden_resend,
     read_capped,
 )
@@ -124,9 +126,13 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TOKEN_KEY",
     "MAX_ANSWER",
+    "MAX_KEPT_ANSWER",
+    "MAX_TIMEOUT",
+    "MAX_VALUE_DEPTH",
     "GrowthHubClient",
     "TokenView",
     "check_base_url",
+    "check_timeout",
     "is_loopback",
     "map_exceptions",
     "read_response",
@@ -211,11 +217,20 @@ class _Connector(aiohttp.TCPConnector):
             if protocol is None or protocol not in self._used:
                 if protocol is not None:
                     self._used.add(protocol)
-                return conn
+                return self._gated(conn)
             if not _closed_by_peer(conn.transport):
-                return conn
+                return self._gated(conn)
             log.debug("a pooled connection was closed by the server; not used")
             conn.close()
+
+    @staticmethod
+    def _gated(conn: Any) -> Any:
+        """The connection, unless the request may no longer go (:func:`may_send`): the last
+        moment before aiohttp writes it. The unused connection goes back to the pool."""
+        if may_send():
+            return conn
+        conn.release()
+        raise NotSent
 
 
 class _Lanes(dict[str, "_Lane"]):
@@ -266,6 +281,7 @@ def read_response(
     now: float | None = None,
     redact: Redactor | None = None,
     contact_id: str | None = None,
+    keep: bool = False,
 ) -> UpdateContactResponse:
     """The decoded 2xx body, or the typed error of the answer. Pure.
 
@@ -279,6 +295,14 @@ def read_response(
     ``contact_id`` raises :class:`~growthhub_async.errors.ContactMismatch` (not retried). A 3xx
     raises :class:`~growthhub_async.errors.Redirected`. ``now`` (Unix seconds) reads a
     ``Retry-After`` HTTP date when the answer has no ``Date`` header.
+
+    ``keep``: the decoded 2xx goes to a caller (``submit(..., response=True)``), so a secret
+    the server echoed in it (a contact field holding the bearer) is removed first: the body is
+    decoded again from its redacted text, or without its contact if that is no longer JSON (or
+    if a custom field value nests deeper than :data:`MAX_VALUE_DEPTH`, or the body is larger
+    than :data:`MAX_KEPT_ANSWER`). Only then: the scan
+    costs a pass over the body, for nothing when the body is dropped. A body nested too deep
+    to decode (``RecursionError``) is unreadable like any other.
     """
     clean = redact if redact is not None else _NO_SECRETS
     if 200 <= status < 300:
@@ -286,7 +310,7 @@ def read_response(
             return UpdateContactResponse()
         try:
             decoded = decode_response(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise ResponseError(
                 f"HTTP {status} with a body that is not the API's JSON ({len(body)} bytes)",
                 status_code=status,
@@ -306,7 +330,7 @@ def read_response(
                 received=clean(named),
                 body=clean.bytes(body[:512]),
             )
-        return decoded
+        return _for_caller(decoded, body, clean) if keep else decoded
     error = decode_error_body(body)
     messages = [clean(m) for m in error.messages] if error is not None else []
     trace_id = clean.text_or_none(error.trace_id) if error is not None else None
@@ -320,6 +344,55 @@ def read_response(
             status, messages, headers=headers, trace_id=trace_id, retry_after=retry_after
         )
     raise cls(status, messages, headers=headers, trace_id=trace_id)
+
+
+MAX_VALUE_DEPTH: Final = 32
+"""Lists and objects nested in a returned custom field value, at most, for the contact to be
+given to a caller (``response=True``): a web framework's JSON encoder or pydantic refuses a
+few hundred levels (the API's values are scalars or lists of strings)."""
+
+
+MAX_KEPT_ANSWER: Final = 256 << 10
+"""Bytes: the largest 2xx whose contact is given to a caller (``response=True``). Looking for
+secrets costs about 0.3 s a MiB on the event loop; the API's answer is a few KB."""
+
+
+def _for_caller(
+    decoded: UpdateContactResponse, body: bytes, clean: Redactor
+) -> UpdateContactResponse:
+    """The decoded 2xx as a caller may hold it: ``body`` decoded again from its redacted text
+    when it holds a secret, and without the contact when that no longer decodes, or when a
+    custom field value nests deeper than :data:`MAX_VALUE_DEPTH`, or when the body is larger
+    than :data:`MAX_KEPT_ANSWER`."""
+    if len(body) > MAX_KEPT_ANSWER:
+        return msgspec.structs.replace(decoded, contact=None)
+    redacted = clean.bytes(body)
+    if redacted != body:
+        try:
+            decoded = decode_response(redacted)
+        except (msgspec.DecodeError, RecursionError):
+            return msgspec.structs.replace(decoded, contact=None)
+    contact = decoded.contact
+    fields = contact.custom_fields if contact is not None else None
+    if fields and any(_too_deep(f.value) for f in fields):
+        return msgspec.structs.replace(decoded, contact=None)
+    return decoded
+
+
+def _too_deep(value: object) -> bool:
+    """Whether ``value`` nests lists and dicts deeper than :data:`MAX_VALUE_DEPTH`."""
+    level: list[object] = [value]
+    for _ in range(MAX_VALUE_DEPTH + 1):
+        inner: list[object] = []
+        for item in level:
+            if isinstance(item, list):
+                inner.extend(item)
+            elif isinstance(item, dict):
+                inner.extend(item.values())
+        if not inner:
+            return False
+        level = inner
+    return True
 
 
 class _Lane:
@@ -414,8 +487,13 @@ class _Lane:
         if self.budget.daily_exhausted:  # another process saw it (a shared budget)
             self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
         if self.stopped is not None:
-            self._pacer.complete(sent_at)
+            self.release(sent_at)
         return sent_at
+
+    def release(self, sent_at: float) -> None:
+        """The request :meth:`acquire` made room for is not sent: its slot goes back."""
+        assert self._pacer is not None
+        self._pacer.complete(sent_at)
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
         """After a 401: seconds to wait before sending again (0: at once), or ``None``: not.
@@ -484,18 +562,27 @@ class _Lane:
             self._client._broadcast(TokenStopped(token_key=self.key, status=status, reason=reason))
 
     async def request(
-        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None = None
+        self,
+        contact_id: str,
+        body: bytes,
+        *,
+        sent_at: float,
+        deadline: float | None = None,
+        keep_response: bool = False,
     ) -> tuple[int, UpdateContactResponse]:
         """Send one PUT (already paced); returns ``(status, body)`` or raises the typed error.
 
         The whole answer must be in within the client's ``timeout``, and by ``deadline``
         (``loop.time()``) when one is given (a record's ``max_time``). Whatever happens, the
         budget learns when the request ended: it counts against the window from then on (rule
-        1 of :mod:`~growthhub_async.ratelimit`).
+        1 of :mod:`~growthhub_async.ratelimit`). ``keep_response``: the decoded body goes to
+        a caller (``submit(..., response=True)``), so a secret it echoes is removed first.
         """
         assert self._pacer is not None
         try:
-            return await self._request(contact_id, body, sent_at=sent_at, deadline=deadline)
+            return await self._request(
+                contact_id, body, sent_at=sent_at, deadline=deadline, keep=keep_response
+            )
         finally:
             self._pacer.complete(asyncio.get_running_loop().time())
 
@@ -543,7 +630,7 @@ class _Lane:
         return credential
 
     async def _request(
-        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None
+        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None, keep: bool
     ) -> tuple[int, UpdateContactResponse]:
         assert self._session is not None
         url = self._client.contact_url(contact_id)
@@ -556,7 +643,13 @@ class _Lane:
         self._pacer.observe(rate, sent_at=sent_at, now=now)
         try:
             result = read_response(
-                status, headers, raw, now=time.time(), redact=self._redact, contact_id=contact_id
+                status,
+                headers,
+                raw,
+                now=time.time(),
+                redact=self._redact,
+                contact_id=contact_id,
+                keep=keep,
             )
         except RateLimited as exc:
             # Only a spent budget pauses everyone; any other 429 delays its own record.
@@ -584,6 +677,24 @@ class _Lane:
         self._unauthorized = self._fresh_refusals = 0
         self.provider.accepted(credential.generation)
         return status, result
+
+
+MAX_TIMEOUT: Final = 1e9
+"""Seconds: a ``submit`` deadline must be below this (asyncio's timers take no more)."""
+
+
+def check_timeout(timeout: object) -> None:
+    """Raise :class:`ConfigurationError` unless ``timeout`` is ``None`` or a deadline ``submit``
+    takes: a positive number of seconds below :data:`MAX_TIMEOUT` (not a bool, not NaN). The
+    one rule: the example apps check their ``GROWTHHUB_DEADLINE`` with it at start-up."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigurationError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not 0 < timeout < MAX_TIMEOUT:
+        raise ConfigurationError(
+            f"timeout must be a positive number of seconds below {MAX_TIMEOUT:g}: {timeout!r}"
+        )
 
 
 def _budget_store(
@@ -1022,8 +1133,7 @@ class GrowthHubClient:
         With a ``state``, as :meth:`update_contacts` (an ``unchanged`` record is not sent);
         a state that cannot be read raises :class:`~growthhub_async.errors.StateError`.
         """
-        if timeout is not None and not (isinstance(timeout, int | float) and 0 < timeout < 1e9):
-            raise ConfigurationError(f"timeout must be a positive number of seconds: {timeout!r}")
+        check_timeout(timeout)
         started = asyncio.get_running_loop().time()
         number = line if line is not None else next(self._submitted)
         engine = self._get_engine()
@@ -1047,11 +1157,16 @@ class GrowthHubClient:
                 )
             Engine.call_hooks(self.hooks, RecordFinished(outcome=outcome, token_key=token_key))
             return outcome
-        if timeout is not None:  # the state's look-up counts against the deadline
-            timeout = max(timeout - (asyncio.get_running_loop().time() - started), 1e-3)
         try:
+            # The state's look-up counts against the deadline: it runs from `started`.
             outcome = await engine.submit(
-                number, contact_id, judged.update, token_key, timeout=timeout, response=response
+                number,
+                contact_id,
+                judged.update,
+                token_key,
+                timeout=timeout,
+                response=response,
+                started=started,
             )
         except asyncio.CancelledError:
             # It may have reached the server: what the contact holds is unknown now.

@@ -26,11 +26,14 @@ from typing import Any
 import aiohttp
 import pytest
 import uvicorn
+from aiohttp import web
 from fastapi import FastAPI
 
+from examples.common import Settings
 from growthhub_async import GrowthHubClient, Outcome, UpdateContact
 from growthhub_async.sandbox import Faults, Sandbox
 from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
+from tests.test_adversarial_server import Server, contact_of, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ["fastapi", "aiohttp"]
@@ -49,15 +52,13 @@ class App:
         return "\n".join(self.log)
 
 
-def _command(kind: str) -> list[str]:
+def _command(kind: str, *extra: str) -> list[str]:
     if kind == "fastapi":
-        return [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", "0"]
-    return [sys.executable, "-m", "examples.aiohttp_app", "--port", "0"]
+        return [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", "0", *extra]
+    return [sys.executable, "-m", "examples.aiohttp_app", "--port", "0", *extra]
 
 
-@contextlib.asynccontextmanager
-async def run_app(kind: str, sandbox: Sandbox, **env: str) -> AsyncIterator[App]:
-    """Start an example app on a free loopback port, configured as documented."""
+def _environ(sandbox: Sandbox | Server, **env: str) -> dict[str, str]:
     environ = {
         key: value
         for key, value in os.environ.items()
@@ -69,10 +70,19 @@ async def run_app(kind: str, sandbox: Sandbox, **env: str) -> AsyncIterator[App]
         "PYTHONUNBUFFERED": "1",
     }
     environ |= {f"GROWTHHUB_{key.upper()}": value for key, value in env.items()}
+    return environ
+
+
+@contextlib.asynccontextmanager
+async def run_app(
+    kind: str, sandbox: Sandbox | Server, *extra: str, **env: str
+) -> AsyncIterator[App]:
+    """Start an example app on a free loopback port, configured as documented (``extra``:
+    more command-line arguments)."""
     process = await asyncio.create_subprocess_exec(
-        *_command(kind),
+        *_command(kind, *extra),
         cwd=ROOT,
-        env=environ,
+        env=_environ(sandbox, **env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -127,6 +137,16 @@ def _no_trouble_logged(app: App) -> None:
     text = app.text
     for bad in ("Traceback", "Exception in ASGI", "ERROR", "Task was destroyed", "Unclosed"):
         assert bad not in text, f"{bad!r} in the app's log:\n{text}"
+
+
+def _put_many(
+    http: aiohttp.ClientSession, app: App, count: int
+) -> list[asyncio.Task[tuple[int | str, Any]]]:
+    """``count`` concurrent PUTs of ``c0``, ``c1``... to the app, as tasks."""
+    return [
+        asyncio.create_task(_put(http, f"{app.url}/contacts/c{i}", {"firstName": "A"}))
+        for i in range(count)
+    ]
 
 
 def _session() -> aiohttp.ClientSession:
@@ -247,10 +267,7 @@ async def test_sigterm_while_requests_are_queued_answers_each_and_exits_cleanly(
 ) -> None:
     sandbox = await start_sandbox(sandbox_config(rate_limit=10, rate_window=0.5))
     async with run_app(kind, sandbox, rate="10/0.5s", deadline="1.5") as app, _session() as http:
-        calls = [
-            asyncio.create_task(_put(http, f"{app.url}/contacts/c{i}", {"firstName": "A"}))
-            for i in range(60)
-        ]
+        calls = _put_many(http, app, 60)
         await asyncio.sleep(0.4)
         loop = asyncio.get_running_loop()
         signalled = loop.time()
@@ -332,3 +349,154 @@ async def test_fastapi_takes_outcome_as_a_return_annotation_and_response_model(
     schema = json.dumps(openapi)
     for key in ("contactId", "httpStatus", "attempts", "firstName"):
         assert key in schema
+
+
+def _nested_200(contact_id: str, depth: int) -> bytes:
+    value = "[" * depth + "1" + "]" * depth
+    return (
+        b'{"succeded": true, "contact": {"id": "%s", "customFields": [{"id": "f", "value": '
+        % contact_id.encode()
+        + value.encode()
+        + b"}]}}"
+    )
+
+
+@pytest.mark.parametrize("kind", APPS)
+async def test_a_hostile_200_gives_the_caller_no_token_and_no_500(kind: str) -> None:
+    """The upstream echoes the bearer in the contact, or nests a custom field value 300 or 950
+    deep (pydantic and ``json.dumps`` give up there): the caller gets 200 and the outcome,
+    with the contact redacted or left out; never the token, never a 500."""
+
+    async def hostile(request: web.Request, server: Server) -> web.StreamResponse:
+        contact_id = contact_of(request)
+        if contact_id.startswith("deep"):
+            return web.Response(body=_nested_200(contact_id, int(contact_id[4:])))
+        bearer = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+        contact = {"id": contact_id, "firstName": bearer, "tags": [f"by {bearer}"]}
+        return web.json_response({"succeded": True, "contact": contact})
+
+    async with serve(hostile) as upstream, run_app(kind, upstream) as app, _session() as http:
+        for contact_id in ("echo", "deep300", "deep950"):
+            async with http.put(
+                f"{app.url}/contacts/{contact_id}", data=b'{"tags": ["x"]}'
+            ) as resp:
+                raw = await resp.read()
+                assert resp.status == 200, raw[:300]
+            assert TEST_TOKEN.encode() not in raw
+            body = json.loads(raw)
+            assert body["status"] == "updated"
+            contact = body["response"].get("contact")
+            if contact_id == "echo":
+                assert contact["firstName"] == "<redacted>"
+            else:
+                assert contact is None
+    _no_trouble_logged(app)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("deadline", "1e9"), ("deadline", "0"), ("rate", "fast"), ("concurrency", "2.5")],
+)
+def test_settings_the_client_would_refuse_are_refused_naming_the_variable(
+    variable: str, value: str
+) -> None:
+    environ = {"GROWTHHUB_TOKEN": TEST_TOKEN, f"GROWTHHUB_{variable.upper()}": value}
+    with pytest.raises(RuntimeError, match=f"^GROWTHHUB_{variable.upper()}") as info:
+        Settings.from_env(environ)
+    assert TEST_TOKEN not in str(info.value)
+    assert Settings.from_env({"GROWTHHUB_TOKEN": TEST_TOKEN, "GROWTHHUB_DEADLINE": "1e8"})
+
+
+@pytest.mark.parametrize("kind", APPS)
+async def test_settings_submit_would_refuse_stop_the_app_at_start_up(
+    kind: str, sandbox: Sandbox
+) -> None:
+    """Checked once at start-up with the rule ``submit`` applies, naming the variable; before,
+    ``GROWTHHUB_DEADLINE=1e9`` started and then answered every request 500."""
+    variable = "deadline"
+    process = await asyncio.create_subprocess_exec(
+        *_command(kind),
+        cwd=ROOT,
+        env=_environ(sandbox, deadline="1e9"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(20):
+            output, _ = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode not in (0, None)
+    text = output.decode(errors="replace")
+    assert f"GROWTHHUB_{variable.upper()}" in text
+    assert "Running on" not in text
+    assert TEST_TOKEN not in text
+    assert sandbox.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("kind", APPS)
+async def test_a_second_signal_during_shutdown_answers_each_and_closes_the_client(
+    kind: str, start_sandbox: StartSandbox
+) -> None:
+    """SIGTERM, then SIGINT (a second Ctrl-C) while requests wait for the budget. aiohttp:
+    the second signal is ignored, each request ends by its deadline with its answer, the
+    client is closed, exit 0. uvicorn force-quits on it (its design): the connections still
+    open are dropped, the lifespan's shutdown is skipped; no 500 and no traceback."""
+    sandbox = await start_sandbox(sandbox_config(rate_limit=4, rate_window=0.5))
+    async with run_app(kind, sandbox, rate="4/0.5s", deadline="1.5") as app, _session() as http:
+        calls = _put_many(http, app, 16)
+        await asyncio.sleep(0.4)
+        app.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        app.process.send_signal(signal.SIGINT)
+        answers = await asyncio.gather(*calls)
+        async with asyncio.timeout(10):
+            returncode = await app.process.wait()
+    statuses = Counter(status for status, _ in answers)
+    assert statuses[200] >= 2, statuses
+    await asyncio.sleep(0.1)
+    if kind == "aiohttp":
+        assert returncode == 0
+        assert set(statuses) == {200, 504}, statuses  # each ended on its own, with its answer
+        assert "SIGINT during the shutdown: ignored" in app.text
+        assert "growthhub client closed" in app.text
+    else:
+        assert returncode in (0, -signal.SIGINT, -signal.SIGTERM), returncode
+        dropped = {"ServerDisconnectedError", "ClientOSError", "ClientConnectorError"}
+        assert set(statuses) <= {200, 503, 504, *dropped}, statuses
+    _no_trouble_logged(app)
+
+
+async def test_uvicorn_cutting_handlers_at_its_graceful_timeout_answers_503_not_500(
+    start_sandbox: StartSandbox,
+) -> None:
+    """``--timeout-graceful-shutdown`` shorter than the deadline: uvicorn cancels the handlers
+    still waiting; each caller gets 503 "cancelled", never a 500 or a traceback."""
+    sandbox = await start_sandbox(sandbox_config(rate_limit=2, rate_window=0.5))
+    async with (
+        run_app(
+            "fastapi", sandbox, "--timeout-graceful-shutdown", "1", rate="2/0.5s", deadline="5"
+        ) as app,
+        _session() as http,
+    ):
+        calls = _put_many(http, app, 20)
+        await asyncio.sleep(0.3)
+        app.process.send_signal(signal.SIGTERM)
+        answers = await asyncio.gather(*calls)
+        async with asyncio.timeout(10):
+            await app.process.wait()
+    statuses = Counter(status for status, _ in answers)
+    assert statuses[503] >= 5, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    for status, body in answers:
+        if status == 503:
+            assert body["error"].startswith("cancelled: the server is shutting down")
+    await asyncio.sleep(0.1)
+    assert "growthhub client closed" in app.text
+    # uvicorn's own line about the timeout is its ERROR; nothing else may be.
+    text = "\n".join(line for line in app.log if "timeout graceful shutdown exceeded" not in line)
+    for bad in ("Traceback", "Exception in ASGI", "ERROR", "Task was destroyed", "Unclosed"):
+        assert bad not in text, f"{bad!r} in the app's log:\n{app.text}"
