@@ -45,6 +45,7 @@ __all__ = [
     "JsonFormatter",
     "JsonLines",
     "LogSetup",
+    "Redacting",
     "configure",
     "current_run_id",
     "log_event",
@@ -250,6 +251,28 @@ class JsonLines(io.TextIOBase):
             self._emit(self._pending)
             self._pending = ""
         self.flush()
+
+
+class Redacting(io.TextIOBase):
+    """A text stream that writes to ``stream`` what it is given, ``redactor`` applied.
+
+    Stands for ``sys.stderr`` in text mode while the options are parsed: argparse's usage
+    error quotes argv, where a mistyped option may hold the token."""
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        super().__init__()
+        self.stream = stream
+        self.redactor = redactor
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.stream.write(self.redactor(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class LogSetup:

@@ -178,3 +178,23 @@ async def test_the_library_logs_through_logging_and_configures_nothing(
     assert any("retry in" in r.getMessage() for r in events)
     assert any(r.getMessage().startswith("run finished") for r in events)
     assert SECRET_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_a_usage_error_never_prints_the_environment_token(
+    tmp_path: Path, log_format: str
+) -> None:
+    """rt16 #1: argparse quotes argv; an option mistyped with the token in it must not show it."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"contactId": "c1"}\n')
+    common = ("update", str(source), "--out", str(tmp_path / "o.jsonl"))
+    for wrong in ([f"--bogus={SECRET_TOKEN}"], ["--rate", SECRET_TOKEN]):
+        ran = await run_cli(*common, "--log-format", log_format, *wrong)
+        assert ran.status == 2, ran.stderr
+        assert SECRET_TOKEN not in ran.stderr
+        assert "<redacted>" in ran.stderr
+        if log_format == "json":
+            entries = [json.loads(line) for line in ran.stderr.splitlines()]
+            assert any(e["level"] == "error" and "<redacted>" in e["msg"] for e in entries)
+        else:
+            assert "error:" in ran.stderr
