@@ -756,6 +756,7 @@ def _logging(args: argparse.Namespace, real: TextIO | None, redactor: Redactor) 
     setup = logs.configure(log_format, getattr(args, "log_level", None), real, redactor)
     if isinstance(sys.stderr, logs.JsonLines):
         sys.stderr.redactor = redactor
+        sys.stderr.least = setup.logger.level  # --log-level, for the command's own lines too
     try:
         yield
     finally:
