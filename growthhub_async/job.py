@@ -285,20 +285,8 @@ async def run_job(
     run's id (:data:`~growthhub_async.logs.RUN_ID`) for this job: the coordinator's, for a
     shard, so that its journal and the coordinator's logs carry one id.
     """
-    if run_id is not None:
-        previous = RUN_ID.set(run_id)
-        try:
-            return await run_job(
-                settings,
-                token=token,
-                stdout=stdout,
-                stderr=stderr,
-                client_options=client_options,
-                stop=stop,
-                log_redactor=log_redactor,
-            )
-        finally:
-            RUN_ID.reset(previous)
+    if run_id is not None:  # as _send sets one when none is set: for the task's duration
+        RUN_ID.set(run_id)
     out = cast(TextIO, Terminal(stdout if stdout is not None else sys.stdout))
     err = cast(TextIO, Terminal(stderr if stderr is not None else sys.stderr))
     if (settings.full or settings.changed_fields_only) and not settings.state:
