@@ -201,12 +201,15 @@ class JsonFormatter(logging.Formatter):
         ).rstrip("\n")
 
 
+# What a user must see whatever --log-level, or loses work: how to resume; rotated OAuth tokens
+# left beside their file (cli.report_token_file).
+_ALWAYS: Final = ("to resume", "warning: the rotated oauth tokens")
 _INTERRUPTION: Final = re.compile(r"(sigint|sigterm)( again)?:|interrupted\b")
 
 
 def _level_of(lowered: str) -> tuple[str, bool]:
     """``(level, always written)`` of a line the command printed itself (see JsonLines)."""
-    if lowered.startswith("to resume"):
+    if lowered.startswith(_ALWAYS):
         return "warning", True
     if lowered.startswith("warning") or _INTERRUPTION.match(lowered):
         return "warning", False
@@ -224,8 +227,8 @@ class JsonLines(io.TextIOBase):
     ``interrupted...``) and the command that resumes the run as warnings, the rest (progress,
     notes) as info; an indented line continues the line before it (its level). Lines below
     ``least`` (a :mod:`logging` level: ``--log-level``) are dropped, except the resume command
-    (``to resume...`` and its indented lines): it is how nothing is lost, so it is always
-    written. Blank lines are dropped.
+    (``to resume...`` and its indented lines) and the rotated OAuth tokens' rescue notice: they
+    are how nothing is lost, so they are always written. Blank lines are dropped.
     """
 
     def __init__(

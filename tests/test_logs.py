@@ -220,6 +220,8 @@ def _levels(least: int) -> list[tuple[str, str]]:
     lines.write("to resume, run:\n  growthhub-async update in.jsonl --out o.jsonl --resume\n")
     lines.write("  with the same records on its standard input again (INPUT was -)\n")
     lines.write("error: the journal could not be written\n")
+    lines.write("WARNING: the rotated OAuth tokens could not be written to t.json (full).\n")
+    lines.write("  mv t.json.rescued t.json\n")
     lines.close()
     return [(e["level"], e["msg"]) for e in map(json.loads, sink.getvalue().splitlines())]
 
@@ -236,13 +238,16 @@ def test_the_commands_own_lines_honour_the_log_level_but_the_resume_command_stay
         "warning",
         "warning",
         "error",
+        "warning",  # the OAuth rescue, and its command
+        "warning",
     ]
     resume = [m for _, m in every[4:7]]
     assert resume[0] == "to resume, run:"
     assert "--resume" in resume[1]
     assert [m for _, m in _levels(logging.WARNING)] == [m for _, m in every[1:]]
     at_error = _levels(logging.ERROR)
-    assert [m for _, m in at_error] == [*resume, "error: the journal could not be written"]
+    rescue = [m for _, m in every[-2:]]
+    assert [m for _, m in at_error] == [*resume, "error: the journal could not be written", *rescue]
 
 
 async def test_log_level_error_on_sigterm_keeps_only_the_resume_command(tmp_path: Path) -> None:
