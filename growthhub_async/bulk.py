@@ -765,6 +765,8 @@ class Engine:
                     if job.state is _State.QUEUED:
                         self._finish(job, job.outcome(Status.FAILED, CANCELLED))
             self._active[key].clear()
+        for run in list(self.runs):  # every record has its outcome: the run ends (its span)
+            run.finished()
 
 
 def _unpack(item: Any, position: int) -> tuple[int, Any, Any, str | None] | Outcome:
@@ -1239,6 +1241,13 @@ class OutcomeStream:
     def _end(self) -> None:
         if not self._closed:
             self._closed = True
+        self.finished()
+
+    def finished(self) -> None:
+        """The run is over (its records all have outcomes): ``RunFinished``, once.
+
+        Also called by the engine as the client closes, for a run left without ``aclose`` (a
+        ``break`` out of the loop without ``async with``): its outcomes may still be read."""
         if self._engine is not None and self in self._engine.runs:
             self._engine.runs.discard(self)
             self.summary.elapsed = asyncio.get_running_loop().time() - self._started_at

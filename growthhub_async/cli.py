@@ -739,22 +739,24 @@ def report_token_file(provider: OAuthProvider, path: str) -> None:
 
 
 @contextlib.contextmanager
-def _logging(args: argparse.Namespace, real: TextIO | None) -> Iterator[None]:
+def _logging(args: argparse.Namespace, real: TextIO | None, redactor: Redactor) -> Iterator[None]:
     """The command's logging for one subcommand (issue 16), undone afterwards.
 
     Our loggers go to stderr (text: the message alone, as Python prints an unconfigured
     warning); with ``--log-format json`` stderr itself becomes :class:`~growthhub_async.logs.
     JsonLines`, so that what the command prints there is JSON too. Each run gets its id. The
-    handler redacts with every secret the run knows (``args.log_redactor``)."""
+    handler redacts with every secret the run knows (``args.log_redactor``: ``redactor``,
+    which knows the environment's token from the start)."""
     if real is None:  # started with stderr closed: nothing to configure
         yield
         return
     log_format = getattr(args, "log_format", "text")
-    redactor = args.log_redactor = Redactor()
+    args.log_redactor = redactor
     run = logs.RUN_ID.set(logs.new_run_id())
     setup = logs.configure(log_format, getattr(args, "log_level", None), real, redactor)
     if isinstance(sys.stderr, logs.JsonLines):
         sys.stderr.redactor = redactor
+        sys.stderr.least = setup.logger.level  # --log-level, for the command's own lines too
     try:
         yield
     finally:
@@ -773,17 +775,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     real = sys.stderr
+    # The secrets known before the options are parsed (the environment's token): a usage
+    # error quotes argv, and a mistyped option may hold the token (``--bogus=$TOKEN``).
+    redactor = Redactor(os.environ.get(TOKEN_ENV, "").strip())
     if real is not None and _wants_json(words):
         # Before the options are parsed: a usage error is a JSON line too.
-        sys.stderr = cast(TextIO, logs.JsonLines(real))
+        sys.stderr = cast(TextIO, logs.JsonLines(real, redactor))
     # What escapes from here (a usage error's exit, a crash's traceback) is printed by Python
     # through the JSON stream, which is left in place for it: stderr stays JSON to the end.
-    args = parser.parse_args(words)
+    if real is not None and sys.stderr is real:
+        sys.stderr = cast(TextIO, logs.Redacting(real, redactor))
+        try:
+            args = parser.parse_args(words)  # a usage error, redacted, then SystemExit
+        finally:
+            sys.stderr = real
+    else:
+        args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
-    with _logging(args, real):
+    with _logging(args, real, redactor):
         status = handler(args)
     if sys.stderr is not real:
         with contextlib.suppress(OSError, ValueError):

@@ -59,6 +59,7 @@ from growthhub_async.cmdline import Terminal
 from growthhub_async.errors import ConfigurationError, GrowthHubError, TokenRefreshFailed
 from growthhub_async.job import EXIT_FATAL, EXIT_NOT_ALL, EXIT_OK, JobResult, JobSettings, run_job
 from growthhub_async.locations import AgencyTokens, LocationTokens, location_problem, shard_of
+from growthhub_async.logs import current_run_id, new_run_id
 from growthhub_async.outcomes import Status, Summary
 from growthhub_async.progress import LocationStats, render_locations, render_summary
 from growthhub_async.transport import check_base_url
@@ -235,7 +236,13 @@ async def _shard_job(
     watch = asyncio.create_task(_watch_stop(client, task.run_id, stop))
     try:
         return await run_job(
-            settings, token=token, stdout=output, stderr=output, client_options=options, stop=stop
+            settings,
+            token=token,
+            stdout=output,
+            stderr=output,
+            client_options=options,
+            stop=stop,
+            run_id=task.run_id,  # the coordinator's: one id on its logs and every journal
         )
     finally:
         watch.cancel()
@@ -705,7 +712,7 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
         )
     if token is None and locations is None:
         raise ConfigurationError("no token: a live run needs one")
-    run_id = uuid.uuid4().hex[:16]
+    run_id = current_run_id() or new_run_id()  # the command line's, on its own log lines
     tasks, providers = shard_tasks(
         settings,
         out_dir=out_dir,

@@ -271,6 +271,7 @@ async def run_job(
     client_options: Mapping[str, Any] | None = None,
     stop: asyncio.Event | None = None,
     log_redactor: Redactor | None = None,
+    run_id: str | None = None,
 ) -> JobResult:
     """Run one bulk job; print progress on ``stderr`` and the summary on ``stdout``.
 
@@ -280,8 +281,12 @@ async def run_job(
     learns the client's secrets (the command line's log handler redacts with it). Raises
     :class:`~growthhub_async.errors.GrowthHubError` (input, journal or configuration problems)
     before any request is sent. ``stop``, once set, stops the job as SIGTERM does (for a
-    job run where signals cannot reach it: a shard on a Dask worker).
+    job run where signals cannot reach it: a shard on a Dask worker). ``run_id`` is the
+    run's id (:data:`~growthhub_async.logs.RUN_ID`) for this job: the coordinator's, for a
+    shard, so that its journal and the coordinator's logs carry one id.
     """
+    if run_id is not None:  # as _send sets one when none is set: for the task's duration
+        RUN_ID.set(run_id)
     out = cast(TextIO, Terminal(stdout if stdout is not None else sys.stdout))
     err = cast(TextIO, Terminal(stderr if stderr is not None else sys.stderr))
     if (settings.full or settings.changed_fields_only) and not settings.state:

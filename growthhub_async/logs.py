@@ -24,6 +24,7 @@ import datetime as dt
 import io
 import json
 import logging
+import re
 import uuid
 from contextvars import ContextVar
 from typing import Any, Final, TextIO
@@ -45,6 +46,7 @@ __all__ = [
     "JsonFormatter",
     "JsonLines",
     "LogSetup",
+    "Redacting",
     "configure",
     "current_run_id",
     "log_event",
@@ -199,19 +201,45 @@ class JsonFormatter(logging.Formatter):
         ).rstrip("\n")
 
 
+# What a user must see whatever --log-level, or loses work: how to resume; rotated OAuth tokens
+# left beside their file (cli.report_token_file).
+_ALWAYS: Final = ("to resume", "warning: the rotated oauth tokens")
+_INTERRUPTION: Final = re.compile(r"(sigint|sigterm)( again)?:|interrupted\b")
+
+
+def _level_of(lowered: str) -> tuple[str, bool]:
+    """``(level, always written)`` of a line the command printed itself (see JsonLines)."""
+    if lowered.startswith(_ALWAYS):
+        return "warning", True
+    if lowered.startswith("warning") or _INTERRUPTION.match(lowered):
+        return "warning", False
+    if "error:" in lowered or lowered.startswith("traceback"):
+        return "error", False
+    return "info", False
+
+
 class JsonLines(io.TextIOBase):
     """A text stream whose every line becomes a JSON log line on ``stream``.
 
     Takes the place of ``sys.stderr`` in JSON mode, so that what the command writes there
-    itself (progress lines, warnings, a traceback) is JSON too. A line starting ``warning:`` is
-    logged as a warning, one holding ``error:`` as an error; blank lines are dropped.
+    itself (progress lines, warnings, a traceback) is JSON too. A line starting ``warning`` is
+    logged as a warning, one holding ``error:`` as an error, an interruption (``SIGTERM: ...``,
+    ``interrupted...``) and the command that resumes the run as warnings, the rest (progress,
+    notes) as info; an indented line continues the line before it (its level). Lines below
+    ``least`` (a :mod:`logging` level: ``--log-level``) are dropped, except the resume command
+    (``to resume...`` and its indented lines) and the rotated OAuth tokens' rescue notice: they
+    are how nothing is lost, so they are always written. Blank lines are dropped.
     """
 
-    def __init__(self, stream: TextIO, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self, stream: TextIO, redactor: Redactor | None = None, least: int = logging.NOTSET
+    ) -> None:
         super().__init__()
         self.stream = stream
         self.redactor = redactor
+        self.least = least
         self._pending = ""
+        self._previous: tuple[str, bool] = ("info", False)
 
     def writable(self) -> bool:
         return True
@@ -232,15 +260,13 @@ class JsonLines(io.TextIOBase):
             return
         if self.redactor is not None:
             text = self.redactor(text)
-        lowered = text.lower()
-        level = (
-            "warning"
-            if lowered.startswith("warning")
-            else "error"
-            if "error:" in lowered or lowered.startswith("traceback")
-            else "info"
-        )
-        self.stream.write(json_line(level, "growthhub_async.cli", text))
+        if line[:1].isspace():  # the rest of the message above (a command, a hint)
+            level, kept = self._previous
+        else:
+            level, kept = _level_of(text.lower())
+            self._previous = level, kept
+        if kept or logging.getLevelName(level.upper()) >= self.least:
+            self.stream.write(json_line(level, "growthhub_async.cli", text))
 
     def flush(self) -> None:
         self.stream.flush()
@@ -250,6 +276,28 @@ class JsonLines(io.TextIOBase):
             self._emit(self._pending)
             self._pending = ""
         self.flush()
+
+
+class Redacting(io.TextIOBase):
+    """A text stream that writes to ``stream`` what it is given, ``redactor`` applied.
+
+    Stands for ``sys.stderr`` in text mode while the options are parsed: argparse's usage
+    error quotes argv, where a mistyped option may hold the token."""
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        super().__init__()
+        self.stream = stream
+        self.redactor = redactor
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.stream.write(self.redactor(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class LogSetup:

@@ -49,9 +49,25 @@ _CODE: Final = {status.value: n for n, status in enumerate(_STATUSES, start=1)}
 _NO_LOCATION: Final = "(none)"
 _OTHER_LOCATIONS: Final = "(other locations)"
 _OTHER_REASONS: Final = "(other reasons)"
+_MAX_RUN_IDS: Final = 100_000  # run ids that name a group of journals (see _LastOutcome)
 _EPOCH_RANGE: Final = (946_684_800.0, 32_503_680_000.0)  # 2000 to 3000: a plausible `at`
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _LINE_PREFIX = re.compile(r"\bline \d+\b")
-_ID = re.compile(r"\b(?=[A-Za-z0-9]*\d)(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{16,}\b")
+# Ids, as they vary from record to record (see reason_of); the order matters: longest first.
+_IDS: Final = re.compile(
+    r"\b[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\b"  # a UUID
+    r"|\b[A-Za-z0-9]{20,}\b"  # the API's ids: 20 letters and digits (with no digit too)
+    r"|\b(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{16,}\b"  # long, with a digit
+    r"|\b(?=(?:[\w-]*?\d){3})[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)+\b"  # dashed, 3 digits: c-0001
+    r"|\b[A-Za-z]+\d{3,}\b"  # a name and a number: contact0042
+    r"|\b\d{5,}\b"  # a long number (a status or a count has fewer digits)
+)
+# A quoted value that holds a digit or an @ (data: an id, a number, a date, an email); a quoted
+# word alone (a field's name) stays, since it tells causes apart.
+_QUOTED: Final = re.compile(
+    r"'[^'\n]{0,200}?[\d@][^'\n]{0,200}?'"
+    r'|"[^"\n]{0,200}?[\d@][^"\n]{0,200}?"'
+)
 
 
 class _Entry(msgspec.Struct, rename="camel"):
@@ -72,47 +88,89 @@ _decoder: Final = msgspec.json.Decoder(_Entry)
 
 
 def reason_of(error: str) -> str:
-    """An error as a reason shared by many records: line numbers and ids taken out."""
+    """An error as a reason shared by many records: line numbers, ids and data taken out.
+
+    Ids: a UUID, 20 or more letters and digits (the API's ids have 20), 16 or more with a
+    digit, letters and digits joined by ``-`` or ``_`` with 3 digits or more (``c-0001``, not
+    ``utf-8``), letters then
+    3 or more digits (``contact0042``), 5 or more digits; each becomes ``<id>``. A quoted
+    value holding a digit or ``@`` becomes ``'<value>'``. What is left is the cause.
+    """
     text = _LINE_PREFIX.sub("line N", error.strip())
     text = text.removeprefix("line N: ")
-    return _ID.sub("<id>", text)[:300]
+    text = _QUOTED.sub(lambda m: f"{m.group()[0]}<value>{m.group()[0]}", text)
+    return _IDS.sub("<id>", text)[:300]
 
 
 class _LastOutcome:
-    """Per input line of one journal: its last status, location and reason, 9 bytes each.
+    """Per input line of one input: its last status, location, reason and source, 13 bytes.
 
-    Arrays indexed by line while lines stay near the count of entries read; a line number far
-    beyond (a hostile journal's ``"line": 2147483647``) goes to a dict instead of growing the
-    arrays to it.
+    One per group of journals of the same input (the journals that share a run id: a run's
+    shards, their resumed runs, a copy), so that a line in two of them is one record. Arrays
+    indexed by ``line - base`` while the lines read stay within a window 8 times their count:
+    13 bytes a line as the command writes them (1 to N, or any dense range, in any order), at
+    most 104 with gaps between line numbers. A line number far outside (a hand-made journal's
+    ``"line": 2147483647`` beside ``"line": 1``) goes to a dict instead of growing the arrays
+    to it, at about 220 bytes per such line: the most a line costs, whatever its number.
     """
 
     def __init__(self) -> None:
+        self.base = 0
         self.status = bytearray()
         self.location = array("I")
         self.reason = array("I")
-        self.sparse: dict[int, tuple[int, int, int]] = {}
+        self.source = array("I")
+        self.sparse: dict[int, tuple[int, int, int, int]] = {}
         self.entries = 0
 
-    def set(self, line: int, status: int, location: int, reason: int) -> None:
-        self.entries += 1
-        if line >= len(self.status) and line <= 16 * self.entries + 65_536:
-            grow = line + 1 - len(self.status)
-            self.status.extend(bytes(grow))
-            self.location.frombytes(bytes(self.location.itemsize * grow))
-            self.reason.frombytes(bytes(self.reason.itemsize * grow))
-        if line < len(self.status):
-            self.status[line] = status
-            self.location[line] = location
-            self.reason[line] = reason
-        else:
-            self.sparse[line] = (status, location, reason)
+    def _grow(self, front: int, back: int) -> None:
+        for column in (self.location, self.reason, self.source):
+            zeros = array("I", bytes(column.itemsize * front))
+            column[0:0] = zeros
+            column.frombytes(bytes(column.itemsize * back))
+        self.status[0:0] = bytes(front)
+        self.status.extend(bytes(back))
+        self.base -= front
 
-    def finals(self) -> Iterator[tuple[int, int, int]]:
-        """``(status code, location index, reason index)`` of each line's last outcome."""
-        for line, status in enumerate(self.status):
-            if status:
-                yield status, self.location[line], self.reason[line]
-        yield from self.sparse.values()
+    def _index(self, line: int, grow: bool) -> int | None:
+        """The arrays' index of ``line``, if it is (or, with ``grow``, may be made) there."""
+        if not self.status:
+            if not grow:
+                return None
+            self.base = line
+        low, high = self.base, self.base + len(self.status)
+        if low <= line < high:
+            return line - low
+        most = 8 * self.entries + 65_536  # slots at most: 8 per line read (104 bytes)
+        if not grow or max(high, line + 1) - min(low, line) > most:
+            return None
+        if line >= high:
+            self._grow(0, line + 1 - high)
+        else:  # before the window: grow it by its size if it may, so that it is done rarely
+            room = most - (high - line)
+            self._grow(min(low, low - line + min(len(self.status), room)), 0)
+        return line - self.base
+
+    def get(self, line: int) -> tuple[int, int, int, int] | None:
+        """``(status code, location, reason, source)`` of ``line``'s last outcome, if any."""
+        found = self.sparse.get(line)
+        if found is not None:
+            return found
+        index = self._index(line, grow=False)
+        if index is None or not self.status[index]:
+            return None
+        return self.status[index], self.location[index], self.reason[index], self.source[index]
+
+    def set(self, line: int, status: int, location: int, reason: int, source: int) -> None:
+        self.entries += 1
+        index = None if line in self.sparse else self._index(line, grow=True)
+        if index is not None:
+            self.status[index] = status
+            self.location[index] = location
+            self.reason[index] = reason
+            self.source[index] = source
+        else:
+            self.sparse[line] = (status, location, reason, source)
 
 
 def _intern(names: list[str], index: dict[str, int], key: str, cap: int, other: str) -> int:
@@ -166,6 +224,11 @@ class Report:
     _spans: dict[int, list[float]] = field(default_factory=dict)
     _reason_names: list[str] = field(default_factory=lambda: [""])
     _reason_index: dict[str, int] = field(default_factory=dict)
+    _groups: dict[str, _LastOutcome] = field(default_factory=dict)
+    _run_numbers: dict[str, int] = field(default_factory=dict)
+    _run_files: dict[int, int] = field(default_factory=dict)
+    """Each run's first journal (by number)."""
+    _repeats: Counter[tuple[int, int]] = field(default_factory=Counter)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -181,7 +244,8 @@ class Report:
     def read(self, name: str, stream: IO[bytes]) -> None:
         """Add one journal (``name`` for messages)."""
         self.files.append(name)
-        last = _LastOutcome()
+        file = min(len(self.files), 0xFFFF)
+        group: _LastOutcome | None = None
         for number, raw, torn in _lines(stream):
             if raw is None:
                 self._skip(name, number, f"longer than {MAX_LINE_BYTES} bytes")
@@ -199,17 +263,28 @@ class Report:
             if code is None or not 0 < entry.line < 1 << 31:
                 self._skip(name, number, "not an outcome (status or line)")
                 continue
-            self._add(entry, code, last)
-        for code, location, reason in last.finals():
-            status = _STATUSES[code - 1].value
-            self.by_status[status] += 1
-            place = self._locations[location]
-            counts = self.by_location.get(place)
-            if counts is None:
-                counts = self.by_location[place] = Counter()
-            counts[status] += 1
-            if reason:
-                self.reasons[self._reason_names[reason]] += 1
+            run = entry.run_id[:64] if entry.run_id is not None else None
+            if group is None:  # the journals of one input share a run id: one group
+                group = self._groups.get(run) if run is not None else None
+                if group is None:
+                    group = _LastOutcome()
+            if run is not None and len(self._groups) < _MAX_RUN_IDS:
+                self._groups.setdefault(run, group)
+            self._add(entry, code, group, file << 16 | self._run_number(run))
+        self.by_status = +self.by_status
+        self.reasons = +self.reasons
+        self.by_location = {k: +v for k, v in self.by_location.items() if +v}
+
+    def _run_number(self, run: str | None) -> int:
+        """A run id's number (1 to 0xFFFF; 0: none, or too many runs to tell apart)."""
+        if run is None:
+            return 0
+        found = self._run_numbers.get(run)
+        if found is None:
+            if len(self._run_numbers) >= 0xFFFE:
+                return 0
+            found = self._run_numbers[run] = len(self._run_numbers) + 1
+        return found
 
     def _reason(self, error: str) -> int:
         """The index of an error's reason (0: none); at most MAX_REASONS distinct ones."""
@@ -218,7 +293,31 @@ class Report:
             self._reason_names, self._reason_index, reason, MAX_REASONS + 1, _OTHER_REASONS
         )
 
-    def _add(self, entry: _Entry, code: int, last: _LastOutcome) -> None:
+    def _count(self, code: int, location: int, reason: int, by: int) -> None:
+        """Count a line's last outcome (``by`` 1), or stop counting it (``by`` -1)."""
+        status = _STATUSES[code - 1].value
+        self.by_status[status] += by
+        place = self._locations[location]
+        counts = self.by_location.get(place)
+        if counts is None:
+            counts = self.by_location[place] = Counter()
+        counts[status] += by
+        if reason:
+            self.reasons[self._reason_names[reason]] += by
+
+    def _add(self, entry: _Entry, code: int, last: _LastOutcome, source: int) -> None:
+        previous = last.get(entry.line)
+        if previous is not None:
+            # A run writes a line in one journal only (a shard's lines are its own): this run's
+            # line, in another journal than the run's first, that holds the line too, is a copy.
+            file, run = source >> 16, source & 0xFFFF
+            first = self._run_files.setdefault(run, file) if run else file
+            if first != file and previous[3] >> 16 == first:
+                self._repeats[(file, first)] += 1
+                return
+            self._count(*previous[:3], by=-1)
+        elif source & 0xFFFF:
+            self._run_files.setdefault(source & 0xFFFF, source >> 16)
         self.entries += 1
         attempts = max(0, min(entry.attempts, 1_000_000))
         self.requests += attempts
@@ -229,7 +328,8 @@ class Report:
         location = self._location(entry.location)
         failed = _STATUSES[code - 1] not in SUCCEEDED
         reason = self._reason(entry.error or entry.status) if failed else 0
-        last.set(entry.line, code, location, reason)
+        last.set(entry.line, code, location, reason, source)
+        self._count(code, location, reason, by=1)
         at = entry.at
         if at is None or not _EPOCH_RANGE[0] < at < _EPOCH_RANGE[1]:
             return
@@ -252,6 +352,15 @@ class Report:
             self._spans[location] = [at, at]
         else:
             span[0], span[1] = min(span[0], at), max(span[1], at)
+
+    @property
+    def repeats(self) -> list[str]:
+        """One note per journal that repeats another's outcomes (a copy), counted once."""
+        return [
+            f"{self.files[copy - 1]} repeats {count:,} outcome line(s) of "
+            f"{self.files[first - 1]} (the same runs', for the same lines): counted once"
+            for (copy, first), count in sorted(self._repeats.items())
+        ]
 
     def _coarsen(self) -> None:
         """Each bucket now covers twice the time (memory stays bounded on long journals)."""
@@ -422,7 +531,14 @@ def render_text(report: Report, *, top: int = 10) -> str:
     if report.skipped_count:
         out.append(f"note: {report.skipped_count} line(s) skipped, not outcomes:")
         out += [f"  {why}" for why in report.skipped]
-    return "\n".join(out) + "\n"
+    out += [f"warning: {note}" for note in report.repeats]
+    return "\n".join(_printable(line) for line in out) + "\n"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped as Python writes them (``\\x1b``): a journal's
+    text must not drive the terminal (move the cursor, set the title, hide a line)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 # -- the page ------------------------------------------------------------------------------
@@ -576,6 +692,7 @@ def render_html(report: Report, *, rate: Rate | None, top: int = 10) -> str:
     notes = []
     if not bars:
         notes.append("The journals carry no times (written before they had them): no timeline.")
+    notes += report.repeats
     if report.skipped_count or report.blank:
         notes.append(
             f"{report.skipped_count} line(s) were not outcomes and {report.blank} were blank: "

@@ -103,8 +103,9 @@ async def test_the_command_runs_shards_on_the_cluster_once_each_and_shows_no_tok
     args += ["--base-url", "", "--tokens", str(tokens), "--no-progress"]
     async with run_sandbox(_config()) as sb:
         args[args.index("--base-url") + 1] = sb.base_url
-        ran = await run_cli(*args, token=OWN_TOKEN, limit=90)
+        ran = await run_cli(*args, "--log-format", "json", token=OWN_TOKEN, limit=90)
         requests = sb.stats()["requests"]
+        first_journals = [line for p in folder.glob("*.jsonl") for line in journal_lines(p)]
         again = await run_cli(*args, "--resume", token=OWN_TOKEN, limit=90)
         requests_after_resume = sb.stats()["requests"]
         # In process (the command's own path is above): journals there, no resume; then the
@@ -143,6 +144,11 @@ async def test_the_command_runs_shards_on_the_cluster_once_each_and_shows_no_tok
         final_requests = sb.stats()["requests"]
         contacts = sb.contacts
     assert ran.status == 1, ran.stderr  # the bad record is rejected, as in one run
+    # One run, one id: on every stderr line of the coordinator and every shard's journal line.
+    (run_id,) = {json.loads(line)["runId"] for line in ran.stderr.splitlines()}
+    assert run_id
+    assert len(first_journals) == len(rows)
+    assert {line["runId"] for line in first_journals} == {run_id}
     assert requests == 61  # 60 located records and the run's own token's one, each once
     assert {contacts[f"c{loc}x0"]["locationId"] for loc in range(6)} == {
         f"loc{loc}" for loc in range(6)

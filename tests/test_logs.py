@@ -7,18 +7,27 @@ journaled and logged, and the token must appear nowhere.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from growthhub_async import GrowthHubClient, RetryPolicy, Status, UpdateContact
-from growthhub_async.logs import RUN_ID, JsonFormatter, configure
+from growthhub_async.logs import RUN_ID, JsonFormatter, JsonLines, configure
 from growthhub_async.redact import Redactor
 from growthhub_async.sandbox import Faults, SandboxConfig, run_sandbox
-from tests.cli_helpers import SECRET_TOKEN, run_cli
+from tests.cli_helpers import (
+    SECRET_TOKEN,
+    finish,
+    run_cli,
+    start_cli,
+    wait_for_lines,
+    write_jsonl,
+)
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -178,3 +187,86 @@ async def test_the_library_logs_through_logging_and_configures_nothing(
     assert any("retry in" in r.getMessage() for r in events)
     assert any(r.getMessage().startswith("run finished") for r in events)
     assert SECRET_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_a_usage_error_never_prints_the_environment_token(
+    tmp_path: Path, log_format: str
+) -> None:
+    """rt16 #1: argparse quotes argv; an option mistyped with the token in it must not show it."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"contactId": "c1"}\n')
+    common = ("update", str(source), "--out", str(tmp_path / "o.jsonl"))
+    for wrong in ([f"--bogus={SECRET_TOKEN}"], ["--rate", SECRET_TOKEN]):
+        ran = await run_cli(*common, "--log-format", log_format, *wrong)
+        assert ran.status == 2, ran.stderr
+        assert SECRET_TOKEN not in ran.stderr
+        assert "<redacted>" in ran.stderr
+        if log_format == "json":
+            entries = [json.loads(line) for line in ran.stderr.splitlines()]
+            assert any(e["level"] == "error" and "<redacted>" in e["msg"] for e in entries)
+        else:
+            assert "error:" in ran.stderr
+
+
+def _levels(least: int) -> list[tuple[str, str]]:
+    """What JsonLines writes of what an interrupted run prints, at ``least``."""
+    sink = io.StringIO()
+    lines = JsonLines(sink, least=least)
+    lines.write("\rline 5 of 30 (20/s)\r\x1b[K")  # progress
+    lines.write("\nSIGTERM: reading no more records; waiting up to 10s for those in flight\n")
+    lines.write("warning: /dev/null is not a regular file\n")
+    lines.write("interrupted: records not yet done have no final outcome.\n")
+    lines.write("to resume, run:\n  growthhub-async update in.jsonl --out o.jsonl --resume\n")
+    lines.write("  with the same records on its standard input again (INPUT was -)\n")
+    lines.write("error: the journal could not be written\n")
+    lines.write("WARNING: the rotated OAuth tokens could not be written to t.json (full).\n")
+    lines.write("  mv t.json.rescued t.json\n")
+    lines.close()
+    return [(e["level"], e["msg"]) for e in map(json.loads, sink.getvalue().splitlines())]
+
+
+def test_the_commands_own_lines_honour_the_log_level_but_the_resume_command_stays() -> None:
+    """rt16 #6: honest levels; below --log-level dropped, except how to resume."""
+    every = _levels(logging.NOTSET)
+    assert [level for level, _ in every] == [
+        "info",  # progress
+        "warning",  # the signal: the run will not finish
+        "warning",
+        "warning",  # interrupted
+        "warning",  # to resume, and its indented lines: the same message
+        "warning",
+        "warning",
+        "error",
+        "warning",  # the OAuth rescue, and its command
+        "warning",
+    ]
+    resume = [m for _, m in every[4:7]]
+    assert resume[0] == "to resume, run:"
+    assert "--resume" in resume[1]
+    assert [m for _, m in _levels(logging.WARNING)] == [m for _, m in every[1:]]
+    at_error = _levels(logging.ERROR)
+    rescue = [m for _, m in every[-2:]]
+    assert [m for _, m in at_error] == [*resume, "error: the journal could not be written", *rescue]
+
+
+async def test_log_level_error_on_sigterm_keeps_only_the_resume_command(tmp_path: Path) -> None:
+    """rt16 #6 end to end: --log-level error, SIGTERM: no info line, the command to resume."""
+    rows = [{"contactId": f"contact{i}", "tags": ["x"]} for i in range(40)]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    config = SandboxConfig(tokens=frozenset({SECRET_TOKEN}), rate_limit=1000, rate_window=1.0)
+    async with run_sandbox(config) as sandbox:
+        proc = await start_cli(
+            *("update", str(data), "--out", str(out), "--base-url", sandbox.base_url),
+            *("--rate", "20/1s", "--log-format", "json", "--log-level", "error"),
+        )
+        await wait_for_lines(out, 3, proc)
+        proc.send_signal(signal.SIGTERM)
+        ran = await finish(proc, limit=20)
+    assert ran.status == 1, ran.stderr
+    entries = [json.loads(line) for line in ran.stderr.splitlines()]
+    assert {e["level"] for e in entries} == {"warning"}, entries
+    assert entries[0]["msg"] == "to resume, run:"
+    assert "--resume" in entries[1]["msg"]
+    assert not any("SIGTERM" in e["msg"] for e in entries)

@@ -223,3 +223,102 @@ def test_the_page_renders_its_charts_in_chromium(tmp_path: Path) -> None:
     assert dom.count("<script") == 2
     assert "&lt;/script&gt;&lt;script&gt;document.title" in dom  # the reason, as text
     assert "<b>bold</b>" not in dom
+
+
+def _far_journal(lines: int) -> bytes:
+    """Line numbers counting down from 2**31 - 1: dense, but nowhere near 1."""
+    return b"".join(
+        b'{"line":%d,"status":"updated","attempts":1}\n' % (2_147_483_647 - i) for i in range(lines)
+    )
+
+
+def test_memory_per_line_does_not_depend_on_where_the_line_numbers_are() -> None:
+    """rt16 #3 (report memory): a dense range far from 1 costs what 1 to N does."""
+    small, peak_small = _peak(_far_journal(8_000))
+    large, peak_large = _peak(_far_journal(16_000))
+    assert (small.records, large.records) == (8_000, 16_000)
+    assert (peak_large - peak_small) / 8_000 < 40, (peak_small, peak_large)
+
+
+def test_a_copy_of_a_journal_is_counted_once_and_named(tmp_path: Path) -> None:
+    """rt16 #4: the same run's outcomes of the same lines in two journals are one record."""
+    rows = [
+        entry(1, "updated", runId="r1", at=T0),
+        entry(2, "failed", error="HTTP 500: x", runId="r1", at=T0 + 1),
+        entry(2, "updated", attempts=2, runId="r2", at=T0 + 2),  # resumed
+    ]
+    first = write(tmp_path / "a.jsonl", rows)
+    copy = write(tmp_path / "a-copy.jsonl", rows)
+    other_input = write(tmp_path / "b.jsonl", [entry(1, "updated", runId="r9")])
+    alone = report.read_journals([str(first)])
+    both = report.read_journals([str(first), str(copy), str(other_input)])
+    assert alone.records == 2
+    assert both.records == 3  # a.jsonl's 2 records once, and b.jsonl's own line 1
+    assert both.by_status == {"updated": 3}
+    assert (both.entries, both.requests) == (alone.entries + 1, alone.requests + 1)
+    assert not both.reasons
+    text = report.render_text(both)
+    assert f"warning: {copy} repeats 3 outcome line(s) of {first}" in text
+    assert "counted once" in report.render_html(both, rate=None)
+    # Shards of one run (one runId since rt16 #2) have lines of their own: all counted.
+    shard0 = write(tmp_path / "s0.jsonl", [entry(1, "updated", runId="r5")])
+    shard1 = write(tmp_path / "s1.jsonl", [entry(2, "invalid", error="bad", runId="r5")])
+    shards = report.read_journals([str(shard0), str(shard1)])
+    assert shards.by_status == {"updated": 1, "invalid": 1}
+    assert not shards.repeats
+
+
+def test_the_text_report_escapes_control_characters(tmp_path: Path) -> None:
+    """A journal's text must not drive the terminal: ESC and friends are shown as \\x1b."""
+    journal = write(
+        tmp_path / "j.jsonl",
+        [
+            entry(1, "failed", error="x\x1b]0;PWNED\x07\x1b[2J\x1b[31mred\n\u2028next", at=T0)
+            | {"location": "loc\x1b[1mbold\x9b"}
+        ],
+    )
+    text = report.render_text(report.read_journals([str(journal)]))
+    assert not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in text)
+    assert "\u2028" not in text
+    assert "x\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31mred\\n\\u2028next" in text
+    assert "loc\\x1b[1mbold\\x9b" in text
+
+
+@pytest.mark.parametrize(
+    ("errors", "reason"),
+    [
+        (
+            [  # the API's 20-character ids, with or without a digit
+                "HTTP 200 names contact abcdefghijklmnopqrst, not ocQHyuzHvysMo5N5VsXc",
+                "HTTP 200 names contact ABCDEFGHIJKLMNOPQRST, not ocQHyuzHvysMo5N5VsX1",
+            ],
+            "HTTP 200 names contact <id>, not <id>",
+        ),
+        (
+            ["line 4: HTTP 404: contact c-0001 not found", "HTTP 404: contact c-0002 not found"],
+            "HTTP 404: contact <id> not found",
+        ),
+        (
+            [
+                "contact contact0042 of 7f3a9c2e-41b8-4c2e-9d3f-123456789abc",
+                "contact x991 of 12345",
+            ],
+            "contact <id> of <id>",
+        ),
+        (
+            [
+                "Invalid date '1990-13-01', expected YYYY-MM-DD",
+                "Invalid date '2/3/1990', expected YYYY-MM-DD",
+            ],
+            "Invalid date '<value>', expected YYYY-MM-DD",
+        ),
+        (['email "bob@x.com" is invalid', 'email "a@b" is invalid'], 'email "<value>" is invalid'),
+        # What tells causes apart stays: a field's name, a status, a small count, utf-8.
+        (['unknown field "email"'], 'unknown field "email"'),
+        (["HTTP 429 after 3 attempts"], "HTTP 429 after 3 attempts"),
+        (["invalid utf-8 at byte 12"], "invalid utf-8 at byte 12"),
+    ],
+)
+def test_one_cause_is_one_reason(errors: list[str], reason: str) -> None:
+    """rt16 #7: ids and data are taken out of reasons, the cause stays."""
+    assert {report.reason_of(error) for error in errors} == {reason}

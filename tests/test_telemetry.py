@@ -280,3 +280,38 @@ async def test_the_command_reports_to_a_configured_sdk_with_the_runs_id(tmp_path
     journal = [json.loads(line) for line in out.read_text().splitlines()]
     assert {j["runId"] for j in journal} == {run["growthhub.run.id"]}
     assert TOKEN not in stdout.decode() + stderr.decode()
+
+
+async def test_a_run_left_by_break_ends_its_span_when_the_client_closes() -> None:
+    """rt16 #7: ``break`` out of the loop, no ``async with``: closing the client ends the run,
+    so its span is exported and every record span has its parent; its outcomes stay readable."""
+    tracer_provider, exporter, meter_provider, _ = _providers()
+    telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    finished: list[Any] = []
+    config = SandboxConfig(tokens=frozenset({TOKEN}), rate_limit=1000, rate_window=1.0)
+    async with run_sandbox(config) as sb:
+        gh = GrowthHubClient(
+            TOKEN,
+            base_url=sb.base_url,
+            telemetry=telemetry,
+            rate="20/1s",
+            hooks=[lambda e: finished.append(e) if type(e).__name__ == "RunFinished" else None],
+        )
+        async with gh:
+            stream = gh.update_contacts(
+                [(f"contact{i}", UpdateContact(tags=["x"])) for i in range(20)]
+            )
+            async for _ in stream:
+                break
+        sent = sb.stats()["requests"]
+    spans = exporter.get_finished_spans()
+    (run,) = [s for s in spans if s.name == "update_contacts"]
+    records = [s for s in spans if s.name == "update_contact"]
+    assert len(records) == 20  # every record read ended (most "cancelled") under the run
+    assert run.context is not None
+    assert all(s.parent is not None and s.parent.span_id == run.context.span_id for s in records)
+    assert len([s for s in spans if s.name == "PUT"]) == sent >= 1
+    assert len(finished) == 1
+    assert finished[0].summary.records == 20
+    rest = [outcome async for outcome in stream]  # what was not read yet is still there
+    assert len(rest) == 19
