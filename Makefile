@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --locked --python $(PYTHON) --extra dev
 
-.PHONY: install test test-latest lint typecheck demo soak bench lock clean
+.PHONY: install deps-system chromium test test-latest lint typecheck demo soak bench lock clean
 
 install: $(STAMP)
 
@@ -34,19 +34,46 @@ lock: | $(UV)
 	$(UV) lock --python $(PYTHON) --upgrade
 
 lint: $(STAMP)
-	$(BIN)/ruff check growthhub_async tests benchmarks
-	$(BIN)/ruff format --check growthhub_async tests benchmarks
+	$(BIN)/ruff check growthhub_async tests benchmarks examples
+	$(BIN)/ruff format --check growthhub_async tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict growthhub_async
+	$(BIN)/mypy --strict growthhub_async examples
 
-test: lint typecheck
+# What the tests need from the system: Chromium (below) and a redis-server binary (the
+# shared-budget tests start their own, on a free loopback port). Installed with apt-get when missing and we are root
+# (`apt-get update` first only if the install fails); otherwise stop, naming the command.
+REDIS_INSTALL := apt-get install -y redis-server
+deps-system: chromium
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (the shared-budget tests run a real one)"; \
+	    DEBIAN_FRONTEND=noninteractive $(REDIS_INSTALL) -q >/dev/null 2>&1 || { \
+	      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive $(REDIS_INSTALL) -q >/dev/null; }; \
+	  fi; \
+	  command -v redis-server >/dev/null 2>&1 || { \
+	    echo "redis-server is missing; install it with: sudo $(REDIS_INSTALL)" >&2; exit 2; }; }
+
+test: deps-system lint typecheck
 	$(BIN)/pytest
+
+# tests/test_report.py opens the report's HTML page in a real headless Chromium (the Debian
+# package). Installed here when missing and we are root; otherwise the target stops and says how.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; \
+	  else \
+	    echo "make test needs Chromium (tests/test_report.py): sudo apt-get install -y chromium" >&2; \
+	    exit 1; \
+	  fi; }
 
 # The suite on the newest releases pyproject.toml allows, in a throwaway environment: run it
 # before `make lock`, and whenever a dependency publishes a release (it is what a user who
 # runs `pip install growthhub-async` today gets).
-test-latest: | $(UV)
+test-latest: deps-system | $(UV)
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(UV) venv --quiet --python $(PYTHON) "$$tmp/venv"; \
 	VIRTUAL_ENV="$$tmp/venv" $(UV) pip install --quiet --resolution highest -e '.[dev]'; \

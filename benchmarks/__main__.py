@@ -22,6 +22,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("cpu_per_record", [], ["--rounds", "3", "--records", "10000"]),
     ("lanes", [], ["--rounds", "1", "--records", "10000"]),
     ("startup", [], ["--runs", "10"]),
+    ("otel_overhead", [], ["--rounds", "3", "--records", "10000"]),
     ("rate_utilisation", [], ["--seconds", "10"]),
     ("latency", [], []),
     ("sandbox_throughput", [], []),
@@ -29,6 +30,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("incremental", [], ["--contacts", "100000", "--records", "10000"]),
     ("memory", ["--by-location"], ["--quick", "--by-location"]),
     ("locations", [], []),
+    ("web_workers", [], ["--requests", "200"]),
 ]
 
 

@@ -143,10 +143,46 @@ def _startup(r: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _otel(r: dict[str, Any]) -> tuple[str, str, str]:
+    v = r["variants"]
+
+    def spread(name: str) -> str:
+        ratios = v[name]["ratios"]
+        return (
+            f"**{v[name]['ratioToWithout']:.3f}x** (rounds {min(ratios):.2f} to {max(ratios):.2f})"
+        )
+
+    return (
+        f"median of {r['rounds']} rounds: no SDK {spread('noSdk')}; extra unused "
+        f"{spread('idle')}<br>SDK on, no exporter: {v['sdk']['ratioToWithout']:.2f}x",
+        "≤ 1.02x without the extra",
+        _yes(r["met"]),
+    )
+
+
+def _web_workers(r: dict[str, Any]) -> tuple[str, str, str]:
+    rows = []
+    for name, label in (("withRedis", "with Redis"), ("withoutRedis", "without")):
+        f = r[name]
+        rows.append(
+            f"{label}: **{f['answered429']} x 429** of {f['sandboxRequests']} requests, at most"
+            f" {f['maxInWindow']} in a window; utilisation **{f['utilisation']:.3f}**; p50"
+            f" {f['p50Seconds']:.1f} s, p99 {f['p99Seconds']:.1f} s ({f['requests']} at once)"
+        )
+    cost = r["redisCost"]
+    rows.append(
+        f"Redis per request: +{cost['addedWallMicroseconds']:.0f} µs wall, "
+        f"+{cost['addedCpuMicroseconds']:.0f} µs worker CPU, "
+        f"{cost['redis']['redisServerCpuMicroseconds']:.0f} µs Redis CPU"
+    )
+    return "<br>".join(rows), "with Redis: 0 x 429, ≥ 0.95", _yes(r["met"])
+
+
 ROWS = {
     "cpu_per_record": ("Client CPU per record (ours / raw aiohttp loop)", _cpu),
     "lanes": ("Cost against the number of locations", _lanes),
     "startup": ("Start-up (exec to exit)", _startup),
+    "otel_overhead": ("OpenTelemetry's cost (CPU per record against no extra)", _otel),
     "rate_utilisation": ("Rate-limit utilisation", _rate),
     "memory": ("Memory (peak RSS, streaming)", _memory),
     "memory_locations": ("Memory by location (10 then 1,000 locations, sorted)", _memory),
@@ -155,6 +191,7 @@ ROWS = {
     "encoding": ("Encoding (full body, per record)", _encoding),
     "sandbox_throughput": ("Sandbox throughput", _throughput),
     "incremental": ("Incremental sync (--state)", _incremental),
+    "web_workers": ("Web workers on one token (4 uvicorn workers, FastAPI example)", _web_workers),
 }
 
 

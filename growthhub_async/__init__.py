@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; every other name is private.
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from growthhub_async.auth import FixedToken, OAuthProvider, TokenProvider, TokenSet
@@ -36,7 +37,9 @@ from growthhub_async.events import (
     Paused,
     RateLimitHit,
     RecordFinished,
+    RequestFinished,
     RetryScheduled,
+    RunFinished,
     TokenStopped,
 )
 from growthhub_async.models import (
@@ -56,7 +59,9 @@ from growthhub_async.models import (
 from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.ratelimit import Rate
 from growthhub_async.retry import RetryPolicy
+from growthhub_async.shared_budget import RedisBudgets
 from growthhub_async.sources import Record
+from growthhub_async.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from growthhub_async.state import SyncState
@@ -106,15 +111,19 @@ __all__ = [
     "Record",
     "RecordFinished",
     "Redirected",
+    "RedisBudgets",
+    "RequestFinished",
     "RequestTimeout",
     "ResponseError",
     "RetryPolicy",
     "RetryScheduled",
+    "RunFinished",
     "ServerError",
     "StateError",
     "Status",
     "Summary",
     "SyncState",
+    "Telemetry",
     "TokenProvider",
     "TokenRefreshFailed",
     "TokenSet",
@@ -130,3 +139,6 @@ __all__ = [
     "UploadedFileMeta",
     "__version__",
 ]
+
+# The library logs under growthhub_async.* and configures nothing: the application decides.
+logging.getLogger("growthhub_async").addHandler(logging.NullHandler())

@@ -214,6 +214,19 @@ class TokenProvider(abc.ABC):
         """Whether the token of ``generation`` came from a refresh and has not worked yet."""
         return False
 
+    def expires_in(self) -> float | None:
+        """Seconds until the current token expires (``None``: unknown or never); call it in
+        the event loop after :meth:`token`. A coordinator hands this to the workers it
+        serves (:mod:`growthhub_async.distributed`), so they ask again in time."""
+        return None
+
+    @property
+    def budget_identity(self) -> str | None:
+        """What names this token's rate budget in a shared store (hashed there, never kept):
+        the token itself when it never changes, else ``None`` (the client then uses the
+        token's key, its location id)."""
+        return None
+
     def attach(self, base_url: yarl.URL) -> None:  # noqa: B027 (an optional hook)
         """The client that uses this provider talks to ``base_url`` (called once per client)."""
 
@@ -237,6 +250,11 @@ class FixedToken(TokenProvider):
     async def token(self) -> AccessToken:
         """The fixed value."""
         return self._token
+
+    @property
+    def budget_identity(self) -> str:
+        """The token: a fixed token is its own budget."""
+        return self._token.value
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -572,6 +590,12 @@ class OAuthProvider(TokenProvider):
     def fresh(self, generation: int) -> bool:
         """The current token, from a refresh, refused or unused so far (a 401 then waits)."""
         return generation == self._generation > 0 and not self._confirmed
+
+    def expires_in(self) -> float | None:
+        """Seconds until the current access token expires, by the event loop's clock."""
+        if self._expires_at is None:
+            return None
+        return self._expires_at - asyncio.get_running_loop().time()
 
     def accepted(self, generation: int) -> None:
         """Note that the current token works (the storm guard of :meth:`rejected`)."""

@@ -23,9 +23,12 @@ Rules, and why:
   back once ``max_pending`` of them wait.
 - **One outcome per record, none dropped.** Cancelling the consumer (or ``aclose()``, or closing
   the client) stops the reader, ends queued records as ``failed`` (``"cancelled"``, no request)
-  and cancels the ones in flight, which end ``failed`` (``"cancelled"``) with their attempts
-  counted. Outcomes that the closed stream can no longer yield still reach the hooks
-  (:class:`~growthhub_async.events.RecordFinished`) and the stream's ``summary``.
+  and the ones in flight too, with their attempts counted. A request already written is not
+  cut then (only closing the client cuts it): it finishes in the background, holding its
+  contact's gate, so the contact's next record (of any run or ``submit``) never goes beside it
+  (see :meth:`Engine.cancel_job`). Outcomes that the closed stream can no longer yield still
+  reach the hooks (:class:`~growthhub_async.events.RecordFinished`) and the stream's
+  ``summary``.
 - **Retries** follow :class:`~growthhub_async.retry.RetryPolicy`. **A record waiting for its
   retry holds no worker**: the worker goes on with other records, and a timer puts the record
   back at the front of its token's queue when the wait is over. The record keeps its contact's
@@ -66,13 +69,16 @@ from growthhub_async.events import (
     Paused,
     RateLimitHit,
     RecordFinished,
+    RequestFinished,
     RetryScheduled,
+    RunFinished,
 )
 from growthhub_async.journal import record_hash, sent_hash
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
 from growthhub_async.sources import Record
+from growthhub_async.transport import NotSent, send_gate
 
 if TYPE_CHECKING:  # imported by the first spill: tempfile is no run's start-up cost
     from growthhub_async.spill import Spill
@@ -99,13 +105,23 @@ class Lane(Protocol):
     async def acquire(self) -> float:
         """Wait for the token's budget; return the send time."""
 
+    def release(self, sent_at: float) -> None:
+        """Give back the budget taken by :meth:`acquire` for a request that is not sent."""
+
     async def request(
-        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None = None
+        self,
+        contact_id: str,
+        body: bytes,
+        *,
+        sent_at: float,
+        deadline: float | None = None,
+        keep_response: bool = False,
     ) -> tuple[int, Any]:
         """Send one PUT; return ``(status, decoded)`` or raise a typed error.
 
         ``deadline`` (``loop.time()``): the whole answer must be in by then, or the request
-        ends with :class:`~growthhub_async.errors.RequestTimeout`.
+        ends with :class:`~growthhub_async.errors.RequestTimeout`. ``keep_response``: the
+        decoded body is given to a caller, so secrets are removed from it first.
         """
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
@@ -137,6 +153,9 @@ class _Sink(Protocol):
     halted: tuple[Status, str] | None
     """Set when the run stops (:meth:`OutcomeStream.stop`): the outcome of every record that
     has no request on the wire, in place of any further request or retry."""
+    keeps_response: bool
+    """Whether a record's decoded 2xx body is kept for it (``submit(..., response=True)``);
+    never for a bulk run, whose outcomes go to a journal and must not grow with the body."""
 
     def event(self, event: Event) -> None: ...
 
@@ -147,8 +166,11 @@ class _Job:
     __slots__ = (
         "attempts",
         "body",
+        "cancel_reason",
         "cancel_requested",
         "contact_id",
+        "detached",
+        "expires",
         "first",
         "http_status",
         "lane",
@@ -156,11 +178,14 @@ class _Job:
         "on_wire",
         "reauths",
         "resend_after",
+        "response",
         "sink",
         "state",
         "task",
+        "timeout",
         "timer",
         "token_key",
+        "written",
     )
 
     def __init__(
@@ -186,13 +211,29 @@ class _Job:
         self.reauths = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
         self.resend_after = 0.0  # the pause a 401 asked for before the record is sent again
         self.on_wire = False  # a request of this record is being sent or answered
+        self.written = False  # ... and its connection was ready: it went (or is going) out
+        self.detached = False  # cut with a request written: its outcome is out, the answer not
+        self.timeout: float | None = None  # a submit's deadline: seconds, and when (loop time)
+        self.expires: float | None = None
         self.cancel_requested = False
+        self.cancel_reason: str | None = None  # the error of a cancelled record, if not CANCELLED
+        self.response: Any = None  # the decoded 2xx body, kept only when the sink asks
         self.task: asyncio.Task[Any] | None = None
         """The worker running this record (set only while its attempts are awaited)."""
         self.first: float | None = None
         """When the first request went (``loop.time()``): ``max_time`` counts from here."""
         self.timer: asyncio.TimerHandle | None = None
         """The wake-up of a ``WAITING`` record."""
+
+    def may_send(self) -> bool:
+        """The send gate (asked when the connection is ready, right before the request is
+        written): not once the record ended, its run stopped or its deadline passed."""
+        if self.state is not _State.RUNNING or self.sink.halted is not None:
+            return False
+        if self.expires is not None and asyncio.get_running_loop().time() >= self.expires:
+            return False
+        self.written = True
+        return True
 
     def outcome(self, status: Status, error: str | None) -> Outcome:
         return Outcome(
@@ -356,44 +397,89 @@ class Engine:
         if following is not None:
             self._ready(following)
 
-    def cancel_job(self, job: _Job) -> None:
-        """End a job as ``failed`` (``"cancelled"``): at once if queued, via its worker if running.
+    def cancel_job(self, job: _Job, reason: str = CANCELLED) -> None:
+        """End a job as ``failed`` (``reason``, by default ``"cancelled"``): at once if queued,
+        via its worker if running.
 
         A running record is cancelled by cancelling the worker that runs it, once: the worker is
         suspended inside that record's attempts (see :meth:`_run`), so the cancellation lands
         there, and the worker takes it back (``uncancel``) and goes on with its next record. A
         record waiting for a retry (no worker) ends at once, and its contact's next record goes.
+
+        A record whose request is written (on the wire, answer pending) is not cut: it ends now
+        (its outcome to its caller and the hooks), and its request goes on in the background
+        until answered or its own ``timeout``, holding its contact's gate meanwhile. The
+        server may be applying it: the contact's next record must not be in flight beside it
+        and land first (the same rule as :meth:`OutcomeStream.stop`). Only :meth:`close` cuts
+        a request on the wire.
         """
         if job.state is _State.QUEUED:
-            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            self._finish(job, job.outcome(Status.FAILED, reason))
         elif job.state in (_State.WAITING, _State.READY):
             if job.timer is not None:
                 job.timer.cancel()
                 job.timer = None
             self._waiting.discard(job)
-            self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            self._finish(job, job.outcome(Status.FAILED, reason))
             if not self.closed:
                 self._hand_on(job)
+        elif job.state is _State.RUNNING and job.on_wire and job.written and not job.detached:
+            job.detached = True  # _attempts sees it when the answer comes: nothing more is sent
+            self._finish(job, job.outcome(Status.FAILED, reason))
         elif job.state is _State.RUNNING and job.task is not None and not job.cancel_requested:
             job.cancel_requested = True
+            job.cancel_reason = reason
             job.task.cancel()
 
     async def submit(
-        self, line: int, contact_id: str, update: UpdateContact, token_key: str | None
+        self,
+        line: int,
+        contact_id: str,
+        update: UpdateContact,
+        token_key: str | None,
+        *,
+        # Not asyncio.timeout (ASYNC109): that would raise, and the record's outcome, which
+        # says whether it was sent, would be lost; the deadline ends the record instead.
+        timeout: float | None = None,  # noqa: ASYNC109
+        response: bool = False,
+        started: float | None = None,
     ) -> Outcome:
-        """One record through the workers; see ``GrowthHubClient.submit``."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        sink = _FutureSink(future, self)
+        """One record through the workers; see ``GrowthHubClient.submit``.
+
+        ``timeout``: seconds from now (from ``started``, a ``loop.time()``, if given) after
+        which the record ends ``failed`` whatever its
+        state (:func:`deadline_reason` says how far it got); ``response``: the outcome carries
+        the decoded 2xx body (the hooks get the outcome without it).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        sink = _FutureSink(future, self, keeps_response=response)
         prepared = self.prepare(Record(line, contact_id, update, token_key), line, None, sink)
         if isinstance(prepared, Outcome):
             self.call_hooks(self.hooks, RecordFinished(outcome=prepared, token_key=token_key))
             return prepared
+        expiry = None
+        if timeout is not None:
+            # The timer ends a record that is waiting; the worker also looks at `expires` right
+            # before sending (the timer runs late on a busy loop, after the worker's turn).
+            now = loop.time()
+            prepared.timeout = timeout
+            prepared.expires = (started if started is not None else now) + timeout
+            expiry = loop.call_later(max(prepared.expires - now, 0.0), self._expire, prepared)
         self.enqueue(prepared)
         try:
             return await future
         except asyncio.CancelledError:
             self.cancel_job(prepared)
             raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    def _expire(self, job: _Job) -> None:
+        """A submitted record's deadline has passed: end it, saying how far it got."""
+        if job.state is not _State.DONE:
+            self.cancel_job(job, deadline_reason(job))
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -474,9 +560,9 @@ class Engine:
             if worker.cancelling() or self.closed:
                 # Someone else cancels the worker too (the engine is closing, or the loop is
                 # shutting down): end this record, then let the worker stop.
-                self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+                self._finish(job, job.outcome(Status.FAILED, job.cancel_reason or CANCELLED))
                 raise
-            result = job.outcome(Status.FAILED, CANCELLED)
+            result = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
         except Exception as exc:  # a bug of ours: this record fails, not the run
             job.task = None
             log.exception("internal error on line %d", job.line)
@@ -488,7 +574,7 @@ class Engine:
                 # or it would hit the worker's next record.
                 worker.uncancel()
                 if not isinstance(result, Outcome):
-                    result = job.outcome(Status.FAILED, CANCELLED)
+                    result = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
         if not isinstance(result, Outcome) and job.sink.halted is not None:
             result = job.outcome(*job.sink.halted)  # the run stops: no retry
         if isinstance(result, Outcome):
@@ -507,19 +593,23 @@ class Engine:
         loop = asyncio.get_running_loop()
         policy = self.policy
         while True:
-            halt = lane.stopped or job.sink.halted
+            halt = _held_back(job, loop)
             if halt is None:
                 sent_at = await lane.acquire()
-                halt = lane.stopped or job.sink.halted  # or while we waited for the budget
+                halt = _held_back(job, loop, sent_at)  # or while we waited for the budget
             if halt is not None:
                 return job.outcome(*halt)
-            if job.first is None:
-                job.first = sent_at
+            job.first = sent_at if job.first is None else job.first
             job.attempts += 1
             # max_time holds while a retry is in flight too, so a record is over at most
             # max_time after its first request (or after the first request's own timeout).
             deadline = job.first + policy.max_time if job.attempts > 1 else None
             error = await self._send(job, sent_at, deadline)
+            if isinstance(error, NotSent) or job.detached:
+                # Held back at the last moment (nothing went out), or cut with its request on
+                # the wire (its caller has its outcome): _held_back ends it above.
+                job.attempts -= isinstance(error, NotSent)
+                continue
             if error is None:
                 return job.outcome(Status.UPDATED, None)
             if error is _REFRESHED:
@@ -567,17 +657,51 @@ class Engine:
                 return decision
 
     @staticmethod
-    async def _send(job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
-        """One request: ``None`` when applied, else the error (``_REFRESHED``: send again)."""
-        job.on_wire = True
-        try:
-            job.http_status, _ = await job.lane.request(
-                job.contact_id, job.body, sent_at=sent_at, deadline=deadline
+    def _answered(job: _Job, sent_at: float, error: BaseException | None) -> None:
+        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans. Not
+        for a record cut while its request was on the wire: its outcome (and its span) are out
+        already, and a late request event would open a record span that nothing ends."""
+        if job.detached:
+            return
+        job.sink.event(
+            RequestFinished(
+                line=job.line,
+                contact_id=job.contact_id,
+                token_key=job.lane.key,
+                attempt=job.attempts,
+                sent_at=sent_at,
+                duration=asyncio.get_running_loop().time() - sent_at,
+                http_status=job.http_status,
+                error=None if error is None else type(error).__name__,
             )
+        )
+
+    @classmethod
+    async def _send(cls, job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
+        """One request: ``None`` when applied, else the error (``_REFRESHED``: send again;
+        :class:`NotSent`: the send gate held it back, see :meth:`_Job.may_send`)."""
+        job.on_wire = True
+        job.written = False
+        try:
+            with send_gate(job.may_send):
+                job.http_status, decoded = await job.lane.request(
+                    job.contact_id,
+                    job.body,
+                    sent_at=sent_at,
+                    deadline=deadline,
+                    keep_response=job.sink.keeps_response,
+                )
+            if job.sink.keeps_response and not job.detached:
+                job.response = decoded
+        except asyncio.CancelledError:
+            if not job.written:
+                job.attempts -= 1  # cut before its connection was ready: nothing went out
+            raise
         except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
             job.http_status = exc.status_code
+            cls._answered(job, sent_at, exc)
             if exc.status_code == 401 and job.reauths < _REAUTHS:
-                if job.sink.halted is not None:
+                if job.sink.halted is not None or job.detached:
                     return _REFRESHED  # the run stops: no refresh, no re-send (ends halted)
                 try:
                     delay = await job.lane.refresh(exc, again=job.reauths > 0)
@@ -588,12 +712,33 @@ class Engine:
                 except HTTPStatusError as failed:  # the refresh failed: its reason is ours
                     return failed
             return exc
-        except (TransportError, ResponseError) as exc:
-            job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
+        except (TransportError, ResponseError, NotSent) as exc:
+            if not isinstance(exc, NotSent):  # NotSent: the send gate held it back, unsent
+                job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
+                cls._answered(job, sent_at, exc)
             return exc
         finally:
-            job.on_wire = False
+            job.on_wire = job.written = False
+        cls._answered(job, sent_at, None)
         return None
+
+    def load(self) -> dict[str, tuple[int, int]]:
+        """Per token key, ``(queued, in_flight)`` now: records waiting for a worker (new ones,
+        those parked behind their contact's record, those waiting to retry) and records a
+        worker is on (pacing, on the wire). Read by telemetry's gauges when they are collected,
+        never on a record's path."""
+        waiting: dict[str, int] = {}
+        for job in self._waiting:
+            waiting[job.lane.key] = waiting.get(job.lane.key, 0) + 1
+        load = {}
+        for key, queue in self._queues.items():
+            active = self._active[key]  # contacts whose record is running, waiting or ready
+            parked = sum(len(jobs) for jobs in active.values() if jobs)
+            # Back from a retry's wait, in the queue again (rank 0): waiting for a worker.
+            ready = sum(1 for rank, _, _ in getattr(queue, "_queue", ()) if rank == 0)
+            held = waiting.get(key, 0)
+            load[key] = (queue.qsize() + parked + held, max(0, len(active) - held - ready))
+        return load
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -622,6 +767,8 @@ class Engine:
                     if job.state is _State.QUEUED:
                         self._finish(job, job.outcome(Status.FAILED, CANCELLED))
             self._active[key].clear()
+        for run in list(self.runs):  # every record has its outcome: the run ends (its span)
+            run.finished()
 
 
 def _unpack(item: Any, position: int) -> tuple[int, Any, Any, str | None] | Outcome:
@@ -650,22 +797,72 @@ def _rejected(line: int, contact_id: str | None, error: str) -> Outcome:
     return Outcome(line=line, contact_id=contact_id, status=Status.REJECTED, error=error)
 
 
+def _held_back(
+    job: _Job, loop: asyncio.AbstractEventLoop, sent_at: float | None = None
+) -> tuple[Status, str] | None:
+    """Why a record may send nothing more (its outcome's status and error), or ``None``: its
+    token or its run stopped, its deadline passed, or it was cut (its outcome is out).
+    ``sent_at``: the budget was taken for it, and goes back (the lane's acquire gave it back
+    already if the token stopped)."""
+    halt: tuple[Status, str] | None
+    if job.state is not _State.RUNNING:
+        halt = Status.FAILED, job.cancel_reason or CANCELLED
+    else:
+        halt = job.lane.stopped or job.sink.halted
+        if halt is None and job.expires is not None and loop.time() >= job.expires:
+            halt = Status.FAILED, deadline_reason(job)
+    if halt is not None and sent_at is not None and job.lane.stopped is None:
+        job.lane.release(sent_at)
+    return halt
+
+
+def deadline_reason(job: _Job) -> str:
+    """The error of a submitted record whose deadline (``job.timeout`` seconds) passed.
+
+    Always starts with ``"deadline"``, so that a caller can tell it from other failures (a web
+    handler answers 504 for it). A record that had sent nothing says so: it never will.
+    """
+    timeout = job.timeout or 0.0
+    if job.on_wire and job.written:
+        return (
+            f"deadline ({timeout:g} s) passed with a request in flight: the server may have "
+            f"applied it (its answer is not awaited; the contact's next record waits for it)"
+        )
+    sent = job.attempts - (1 if job.on_wire else 0)  # one being connected has not gone out
+    if sent and job.http_status is not None:
+        return (
+            f"deadline ({timeout:g} s) passed waiting to retry, after {sent} "
+            f"request(s) (last answer HTTP {job.http_status})"
+        )
+    if sent:
+        return f"deadline ({timeout:g} s) passed waiting to retry, after {sent} request(s)"
+    return f"deadline ({timeout:g} s) passed before the record could be sent: not sent"
+
+
 class _FutureSink:
     """Where a ``submit`` job's outcome goes: the awaiting future, and the client's hooks."""
 
     halted: tuple[Status, str] | None = None  # a submit is never stopped, only cancelled
 
-    def __init__(self, future: asyncio.Future[Outcome], engine: Engine) -> None:
+    def __init__(
+        self, future: asyncio.Future[Outcome], engine: Engine, *, keeps_response: bool = False
+    ) -> None:
         self.future = future
         self.engine = engine
+        self.keeps_response = keeps_response
 
     def event(self, event: Event) -> None:
         Engine.call_hooks(self.engine.hooks, event)
 
     def finish(self, job: _Job, outcome: Outcome) -> None:
+        # The hooks (a journal, a state) get the outcome without the body: only the caller
+        # who asked for it holds it.
         Engine.call_hooks(
             self.engine.hooks, RecordFinished(outcome=outcome, token_key=job.lane.key)
         )
+        if job.response is not None and outcome.status is Status.UPDATED:
+            outcome = msgspec.structs.replace(outcome, response=job.response)
+        job.response = None
         if not self.future.done():
             self.future.set_result(outcome)
 
@@ -698,8 +895,9 @@ class OutcomeStream:
     ahead of the consumer). If the input itself raises, the outcomes of the records read so
     far come first, then the exception. Cancelling the task that awaits the next outcome stops
     the run like :meth:`aclose`: queued records end ``failed`` (``"cancelled"``) without a
-    request, records in flight are cancelled and end ``failed`` (``"cancelled"``); their
-    outcomes go to the hooks and the :attr:`summary`. No task is left running.
+    request, records in flight end ``failed`` (``"cancelled"``) at once (a request already
+    written finishes in the background, holding its contact, until the client is closed);
+    their outcomes go to the hooks and the :attr:`summary`.
 
     **Side by side** (``side_by_side=True``, issue 13): records of many tokens (locations)
     progress at once whatever the input order, a file sorted by location included. The reader
@@ -711,6 +909,8 @@ class OutcomeStream:
     Records still in the spill file when the run is stopped (:meth:`stop_input`, ``aclose``)
     count as not read: they get no outcome (a resumed job sends them).
     """
+
+    keeps_response = False  # a run's outcomes never carry the 2xx body (see _Sink)
 
     def __init__(
         self,
@@ -818,7 +1018,7 @@ class OutcomeStream:
             return
         engine = self._engine = self._get_engine()
         if engine.closed:
-            raise ClientClosed("the client is closed")
+            raise ClientClosed("the client is closed: it sends nothing more")
         engine.runs.add(self)
         self._slots = asyncio.Semaphore(self._max_pending)
         self._started_at = asyncio.get_running_loop().time()
@@ -1045,9 +1245,17 @@ class OutcomeStream:
     def _end(self) -> None:
         if not self._closed:
             self._closed = True
-        if self._engine is not None:
+        self.finished()
+
+    def finished(self) -> None:
+        """The run is over (its records all have outcomes): ``RunFinished``, once.
+
+        Also called by the engine as the client closes, for a run left without ``aclose`` (a
+        ``break`` out of the loop without ``async with``): its outcomes may still be read."""
+        if self._engine is not None and self in self._engine.runs:
             self._engine.runs.discard(self)
             self.summary.elapsed = asyncio.get_running_loop().time() - self._started_at
+            self._emit(RunFinished(summary=self.summary))
 
     def stop(self) -> None:
         """Take no more records and send no more requests; let those on the wire finish.
@@ -1057,7 +1265,8 @@ class OutcomeStream:
         does a record whose answer comes back asking for more (a retry, a token refresh and
         re-send): no request goes after the stop. The stream then ends once the requests on the
         wire are answered. For a graceful stop on
-        SIGTERM; :meth:`aclose` cancels those on the wire too. Records still in a spill file
+        SIGTERM; :meth:`aclose` ends those on the wire too, at once (their requests finish in
+        the background, or are cut by the client's ``close()``). Records still in a spill file
         are not read (:meth:`stop_input`): no outcome, a resumed job sends them.
         """
         self.stop_input()

@@ -7,13 +7,20 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
-from growthhub_async import __version__, eventloop
+from growthhub_async import (  # distributed imports Dask lazily
+    __version__,
+    distributed,
+    eventloop,
+    logs,
+    report,
+)
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
 from growthhub_async.cmdline import PROG, HelpFormatter, Terminal, invoked_as
@@ -29,6 +36,7 @@ from growthhub_async.job import (
 from growthhub_async.locations import AgencyTokens, LocationTokens, load_tokens_file
 from growthhub_async.progress import format_duration
 from growthhub_async.ratelimit import Rate, parse_rate
+from growthhub_async.redact import Redactor
 
 if TYPE_CHECKING:
     from growthhub_async.state import StateStats
@@ -39,9 +47,9 @@ DEFAULT_RATE = "100/10s"
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of the whole command, with every subcommand.
 
-    ``command`` (the first word of the command line): ``update`` and ``state`` leave out the
-    ``sandbox`` and ``demo`` subcommands, whose modules import the sandbox server (aiohttp's
-    web framework): a run's start-up does not pay for them (issue 17)."""
+    ``command`` (the first word of the command line): ``update``, ``state`` and ``report``
+    leave out the ``sandbox`` and ``demo`` subcommands, whose modules import the sandbox server
+    (aiohttp's web framework): a run's start-up does not pay for them (issue 17)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         formatter_class=HelpFormatter,
@@ -56,6 +64,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     # Each subcommand registers itself and sets ``handler`` (Namespace -> exit status).
     add_update_parser(subparsers)
     add_state_parser(subparsers)
+    add_report_parser(subparsers)
     if command not in _LIGHT_COMMANDS:
         from growthhub_async import demo  # noqa: PLC0415
         from growthhub_async.sandbox import cli as sandbox_cli  # noqa: PLC0415
@@ -67,7 +76,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-_LIGHT_COMMANDS: Final = frozenset({"update", "state"})
+_LIGHT_COMMANDS: Final = frozenset({"update", "state", "report"})
 
 
 class _Version(argparse.Action):
@@ -104,19 +113,29 @@ def _shard_arg(text: str) -> tuple[int, int]:
     return shard
 
 
+MAX_SHARDS = 10_000
+
+
+def _shards_arg(text: str) -> int:
+    return _whole_number(text, MAX_SHARDS)
+
+
 MAX_CONCURRENCY = 1000
 """More requests in flight than this cannot help one token (100 per 10 s) and cost memory."""
 
 
 def _concurrency(text: str) -> int:
+    return _whole_number(text, MAX_CONCURRENCY)
+
+
+def _whole_number(text: str, most: int) -> int:
+    """``text`` as a whole number from 1 to ``most``, else the usage error saying so."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number from 1 to {MAX_CONCURRENCY}"
-        )
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {most}")
     return value
 
 
@@ -145,7 +164,8 @@ Many locations: a record's locationId (JSONL key or CSV column) picks its locati
 (--tokens FILE, or minted from an agency app with --agency-oauth FILE) and budget; it is never
 sent in the body. Locations run side by side whatever the input order: records waiting for
 their location go to an unlinked spill file next to OUTCOMES. --shard K/N splits the locations
-over N machines.
+over N machines; --dask ADDRESS --out-dir DIR --shards N runs the N shards on a Dask cluster
+(one journal per shard in DIR, one summary).
 
 Exit status: 0 every record updated or unchanged (with --dry-run: every record valid); 1 some
 record was not, or the run was interrupted; 2 a usage or fatal error."""
@@ -162,7 +182,8 @@ examples:
   {prog} update contacts.jsonl --out o.jsonl --rate 25/10s          # a trial account
   {prog} update contacts.jsonl --out o.jsonl --base-url http://127.0.0.1:8080  # a sandbox
   {prog} update export.csv --out o.jsonl --tokens tokens.json       # many locations
-  {prog} update export.csv --out o0.jsonl --tokens tokens.json --shard 0/4   # machine 0 of 4"""
+  {prog} update export.csv --out o0.jsonl --tokens tokens.json --shard 0/4   # machine 0 of 4
+  {prog} update export.csv --out-dir shards --shards 8 --tokens tokens.json --dask tcp://scheduler:8786"""
 
 
 def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -180,9 +201,9 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out",
-        required=True,
         metavar="OUTCOMES.jsonl",
-        help="the outcome journal; must be new or empty unless --resume",
+        help="the outcome journal; must be new or empty unless --resume (required, except "
+        "with --dask, which takes --out-dir)",
     )
     parser.add_argument(
         "--base-url",
@@ -273,6 +294,25 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         "locationId belong to shard 0. Give each shard its own --out",
     )
     parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the --shards on a Dask cluster: a scheduler address (tcp://scheduler:8786), "
+        "or local[:N] to start N worker processes on this machine (default: one per shard, "
+        f"at most one per CPU); needs {distributed.INSTALL_HINT}. Shard K journals to "
+        "DIR/shard-K-of-N.jsonl; INPUT and DIR must be at the same path on every worker",
+    )
+    parser.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="with --dask: the folder of the shards' journals and logs (shared storage)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=_shards_arg,
+        metavar="N",
+        help="with --dask: how many shards (tasks) to split the locations into, 1 to 10000",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no live progress bar: a plain progress line on stderr now and then",
@@ -283,8 +323,27 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"the event loop: uvloop (the speed extra) or asyncio's own; auto, the default, "
         f"takes uvloop when it is installed (or ${eventloop.LOOP_ENV})",
     )
+    add_log_arguments(parser)
     parser.set_defaults(handler=run_update)
     return parser
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-format`` and ``--log-level`` (issue 16): what stderr carries, and how."""
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="text (default): messages as they are; json: every line on stderr one JSON "
+        "object (time, level, logger, runId, msg, fields), progress lines included",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        help="the least level logged (default warning for text, info for json: a record "
+        "not updated, a pause, a token stopped, the run's end; debug adds every record, "
+        "retry and 429)",
+    )
 
 
 def acquire_token(args: argparse.Namespace) -> str | TokenProvider | None:
@@ -325,7 +384,11 @@ def resume_command(args: argparse.Namespace) -> str:
     odd_input = args.input.startswith("-") and args.input != "-"
     if not odd_input:
         words.append(args.input)
-    words += [*_option("--out", args.out), "--resume"]
+    if getattr(args, "dask", None):
+        words += [*_option("--out-dir", args.out_dir), "--shards", str(args.shards)]
+        words += [*_option("--dask", args.dask), "--resume"]
+    else:
+        words += [*_option("--out", args.out), "--resume"]
     if args.base_url != DEFAULT_BASE_URL:
         words += _option("--base-url", args.base_url)
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
@@ -349,6 +412,8 @@ def resume_command(args: argparse.Namespace) -> str:
         ("--shard", f"{shard[0]}/{shard[1]}" if shard else None),
         ("--no-progress", args.no_progress),
         ("--loop", getattr(args, "loop", None)),
+        ("--log-format", "json" if getattr(args, "log_format", "text") == "json" else None),
+        ("--log-level", getattr(args, "log_level", None)),
     ]
     for name, value in options:
         if isinstance(value, str) and value:
@@ -392,8 +457,34 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _dask_problem(args: argparse.Namespace) -> str | None:  # noqa: PLR0911 (one per rule)
+    """What is wrong with the options of a ``--dask`` run (or of a run without one)."""
+    if not args.dask:
+        if args.out is None:
+            return "the following arguments are required: --out"
+        if args.out_dir is not None or args.shards is not None:
+            return "--out-dir and --shards go with --dask ADDRESS"
+        return None
+    if args.out is not None:
+        return "--dask writes one journal per shard: give --out-dir DIR, not --out"
+    if args.out_dir is None or args.shards is None:
+        return "--dask needs --out-dir DIR and --shards N"
+    for name in ("shard", "state", "dry_run"):
+        if getattr(args, name):
+            option = "--" + name.replace("_", "-")
+            return f"--dask runs every shard: {option} is for a run on one machine"
+    if args.input == "-":
+        return "--dask cannot read standard input: the workers read INPUT (shared storage)"
+    return None
+
+
 def run_update(args: argparse.Namespace) -> int:
     """Handle ``growthhub-async update``; returns the exit status."""
+    problem = _dask_problem(args)
+    if problem is not None:
+        return fatal("update", problem)
+    if args.dask:
+        return run_update_dask(args)
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
     settings = JobSettings(
         input=args.input,
@@ -415,17 +506,79 @@ def run_update(args: argparse.Namespace) -> int:
     )
     token: str | TokenProvider | None = None
     locations: LocationTokens | None = None
+    redactor: Redactor | None = getattr(args, "log_redactor", None)
     try:
         _, loop = eventloop.loop_factory(getattr(args, "loop", None))
         if not args.dry_run:
             locations = acquire_locations(args)
             token = acquire_token(args)
+        if redactor is not None and isinstance(token, str):
+            redactor.add(token)
         options = {"locations": locations} if locations is not None else None
         _tune_gc()
-        result = eventloop.run(lambda: run_job(settings, token=token, client_options=options), loop)
+        result = eventloop.run(
+            lambda: run_job(settings, token=token, client_options=options, log_redactor=redactor),
+            loop,
+        )
     except GrowthHubError as exc:
         return fatal("update", exc)
     except KeyboardInterrupt:  # before the job's own handlers were installed
+        sys.stderr.write("interrupted\n")
+        return EXIT_NOT_ALL
+    finally:
+        if isinstance(token, OAuthProvider):
+            report_token_file(token, args.oauth)
+        if locations is not None and locations.agency is not None:
+            report_token_file(locations.agency.agency, args.agency_oauth)
+    return result.exit_status
+
+
+def run_update_dask(args: argparse.Namespace) -> int:
+    """``update --dask ADDRESS --out-dir DIR --shards N``: the shards on a Dask cluster."""
+    try:
+        distributed.cluster_spec(args.dask)  # a bad address is told before Dask is imported
+        distributed.require_distributed()
+    except GrowthHubError as exc:
+        return fatal("update", exc)
+    rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
+    settings = JobSettings(
+        input=args.input,
+        out=args.out_dir,
+        base_url=args.base_url,
+        rate=rate,
+        concurrency=args.concurrency,
+        value_key=args.value_key,
+        resume=args.resume,
+        token_hint=_token_hint(args),
+    )
+    token: str | TokenProvider | None = None
+    locations: LocationTokens | None = None
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+        locations = acquire_locations(args)
+        token = acquire_token(args)
+        redactor: Redactor | None = getattr(args, "log_redactor", None)
+        if redactor is not None:  # the coordinator's logs (issue 16)
+            if isinstance(token, str):
+                redactor.add(token)
+            elif token is not None:
+                redactor.include(token.redactor)
+        result = asyncio.run(
+            distributed.run_shards(
+                settings,
+                out_dir=args.out_dir,
+                shards=args.shards,
+                cluster=args.dask,
+                token=token,
+                locations=locations,
+                resume_command=resume_command(args),
+            )
+        )
+    except GrowthHubError as exc:
+        return fatal("update", exc)
+    except OSError as exc:
+        return fatal("update", f"--out-dir {args.out_dir!r}: {exc.strerror or exc}")
+    except KeyboardInterrupt:  # the shards were stopped and the resume command printed
         sys.stderr.write("interrupted\n")
         return EXIT_NOT_ALL
     finally:
@@ -500,6 +653,58 @@ async def _state_command(args: argparse.Namespace) -> int:
             )
         stats = await state.stats()
     out.write(render_state(args.file, stats) + "\n")
+    out.flush()
+    return 0
+
+
+REPORT_DESCRIPTION = """\
+Summarise one or more outcome journals (the OUTCOMES of update, or the journals of several
+shards): records by status (each record's last outcome) and by location, the most frequent
+error reasons, the requests, retries and 429s. --html FILE also writes a self-contained page
+(no network) with requests per second against the limit and outcomes over time. Journals are
+read one line at a time: blank, torn or foreign lines are counted and skipped."""
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``report`` subcommand (issue 16)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "report",
+        allow_abbrev=False,
+        help="summarise outcome journals, as text or an HTML page with charts",
+        description=REPORT_DESCRIPTION,
+    )
+    parser.add_argument("journals", nargs="+", metavar="OUTCOMES.jsonl", help="journals to read")
+    parser.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
+    parser.add_argument(
+        "--rate",
+        type=_rate_arg,
+        default=DEFAULT_RATE,
+        metavar="N/Ws",
+        help=f"the limit per location the chart compares with (default {DEFAULT_RATE})",
+    )
+    parser.add_argument(
+        "--top", type=int, default=10, metavar="N", help="error reasons shown (default 10)"
+    )
+    parser.set_defaults(handler=run_report)
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Handle ``growthhub-async report``; 0 when every journal was read, 2 otherwise."""
+    try:
+        found = report.read_journals(args.journals)
+    except OSError as exc:
+        return fatal("report", f"cannot read {exc.filename!r}: {exc.strerror}")
+    out = Terminal(sys.stdout)
+    out.write(report.render_text(found, top=max(1, args.top)))
+    if args.html:
+        page = report.render_html(found, rate=args.rate, top=max(1, args.top))
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(page)
+        except OSError as exc:
+            return fatal("report", f"cannot write {args.html!r}: {exc.strerror}")
+        out.write(f"page: {args.html}\n")
     out.flush()
     return 0
 
@@ -589,16 +794,69 @@ def report_token_file(provider: OAuthProvider, path: str) -> None:
     sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def _logging(args: argparse.Namespace, real: TextIO | None, redactor: Redactor) -> Iterator[None]:
+    """The command's logging for one subcommand (issue 16), undone afterwards.
+
+    Our loggers go to stderr (text: the message alone, as Python prints an unconfigured
+    warning); with ``--log-format json`` stderr itself becomes :class:`~growthhub_async.logs.
+    JsonLines`, so that what the command prints there is JSON too. Each run gets its id. The
+    handler redacts with every secret the run knows (``args.log_redactor``: ``redactor``,
+    which knows the environment's token from the start)."""
+    if real is None:  # started with stderr closed: nothing to configure
+        yield
+        return
+    log_format = getattr(args, "log_format", "text")
+    args.log_redactor = redactor
+    run = logs.RUN_ID.set(logs.new_run_id())
+    setup = logs.configure(log_format, getattr(args, "log_level", None), real, redactor)
+    if isinstance(sys.stderr, logs.JsonLines):
+        sys.stderr.redactor = redactor
+        sys.stderr.least = setup.logger.level  # --log-level, for the command's own lines too
+    try:
+        yield
+    finally:
+        setup.remove()
+        logs.RUN_ID.reset(run)
+
+
+def _wants_json(words: list[str]) -> bool:
+    return "--log-format=json" in words or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(words)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 some records not updated, 2 usage)."""
-    words = sys.argv[1:] if argv is None else list(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(words[0] if words else None)
-    args = parser.parse_args(words)
+    real = sys.stderr
+    # The secrets known before the options are parsed (the environment's token): a usage
+    # error quotes argv, and a mistyped option may hold the token (``--bogus=$TOKEN``).
+    redactor = Redactor(os.environ.get(TOKEN_ENV, "").strip())
+    if real is not None and _wants_json(words):
+        # Before the options are parsed: a usage error is a JSON line too.
+        sys.stderr = cast(TextIO, logs.JsonLines(real, redactor))
+    # What escapes from here (a usage error's exit, a crash's traceback) is printed by Python
+    # through the JSON stream, which is left in place for it: stderr stays JSON to the end.
+    if real is not None and sys.stderr is real:
+        sys.stderr = cast(TextIO, logs.Redacting(real, redactor))
+        try:
+            args = parser.parse_args(words)  # a usage error, redacted, then SystemExit
+        finally:
+            sys.stderr = real
+    else:
+        args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
-    status = handler(args)
+    with _logging(args, real, redactor):
+        status = handler(args)
+    if sys.stderr is not real:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.close()  # its last, unfinished line
+        sys.stderr = real
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:

@@ -85,6 +85,7 @@ from growthhub_async.errors import (
 )
 from growthhub_async.events import Event, Hook, Paused, RecordFinished, TokenStopped
 from growthhub_async.locations import LocationToken, LocationTokens, location_problem
+from growthhub_async.logs import current_run_id, log_event
 from growthhub_async.models import (
     CustomFieldValueKey,
     UpdateContact,
@@ -94,15 +95,26 @@ from growthhub_async.models import (
     decode_response,
 )
 from growthhub_async.outcomes import Outcome, Status
-from growthhub_async.ratelimit import Budget, Pacer, Rate, parse_rate, parse_rate_headers
+from growthhub_async.ratelimit import (
+    Budget,
+    Pacer,
+    Pacing,
+    Rate,
+    parse_rate,
+    parse_rate_headers,
+)
 from growthhub_async.redact import Redactor
 from growthhub_async.retry import RetryPolicy, header_value, parse_retry_after
+from growthhub_async.shared_budget import RedisBudgets
 from growthhub_async.sources import Record
+from growthhub_async.telemetry import ClientTelemetry, Telemetry
 from growthhub_async.transport import (
     MAX_ANSWER,
+    NotSent,
     check_base_url,
     is_loopback,
     map_exceptions,
+    may_send,
     no_hidden_resend,
     read_capped,
 )
@@ -115,9 +127,13 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TOKEN_KEY",
     "MAX_ANSWER",
+    "MAX_KEPT_ANSWER",
+    "MAX_TIMEOUT",
+    "MAX_VALUE_DEPTH",
     "GrowthHubClient",
     "TokenView",
     "check_base_url",
+    "check_timeout",
     "is_loopback",
     "map_exceptions",
     "read_response",
@@ -202,11 +218,20 @@ class _Connector(aiohttp.TCPConnector):
             if protocol is None or protocol not in self._used:
                 if protocol is not None:
                     self._used.add(protocol)
-                return conn
+                return self._gated(conn)
             if not _closed_by_peer(conn.transport):
-                return conn
+                return self._gated(conn)
             log.debug("a pooled connection was closed by the server; not used")
             conn.close()
+
+    @staticmethod
+    def _gated(conn: Any) -> Any:
+        """The connection, unless the request may no longer go (:func:`may_send`): the last
+        moment before aiohttp writes it. The unused connection goes back to the pool."""
+        if may_send():
+            return conn
+        conn.release()
+        raise NotSent
 
 
 class _Trimmer:
@@ -302,6 +327,7 @@ def read_response(
     now: float | None = None,
     redact: Redactor | None = None,
     contact_id: str | None = None,
+    keep: bool = False,
 ) -> UpdateContactResponse:
     """The decoded 2xx body, or the typed error of the answer. Pure.
 
@@ -315,6 +341,14 @@ def read_response(
     ``contact_id`` raises :class:`~growthhub_async.errors.ContactMismatch` (not retried). A 3xx
     raises :class:`~growthhub_async.errors.Redirected`. ``now`` (Unix seconds) reads a
     ``Retry-After`` HTTP date when the answer has no ``Date`` header.
+
+    ``keep``: the decoded 2xx goes to a caller (``submit(..., response=True)``), so a secret
+    the server echoed in it (a contact field holding the bearer) is removed first: the body is
+    decoded again from its redacted text, or without its contact if that is no longer JSON (or
+    if a custom field value nests deeper than :data:`MAX_VALUE_DEPTH`, or the body is larger
+    than :data:`MAX_KEPT_ANSWER`). Only then: the scan
+    costs a pass over the body, for nothing when the body is dropped. A body nested too deep
+    to decode (``RecursionError``) is unreadable like any other.
     """
     clean = redact if redact is not None else _NO_SECRETS
     if 200 <= status < 300:
@@ -322,7 +356,7 @@ def read_response(
             return UpdateContactResponse()
         try:
             decoded = decode_response(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise ResponseError(
                 f"HTTP {status} with a body that is not the API's JSON ({len(body)} bytes)",
                 status_code=status,
@@ -342,7 +376,7 @@ def read_response(
                 received=clean(named),
                 body=clean.bytes(body[:512]),
             )
-        return decoded
+        return _for_caller(decoded, body, clean) if keep else decoded
     error = decode_error_body(body)
     messages = [clean(m) for m in error.messages] if error is not None else []
     trace_id = clean.text_or_none(error.trace_id) if error is not None else None
@@ -356,6 +390,55 @@ def read_response(
             status, messages, headers=headers, trace_id=trace_id, retry_after=retry_after
         )
     raise cls(status, messages, headers=headers, trace_id=trace_id)
+
+
+MAX_VALUE_DEPTH: Final = 32
+"""Lists and objects nested in a returned custom field value, at most, for the contact to be
+given to a caller (``response=True``): a web framework's JSON encoder or pydantic refuses a
+few hundred levels (the API's values are scalars or lists of strings)."""
+
+
+MAX_KEPT_ANSWER: Final = 256 << 10
+"""Bytes: the largest 2xx whose contact is given to a caller (``response=True``). Looking for
+secrets costs about 0.3 s a MiB on the event loop; the API's answer is a few KB."""
+
+
+def _for_caller(
+    decoded: UpdateContactResponse, body: bytes, clean: Redactor
+) -> UpdateContactResponse:
+    """The decoded 2xx as a caller may hold it: ``body`` decoded again from its redacted text
+    when it holds a secret, and without the contact when that no longer decodes, or when a
+    custom field value nests deeper than :data:`MAX_VALUE_DEPTH`, or when the body is larger
+    than :data:`MAX_KEPT_ANSWER`."""
+    if len(body) > MAX_KEPT_ANSWER:
+        return msgspec.structs.replace(decoded, contact=None)
+    redacted = clean.bytes(body)
+    if redacted != body:
+        try:
+            decoded = decode_response(redacted)
+        except (msgspec.DecodeError, RecursionError):
+            return msgspec.structs.replace(decoded, contact=None)
+    contact = decoded.contact
+    fields = contact.custom_fields if contact is not None else None
+    if fields and any(_too_deep(f.value) for f in fields):
+        return msgspec.structs.replace(decoded, contact=None)
+    return decoded
+
+
+def _too_deep(value: object) -> bool:
+    """Whether ``value`` nests lists and dicts deeper than :data:`MAX_VALUE_DEPTH`."""
+    level: list[object] = [value]
+    for _ in range(MAX_VALUE_DEPTH + 1):
+        inner: list[object] = []
+        for item in level:
+            if isinstance(item, list):
+                inner.extend(item)
+            elif isinstance(item, dict):
+                inner.extend(item.values())
+        if not inner:
+            return False
+        level = inner
+    return True
 
 
 class _Lane:
@@ -383,7 +466,7 @@ class _Lane:
         self._fresh_refusals = 0
         self._fresh_refused_at = float("-inf")
         self._session: aiohttp.ClientSession | None = None
-        self._pacer: Pacer | None = None
+        self._pacer: Pacing | None = None
         self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
         """Why this token sends no more: ``(status, reason)`` for its remaining records."""
@@ -392,7 +475,7 @@ class _Lane:
         return f"<token {self.key!r}>"
 
     def open(self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout) -> None:
-        self._pacer = Pacer(self.budget)
+        self._pacer = self._client.pacing(self.key, self.provider, self.budget)
         self._timeout = timeout.total or 0.0
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -417,6 +500,8 @@ class _Lane:
         self._client._trimmer.forget(self)
         if self._session is not None:
             await self._session.close()
+        if self._pacer is not None:
+            await self._pacer.aclose()
         await self.provider.aclose()
 
     def pause_remaining(self, now: float) -> float:
@@ -437,9 +522,16 @@ class _Lane:
         """
         assert self._pacer is not None
         sent_at = await self._pacer.acquire()
+        if self.budget.daily_exhausted:  # another process saw it (a shared budget)
+            self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
         if self.stopped is not None:
-            self.budget.complete(sent_at)
+            self.release(sent_at)
         return sent_at
+
+    def release(self, sent_at: float) -> None:
+        """The request :meth:`acquire` made room for is not sent: its slot goes back."""
+        assert self._pacer is not None
+        self._pacer.complete(sent_at)
 
     async def refresh(self, error: HTTPStatusError, *, again: bool = False) -> float | None:
         """After a 401: seconds to wait before sending again (0: at once), or ``None``: not.
@@ -508,19 +600,29 @@ class _Lane:
             self._client._broadcast(TokenStopped(token_key=self.key, status=status, reason=reason))
 
     async def request(
-        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None = None
+        self,
+        contact_id: str,
+        body: bytes,
+        *,
+        sent_at: float,
+        deadline: float | None = None,
+        keep_response: bool = False,
     ) -> tuple[int, UpdateContactResponse]:
         """Send one PUT (already paced); returns ``(status, body)`` or raises the typed error.
 
         The whole answer must be in within the client's ``timeout``, and by ``deadline``
         (``loop.time()``) when one is given (a record's ``max_time``). Whatever happens, the
         budget learns when the request ended: it counts against the window from then on (rule
-        1 of :mod:`~growthhub_async.ratelimit`).
+        1 of :mod:`~growthhub_async.ratelimit`). ``keep_response``: the decoded body goes to
+        a caller (``submit(..., response=True)``), so a secret it echoes is removed first.
         """
+        assert self._pacer is not None
         try:
-            return await self._request(contact_id, body, sent_at=sent_at, deadline=deadline)
+            return await self._request(
+                contact_id, body, sent_at=sent_at, deadline=deadline, keep=keep_response
+            )
         finally:
-            self.budget.complete(asyncio.get_running_loop().time())
+            self._pacer.complete(asyncio.get_running_loop().time())
 
     async def _exchange(
         self, url: yarl.URL, body: bytes, auth: Mapping[str, str], deadline: float | None
@@ -545,7 +647,8 @@ class _Lane:
         wait = asked if asked is not None else self.budget.rest_of_window(now)
         cap = self.budget.pause_cap
         seconds = min(wait, cap)
-        if self.budget.pause(now + seconds):
+        assert self._pacer is not None
+        if self._pacer.pause(now + seconds, now):
             reason = "429 Too Many Requests"
             if wait > cap:
                 reason += f" (asked for {wait:g}s, cut to max_pause {cap:g}s)"
@@ -563,7 +666,7 @@ class _Lane:
         return credential
 
     async def _request(
-        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None
+        self, contact_id: str, body: bytes, *, sent_at: float, deadline: float | None, keep: bool
     ) -> tuple[int, UpdateContactResponse]:
         assert self._session is not None
         url = self._client.contact_url(contact_id)
@@ -572,10 +675,17 @@ class _Lane:
         status, headers, raw = await self._exchange(url, body, auth, deadline)
         now = asyncio.get_running_loop().time()
         rate = parse_rate_headers(headers)
-        self.budget.observe(rate, sent_at=sent_at, now=now)
+        assert self._pacer is not None
+        self._pacer.observe(rate, sent_at=sent_at, now=now)
         try:
             result = read_response(
-                status, headers, raw, now=time.time(), redact=self._redact, contact_id=contact_id
+                status,
+                headers,
+                raw,
+                now=time.time(),
+                redact=self._redact,
+                contact_id=contact_id,
+                keep=keep,
             )
         except RateLimited as exc:
             # Only a spent budget pauses everyone; any other 429 delays its own record.
@@ -605,6 +715,37 @@ class _Lane:
         return status, result
 
 
+MAX_TIMEOUT: Final = 1e9
+"""Seconds: a ``submit`` deadline must be below this (asyncio's timers take no more)."""
+
+
+def check_timeout(timeout: object) -> None:
+    """Raise :class:`ConfigurationError` unless ``timeout`` is ``None`` or a deadline ``submit``
+    takes: a positive number of seconds below :data:`MAX_TIMEOUT` (not a bool, not NaN). The
+    one rule: the example apps check their ``GROWTHHUB_DEADLINE`` with it at start-up."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigurationError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not 0 < timeout < MAX_TIMEOUT:
+        raise ConfigurationError(
+            f"timeout must be a positive number of seconds below {MAX_TIMEOUT:g}: {timeout!r}"
+        )
+
+
+def _budget_store(
+    shared_budget: str | RedisBudgets | None, rate: Rate | None, redactor: Redactor
+) -> RedisBudgets | None:
+    """The shared budget's store for ``shared_budget=``; its password joins the redactor."""
+    if shared_budget is None:
+        return None
+    if rate is None:
+        raise ConfigurationError("shared_budget= needs a rate (rate=None paces nothing)")
+    store = RedisBudgets(shared_budget) if isinstance(shared_budget, str) else shared_budget
+    redactor.include(store.redactor)
+    return store
+
+
 class GrowthHubClient:
     """The client: sessions, auth, pacing per token, ``update_contact``, the bulk engine.
 
@@ -631,9 +772,16 @@ class GrowthHubClient:
       on first use, closed with the client) or a :class:`~growthhub_async.state.SyncState`
       (the caller closes it). ``update_contacts`` and ``submit`` then skip records whose body
       equals the one last applied (outcome ``unchanged``) and remember what their 2xx applied.
+    - ``shared_budget``: one budget per token for every process that names the same Redis
+      (issue 15): a ``redis://`` URL (the client makes the store and closes it) or a
+      :class:`~growthhub_async.shared_budget.RedisBudgets` (for its options; the caller closes
+      it). Needs a ``rate``. See :mod:`~growthhub_async.shared_budget`.
+    - ``telemetry``: OpenTelemetry traces and metrics (issue 16; the ``otel`` extra). ``None``
+      (default): to the global providers if an SDK is configured when the client first sends;
+      ``False``: never; a :class:`~growthhub_async.telemetry.Telemetry`: to its providers.
     """
 
-    def __init__(  # noqa: PLR0915 (one assignment per knob)
+    def __init__(  # noqa: PLR0915 (one checked assignment per option)
         self,
         token: str | TokenProvider | None = None,
         *,
@@ -653,6 +801,8 @@ class GrowthHubClient:
         user_agent: str | None = None,
         state: str | os.PathLike[str] | SyncState | None = None,
         locations: LocationTokens | None = None,
+        shared_budget: str | RedisBudgets | None = None,
+        telemetry: Telemetry | bool | None = None,
     ) -> None:
         if token is not None and tokens is not None:
             raise ConfigurationError("give exactly one of token= or tokens=")
@@ -682,7 +832,8 @@ class GrowthHubClient:
         self.retry = retry if retry is not None else RetryPolicy()
         self.max_pending = max_pending
         self.user_agent = user_agent or f"growthhub-async/{__version__}"
-        self.hooks: list[Hook] = list(hooks)
+        # The events as log records of growthhub_async.events (a level check when unused).
+        self.hooks: list[Hook] = [*hooks, log_event]
         self.redactor = Redactor()
         """Every secret of every token: removed from server text before it is kept anywhere."""
         for provider in providers.values():
@@ -690,6 +841,9 @@ class GrowthHubClient:
         self._codec = UpdateContactCodec(value_key)
         self._rate_margin = rate_margin
         self._max_pause = max_pause
+        self._owns_budgets = isinstance(shared_budget, str)
+        self.shared_budget = _budget_store(shared_budget, self.rate, self.redactor)
+        """The Redis store of the budgets (issue 15), or ``None``: each process its own."""
         self._unauthorized_limit = unauthorized_limit
         self.locations = locations
         if locations is not None:
@@ -702,6 +856,9 @@ class GrowthHubClient:
         self._trimmer = _Trimmer()
         self._connector: aiohttp.TCPConnector | None = None
         self._engine: Engine | None = None
+        # Decided at first use (_telemetry_now), when the application has set up its SDK.
+        self._telemetry_option: Telemetry | bool | None = telemetry
+        self._telemetry: ClientTelemetry | None = None
         self._closed = False
         self._submitted = itertools.count(1)
         if state is not None:  # sqlite3 only for a state (issue 17: start-up)
@@ -781,7 +938,10 @@ class GrowthHubClient:
 
     def _open(self) -> None:
         if self._closed:
-            raise ClientClosed("this GrowthHubClient is closed")
+            raise ClientClosed(
+                "this GrowthHubClient is closed: it sends nothing more; make a new one "
+                "(a web app keeps one per process, closed at shutdown)"
+            )
         if self._connector is not None:
             return
         # With locations, lanes come and go with the input: the engine bounds what is in
@@ -812,6 +972,15 @@ class GrowthHubClient:
             await self._connector.close()
         if self.state is not None and self._owns_state:
             await self.state.close()
+        if self.shared_budget is not None and self._owns_budgets:
+            await self.shared_budget.aclose()
+
+    def pacing(self, key: str, provider: TokenProvider, budget: Budget) -> Pacing:
+        """The pacer of one token: in this process, or in the shared budget's Redis."""
+        if self.shared_budget is None:
+            return Pacer(budget)
+        identity = provider.budget_identity or f"key\0{key}"
+        return self.shared_budget.pacer(str(self.base_url), identity, budget, lease=self.timeout)
 
     def _broadcast(self, event: Event) -> None:
         if self._engine is not None:
@@ -830,7 +999,21 @@ class GrowthHubClient:
                 hooks=self.hooks,
                 default_token_key=self.default_token_key,
             )
+            if (telemetry := self._telemetry_now()) is not None:
+                telemetry.attach(self._engine)
         return self._engine
+
+    def _telemetry_now(self) -> ClientTelemetry | None:
+        """Decided once, at first use: an SDK configured by then gets reports (issue 16)."""
+        option = self._telemetry_option
+        if option is not False:
+            self._telemetry_option = False  # decided: never again
+            chosen = Telemetry.resolve(option)
+            if chosen is not None:
+                url = self.base_url
+                self._telemetry = chosen.for_client((url.host or "", url.port))
+                self.hooks.append(self._telemetry.hook)
+        return self._telemetry
 
     def add_hook(self, hook: Hook) -> None:
         """Subscribe ``hook`` to every event from now on."""
@@ -940,6 +1123,8 @@ class GrowthHubClient:
             hooks = [*hooks, run.on_event]  # after the caller's (a journal line comes first)
         elif full or changed_fields_only:
             raise ConfigurationError("full= and changed_fields_only= need a client with state=")
+        if (telemetry := self._telemetry_now()) is not None:
+            hooks = [*hooks, telemetry.run(current_run_id()).hook]  # the run's span
         return OutcomeStream(
             self._get_engine,
             records,
@@ -966,23 +1151,43 @@ class GrowthHubClient:
         line: int | None = None,
         full: bool = False,
         changed_fields_only: bool = False,
+        # Not asyncio.timeout (ASYNC109): that would raise, and the record's outcome, which
+        # says whether it was sent, would be lost; the deadline ends the record instead.
+        timeout: float | None = None,  # noqa: ASYNC109
+        response: bool = False,
     ) -> Outcome:
         """Send one record through the engine (shared workers, budget, retries) for its Outcome.
 
         Never raises for API or transport errors: they are the outcome's ``status`` and
         ``error``. Cancelling the awaiting task cancels this record only (its outcome goes to
-        the hooks as ``failed``, ``"cancelled"``). ``line`` defaults to a running count.
-        After :meth:`close` it raises :class:`~growthhub_async.errors.ClientClosed`.
+        the hooks as ``failed``, ``"cancelled"``; one still queued is never sent). ``line``
+        defaults to a running count. After :meth:`close` it raises
+        :class:`~growthhub_async.errors.ClientClosed`.
+
+        ``timeout`` (seconds, issue 15): the record's deadline, counted from this call. When it
+        passes, the record ends ``failed`` and ``submit`` returns; the outcome's ``error``
+        starts with ``"deadline"`` and says how far it got: not sent (it never will be), cut
+        while in flight (cancelled like any other: the server may have applied it), or waiting
+        to retry. Without it a queued record waits as long as the budget makes it.
+
+        ``response=True``: an ``updated`` outcome carries the decoded 2xx body in
+        ``outcome.response`` (``outcome.contact``: the contact as the server now holds it).
+        Hooks get the outcome without it.
+
         With a ``state``, as :meth:`update_contacts` (an ``unchanged`` record is not sent);
         a state that cannot be read raises :class:`~growthhub_async.errors.StateError`.
         """
+        check_timeout(timeout)
+        started = asyncio.get_running_loop().time()
         number = line if line is not None else next(self._submitted)
         engine = self._get_engine()
         run = self._submit_run
         if run is None:
             if full or changed_fields_only:
                 raise ConfigurationError("full= and changed_fields_only= need state=")
-            return await engine.submit(number, contact_id, update, token_key)
+            return await engine.submit(
+                number, contact_id, update, token_key, timeout=timeout, response=response
+            )
         record = Record(number, contact_id, update, token_key)
         (judged,) = await run.judge(
             [record], number, full=full, changed_fields_only=changed_fields_only
@@ -991,11 +1196,22 @@ class GrowthHubClient:
             # Not sent (unchanged, or not a record at all): the engine says which.
             outcome = judged if isinstance(judged, Outcome) else None
             if outcome is None:
-                return await engine.submit(number, contact_id, update, token_key)
+                return await engine.submit(
+                    number, contact_id, update, token_key, timeout=timeout, response=response
+                )
             Engine.call_hooks(self.hooks, RecordFinished(outcome=outcome, token_key=token_key))
             return outcome
         try:
-            outcome = await engine.submit(number, contact_id, judged.update, token_key)
+            # The state's look-up counts against the deadline: it runs from `started`.
+            outcome = await engine.submit(
+                number,
+                contact_id,
+                judged.update,
+                token_key,
+                timeout=timeout,
+                response=response,
+                started=started,
+            )
         except asyncio.CancelledError:
             # It may have reached the server: what the contact holds is unknown now.
             run.finished(

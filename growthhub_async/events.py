@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from growthhub_async.outcomes import Outcome, Status
+from growthhub_async.outcomes import Outcome, Status, Summary
 
 __all__ = [
     "Event",
@@ -29,7 +29,9 @@ __all__ = [
     "Paused",
     "RateLimitHit",
     "RecordFinished",
+    "RequestFinished",
     "RetryScheduled",
+    "RunFinished",
     "TokenStopped",
 ]
 
@@ -44,6 +46,28 @@ class RecordFinished:
     """The record's resume key (see :func:`~growthhub_async.journal.record_hash`), when the run
     was asked for it (``update_contacts(..., record_hashes=True)``) and the record was sent or
     queued; ``None`` for records rejected before."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFinished:
+    """One HTTP request of a record has its answer (or failed): one event per attempt.
+
+    ``sent_at`` is when the request went (the event loop's clock, ``loop.time()``), ``duration``
+    the seconds until its answer or failure. ``http_status`` is the answer's status (``None``
+    when none came: a dropped connection, a timeout); ``error`` the failure's type when the
+    request did not succeed (``"RateLimited"``, ``"ServerError"``, ``"ConnectionFailed"``,
+    ``"RequestTimeout"``, ...), never a message. A request cancelled on the wire (the run
+    stopped) has no event. Telemetry's HTTP spans and its duration histogram come from these.
+    """
+
+    line: int
+    contact_id: str
+    token_key: str
+    attempt: int
+    sent_at: float
+    duration: float
+    http_status: int | None
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,7 +127,26 @@ class TokenStopped:
     reason: str
 
 
-Event: TypeAlias = RecordFinished | RetryScheduled | RateLimitHit | Paused | TokenStopped
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished:
+    """An ``update_contacts`` run has ended (every record read has its outcome).
+
+    Sent to the run's own hooks and the client's, once, when the stream ends: exhausted,
+    stopped or closed. ``summary`` holds the run's counts and ``elapsed`` seconds.
+    """
+
+    summary: Summary
+
+
+Event: TypeAlias = (
+    RecordFinished
+    | RequestFinished
+    | RetryScheduled
+    | RateLimitHit
+    | Paused
+    | TokenStopped
+    | RunFinished
+)
 """Any event of the engine."""
 
 Hook: TypeAlias = Callable[[Event], None]

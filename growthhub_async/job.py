@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,9 +40,16 @@ from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.cmdline import Terminal, isatty
 from growthhub_async.errors import ConfigurationError, GrowthHubError, InputError
 from growthhub_async.eventloop import running_loop_name
-from growthhub_async.events import Event, RecordFinished
-from growthhub_async.journal import Journal, ResumeState, load_resume_state, record_hash
+from growthhub_async.events import Event, RateLimitHit, RecordFinished
+from growthhub_async.journal import (
+    Journal,
+    ResumeState,
+    RunFacts,
+    load_resume_state,
+    record_hash,
+)
 from growthhub_async.locations import shard_of
+from growthhub_async.logs import RUN_ID, current_run_id, new_run_id
 from growthhub_async.models import CustomFieldValueKey, UpdateContactCodec
 from growthhub_async.outcomes import FINAL_STATUSES, SUCCEEDED, Outcome, Status, Summary
 from growthhub_async.progress import (
@@ -54,6 +62,7 @@ from growthhub_async.progress import (
     render_summary,
 )
 from growthhub_async.ratelimit import Rate
+from growthhub_async.redact import Redactor
 from growthhub_async.sources import Item, Record, Source, count_records, open_source, same_file
 
 if TYPE_CHECKING:  # imported where --state is given: sqlite3 costs every other run's start-up
@@ -159,6 +168,13 @@ class JobResult:
     """With ``dry_run``: records that would have been sent."""
     unchanged: int = 0
     """With ``dry_run`` and a state: records that would not be sent (same body applied)."""
+    skipped_by_status: Counter[Status] = field(default_factory=Counter)
+    """Records skipped by ``resume``, by the final status the journal holds for them (the
+    whole job's counts are these plus ``summary.by_status``)."""
+    by_location: dict[str, LocationStats] = field(default_factory=dict)
+    """Per location (token key), when the run has locations: the summary's table."""
+    other_shards: int = 0
+    """With ``shard``: records left to the other shards."""
 
 
 class _Reader:
@@ -256,15 +272,24 @@ async def run_job(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     client_options: Mapping[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
+    log_redactor: Redactor | None = None,
+    run_id: str | None = None,
 ) -> JobResult:
     """Run one bulk job; print progress on ``stderr`` and the summary on ``stdout``.
 
     ``token`` (a string or a :class:`~growthhub_async.auth.TokenProvider`, such as an OAuth
     provider) may be ``None`` only for a dry run. ``client_options`` are passed on to
-    :class:`GrowthHubClient` (for instance ``tokens=`` or a retry policy). Raises
+    :class:`GrowthHubClient` (for instance ``tokens=`` or a retry policy); ``log_redactor``
+    learns the client's secrets (the command line's log handler redacts with it). Raises
     :class:`~growthhub_async.errors.GrowthHubError` (input, journal or configuration problems)
-    before any request is sent.
+    before any request is sent. ``stop``, once set, stops the job as SIGTERM does (for a
+    job run where signals cannot reach it: a shard on a Dask worker). ``run_id`` is the
+    run's id (:data:`~growthhub_async.logs.RUN_ID`) for this job: the coordinator's, for a
+    shard, so that its journal and the coordinator's logs carry one id.
     """
+    if run_id is not None:  # as _send sets one when none is set: for the task's duration
+        RUN_ID.set(run_id)
     out = cast(TextIO, Terminal(stdout if stdout is not None else sys.stdout))
     err = cast(TextIO, Terminal(stderr if stderr is not None else sys.stderr))
     if (settings.full or settings.changed_fields_only) and not settings.state:
@@ -294,6 +319,8 @@ async def run_job(
         if token is None and "tokens" not in options and "locations" not in options:
             raise ConfigurationError("no token: a live run needs one")
         client = GrowthHubClient(**options)  # checks the base URL and the token's shape
+        if log_redactor is not None:
+            log_redactor.include(client.redactor)
         # Locked before its state is read: no other run can write between the two.
         journal = Journal(settings.out, resume=settings.resume)
         state = journal.resume_state
@@ -315,6 +342,7 @@ async def run_job(
                     client=client,
                     out=out,
                     err=err,
+                    stop=stop,
                 )
         finally:
             journal.close()
@@ -473,8 +501,13 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     client: GrowthHubClient,
     out: TextIO,
     err: TextIO,
+    stop: asyncio.Event | None = None,
 ) -> JobResult:
     loop = asyncio.get_running_loop()
+    run_id = current_run_id()
+    if run_id is None:  # the command line sets it; a job run from Python gets its own
+        run_id = new_run_id()
+        RUN_ID.set(run_id)
     reader = _Reader(source, state, settings.value_key, settings.shard)
     journal_error: list[BaseException] = []
     consumer: asyncio.Task[None] | None = None
@@ -484,10 +517,21 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     many = client.locations is not None or len(client.token_keys) > 1
     by_location: dict[str, LocationStats] = {}
 
+    limited: dict[tuple[str | None, int], int] = {}  # 429s per record in flight (journal)
+
     def on_event(event: Event) -> None:
+        if isinstance(event, RateLimitHit):
+            where = (event.token_key, event.line)
+            limited[where] = limited.get(where, 0) + 1
         if not isinstance(event, RecordFinished) or journal_error:
             return
         outcome = event.outcome
+        facts = RunFacts(
+            location=event.token_key,
+            at=round(time.time(), 3),
+            rate_limited=limited.pop((event.token_key, outcome.line), 0) if limited else 0,
+            run_id=run_id,
+        )
         if outcome.status not in SUCCEEDED and len(problems) < _PROBLEMS_SHOWN:
             problems.append(outcome)
         if many and event.token_key is not None:
@@ -498,7 +542,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
             stats.updated += outcome.status is Status.UPDATED
             stats.last = loop.time() - started
         try:
-            journal.write(outcome, event.record_hash)
+            journal.write(outcome, event.record_hash, facts=facts)
         except (OSError, ValueError, GrowthHubError) as exc:
             # The engine swallows a hook's exception; a journal that cannot be written must
             # stop the run instead, or outcomes would be lost.
@@ -558,6 +602,14 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows' loops
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
+    watcher: asyncio.Task[None] | None = None
+    if stop is not None:
+
+        async def watch(event: asyncio.Event) -> None:
+            await event.wait()
+            on_signal(signal.SIGTERM)
+
+        watcher = asyncio.create_task(watch(stop), name="growthhub-job-stop")
     failure: BaseException | None = None
     try:
         next_draw = started + progress.every
@@ -591,6 +643,8 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+        if watcher is not None:
+            watcher.cancel()
         if cutoff is not None:
             cutoff.cancel()
         if not consumer.done():
@@ -615,7 +669,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         out.write(f"shard {k}/{n}: {reader.other_shards} records belong to other shards\n")
     if many and by_location:
         out.write("by location:\n" + render_locations(by_location) + "\n")
-    return _report(
+    result = _report(
         settings,
         summary,
         state,
@@ -627,6 +681,11 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         out=out,
         err=err,
     )
+    # What a sharded run (growthhub_async.distributed) adds up over its shards.
+    result.skipped_by_status = reader.skipped
+    result.by_location = by_location
+    result.other_shards = reader.other_shards
+    return result
 
 
 def _check_journal(

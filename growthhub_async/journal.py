@@ -1,8 +1,9 @@
 """The append-only outcome journal (OUTCOMES.jsonl) and what ``--resume`` reads back from it.
 
 One JSON line per finished record, ``{"line", "contactId", "status", "httpStatus", "attempts",
-"error"}`` (:func:`~growthhub_async.outcomes.encode_outcome`), appended and handed to the
-operating system as the record finishes.
+"error"}`` (:func:`~growthhub_async.outcomes.encode_outcome`), then ``recordHash`` and, from the
+command line, the run's facts (:class:`RunFacts`: ``location``, ``at``, ``rateLimited``,
+``runId``), appended and handed to the operating system as the record finishes.
 
 Durability. Each line goes out in a single ``os.write`` on a descriptor opened with
 ``O_APPEND``: no user-space buffer holds it back, so once :meth:`Journal.write` returns the line
@@ -68,6 +69,7 @@ __all__ = [
     "MAX_LINE",
     "Journal",
     "ResumeState",
+    "RunFacts",
     "load_resume_state",
     "record_hash",
     "sent_hash",
@@ -98,6 +100,19 @@ class _Entry(msgspec.Struct, rename="camel"):
     line: int
     status: Status
     record_hash: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class RunFacts(msgspec.Struct, rename="camel"):
+    """What a journal line says about its run besides the outcome (issue 16; the report's
+    input): the record's ``location`` (its token key; ``None`` for a record rejected before it
+    had one), when it ended (``at``: seconds since the epoch, to the millisecond), the 429
+    answers it got (``rateLimited``) and the run's id (``runId``, as in the logs and the run
+    span). Written after ``recordHash``; journals without them are read as before."""
+
+    location: str | None
+    at: float
+    rate_limited: int
+    run_id: str | None
 
 
 _entry_decoder: Final = msgspec.json.Decoder(_Entry)
@@ -339,17 +354,26 @@ class Journal:
             raise
         self._fd: int | None = fd
 
-    def write(self, outcome: Outcome, record_hash: bytes | None = None) -> None:
-        """Append one outcome line (with ``record_hash``, the resume key of its record) and
-        hand it to the OS before returning (see module doc); :meth:`check` the file after the
-        first line and then at most every ``check_every`` seconds."""
+    def write(
+        self,
+        outcome: Outcome,
+        record_hash: bytes | None = None,
+        *,
+        facts: RunFacts | None = None,
+    ) -> None:
+        """Append one outcome line (with ``record_hash``, the resume key of its record, and the
+        run's ``facts`` when given) and hand it to the OS before returning (see module doc);
+        :meth:`check` the file after the first line and then at most every ``check_every``
+        seconds."""
         fd = self._fd
         if fd is None:
             raise ValueError("the journal is closed")
         data = encode_outcome(outcome)
-        # recordHash goes last, after the outcome's own keys: {..."error":null,"recordHash":..}
+        # recordHash goes after the outcome's own keys: {..."error":null,"recordHash":..}, then
+        # the run's facts (issue 16), which readers of older journals do without.
         key = b'"' + record_hash.hex().encode() + b'"' if record_hash is not None else b"null"
-        data = b'%s,"recordHash":%s}\n' % (data[:-2], key)
+        tail = b"" if facts is None else _key_encoder.encode(facts)[1:-1]
+        data = b'%s,"recordHash":%s%s%s}\n' % (data[:-2], key, b"," if tail else b"", tail)
         self._size += len(data)
         self._tail = data[-_TAIL:]
         # One write per line: with O_APPEND a line lands whole at the end. A short write (a full

@@ -407,6 +407,12 @@ class LocationToken(TokenProvider):
         """The current token, fresh from a mint, has not worked yet."""
         return generation == self._generation > 0 and not self._confirmed
 
+    def expires_in(self) -> float | None:
+        """Seconds until the current location token expires, by the event loop's clock."""
+        if self._expires_at is None:
+            return None
+        return self._expires_at - asyncio.get_running_loop().time()
+
     def accepted(self, generation: int) -> None:
         """The current token works."""
         if generation == self._generation:

@@ -470,5 +470,5 @@ def decode_error_body(data: bytes) -> ErrorBody | None:
     """Decode an error body, or ``None`` when it is not the API's JSON shape (an HTML page)."""
     try:
         return _error_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep is unreadable too
         return None

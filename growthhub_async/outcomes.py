@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from typing import Final
+from typing import Any, Final
 
 import msgspec
+
+from growthhub_async.models import Contact, UpdateContactResponse
 
 __all__ = [
     "FINAL_STATUSES",
@@ -89,6 +91,15 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     ``line`` is the record's 1-based number in its input; ``attempts`` counts the HTTP requests
     sent for it (0 for a record never sent); ``error`` is a human message, never a token.
+
+    ``response`` is the decoded 2xx body (with ``contact``, the contact as the server holds it
+    now), only on an ``updated`` outcome of ``submit(..., response=True)``; otherwise it is
+    ``msgspec.UNSET`` and absent from the JSON, so journal lines and a bulk run's memory never
+    carry it.
+
+    As JSON: :meth:`to_dict` (plain types, the JSONL keys), :meth:`to_json` (bytes). A web
+    framework built on pydantic (FastAPI) accepts ``Outcome`` as a return annotation or
+    ``response_model`` and serialises it with :meth:`to_dict`.
     """
 
     line: int
@@ -97,15 +108,77 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     http_status: int | None = None
     attempts: int = 0
     error: str | None = None
+    response: UpdateContactResponse | msgspec.UnsetType = msgspec.UNSET
 
     @property
     def final(self) -> bool:
         """Whether sending this record again could not change its outcome."""
         return self.status in FINAL_STATUSES
 
+    @property
+    def contact(self) -> Contact | None:
+        """The updated contact from the 2xx body, when ``response`` holds one."""
+        response = self.response
+        return response.contact if isinstance(response, UpdateContactResponse) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as JSON-ready builtins, keyed as in JSONL (``contactId``, ``httpStatus``;
+        ``response`` only when it is set). ``json.dumps``, a web framework's JSON response
+        (``JSONResponse(outcome.to_dict())``, ``web.json_response(...)``) take it as it is."""
+        built: dict[str, Any] = msgspec.to_builtins(self)
+        return built
+
+    def to_json(self) -> bytes:
+        """The outcome as JSON bytes (:meth:`to_dict`'s keys), without a newline."""
+        return _outcome_encoder.encode(self)
+
+    # pydantic (FastAPI) support, without importing pydantic unless pydantic asks.
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """Let pydantic validate an ``Outcome`` (or its JSON shape) and serialise it as
+        :meth:`to_dict`: what a FastAPI ``-> Outcome`` annotation needs."""
+        from pydantic_core import core_schema  # noqa: PLC0415 (pydantic calls this: it is there)
+
+        return core_schema.no_info_plain_validator_function(
+            _outcome_from_python,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                Outcome.to_dict, when_used="always"
+            ),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        """The JSON schema of :meth:`to_dict`'s output (for OpenAPI documents)."""
+        return _json_schema()
+
 
 _outcome_encoder: Final = msgspec.json.Encoder()
 _outcome_decoder: Final = msgspec.json.Decoder(Outcome)
+
+
+def _outcome_from_python(value: Any) -> Outcome:
+    if isinstance(value, Outcome):
+        return value
+    return msgspec.convert(value, Outcome)  # a dict in the JSON shape; ValidationError else
+
+
+def _json_schema() -> dict[str, Any]:
+    """msgspec's JSON schema of ``Outcome`` with its ``$ref``s inlined (no cycles in it)."""
+    generated = msgspec.json.schema(Outcome)
+    defs = generated.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = inline({k: v for k, v in generated.items() if k != "$defs"})
+    return inlined
 
 
 def encode_outcome(outcome: Outcome) -> bytes:

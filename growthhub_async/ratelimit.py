@@ -50,7 +50,7 @@ import re
 from bisect import bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from aiolimiter import AsyncLimiter
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -61,11 +61,13 @@ __all__ = [
     "DEFAULT_MAX_PAUSE",
     "Budget",
     "Pacer",
+    "Pacing",
     "Rate",
     "RateHeaders",
     "default_margin",
     "parse_rate",
     "parse_rate_headers",
+    "smoother",
 ]
 
 SMOOTHING: Final = 0.9
@@ -245,6 +247,19 @@ class Budget:
             limit -= self._foreign
         return max(1, limit)
 
+    @property
+    def server_limit(self) -> int | None:
+        """``X-RateLimit-Max`` as last seen, or ``None``."""
+        return self._server_limit
+
+    def counted(self, now: float) -> tuple[list[float], int]:
+        """What rule 1 counts now: for each answered request still in the span, the seconds
+        until it leaves it; and how many are in flight. (A shared budget hands these to its
+        store when the store lost them: see :mod:`~growthhub_async.shared_budget`.)"""
+        span = self.span
+        answered = self._answered
+        return [a + span - now for a in answered[bisect_right(answered, now - span) :]], self._open
+
     def sent_within(self, start: float, end: float) -> int:
         """How many of our requests went in the interval ``(start, end]``."""
         return bisect_right(self._sent, end) - bisect_right(self._sent, start)
@@ -365,6 +380,47 @@ class Budget:
         return False
 
 
+def smoother(rate: Rate | None) -> AsyncLimiter | None:
+    """Rule 2's smoother for ``rate``, or ``None`` where it cannot space anything.
+
+    Below the event loop's timer resolution the smoother only spins (uvloop's clock ticks in
+    whole milliseconds, so aiolimiter re-arms a timer that fires at once until the tick,
+    capping a run near 1,000 requests/s at 100 % CPU). Rule 1's log still caps every window.
+    Create it inside the running loop.
+    """
+    gap = SMOOTHING * rate.window / rate.requests if rate is not None else 0.0
+    return AsyncLimiter(2, 2 * gap) if gap >= MIN_SMOOTHING_GAP else None
+
+
+class Pacing(Protocol):
+    """One token's budget as the client uses it: the one protocol of its two implementations,
+    :class:`Pacer` (in this process, the default) and
+    :class:`~growthhub_async.shared_budget.SharedPacer` (in Redis, for several processes).
+
+    ``budget`` is this process's view (its log, the 429 pause as far as it knows, the daily
+    stop): the client reads ``pause_remaining``, ``rest_of_window`` and ``daily_exhausted``
+    there whichever implementation paces.
+    """
+
+    budget: Budget
+
+    async def acquire(self) -> float:
+        """Wait for the budget, count the request, return its send time (``loop.time()``)."""
+
+    def complete(self, now: float) -> None:
+        """The answer to an acquired request came (or it failed or was abandoned) at ``now``."""
+
+    def observe(self, headers: RateHeaders, *, sent_at: float, now: float) -> None:
+        """Learn from the headers of the answer to a request sent at ``sent_at``."""
+
+    def pause(self, until: float, now: float) -> bool:
+        """A 429 that spent the budget: send nothing before ``until``; whether this extended
+        the pause."""
+
+    async def aclose(self) -> None:
+        """Let go of what it holds (pending writes to a shared store)."""
+
+
 class Pacer:
     """The edge over a :class:`Budget`: waits on the event loop's clock, smooths with aiolimiter.
 
@@ -375,15 +431,24 @@ class Pacer:
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        rate = budget.rate
-        gap = SMOOTHING * rate.window / rate.requests if rate is not None else 0.0
-        # Below the event loop's timer resolution the smoother cannot space anything: it only
-        # spins (uvloop's clock ticks in whole milliseconds, so aiolimiter re-arms a timer that
-        # fires at once until the tick, capping a run near 1,000 requests/s at 100 % CPU).
-        # Rule 1's log still caps every window.
-        self._smoother = AsyncLimiter(2, 2 * gap) if gap >= MIN_SMOOTHING_GAP else None
+        self._smoother = smoother(budget.rate)
         self._lock = asyncio.Lock()
         self._queued = 0  # acquirers in the slow path: holding the lock or waiting for it
+
+    def complete(self, now: float) -> None:
+        """The request's answer came now (rule 1)."""
+        self.budget.complete(now)
+
+    def observe(self, headers: RateHeaders, *, sent_at: float, now: float) -> None:
+        """Learn from an answer's headers (rules 3 and 5)."""
+        self.budget.observe(headers, sent_at=sent_at, now=now)
+
+    def pause(self, until: float, now: float) -> bool:
+        """Pause the token until ``until`` (rule 4)."""
+        return self.budget.pause(until)
+
+    async def aclose(self) -> None:
+        """Nothing to let go of in one process."""
 
     async def acquire(self) -> float:
         """Wait for the budget, record the request, and return its send time (``loop.time()``)."""

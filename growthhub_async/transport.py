@@ -11,7 +11,9 @@ imports the other's internals.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Final
 
@@ -27,16 +29,46 @@ from growthhub_async.errors import (
 
 __all__ = [
     "MAX_ANSWER",
+    "NotSent",
     "check_base_url",
     "is_loopback",
     "map_exceptions",
+    "may_send",
     "no_hidden_resend",
     "read_capped",
+    "send_gate",
 ]
 
 MAX_ANSWER: Final = 1 << 20
 """Bytes: the largest answer read (decompressed). The API's answer is one contact, a few KB;
 a token endpoint's, a few hundred bytes."""
+
+
+class NotSent(Exception):
+    """The request was not written: its send gate said no when its connection was ready (a
+    record's deadline had passed meanwhile, or the record was cut or its run stopped)."""
+
+
+_GATE: ContextVar[Callable[[], bool] | None] = ContextVar("growthhub_send_gate", default=None)
+
+
+@contextmanager
+def send_gate(gate: Callable[[], bool]) -> Iterator[None]:
+    """Within this block (this task), the client asks ``gate()`` at the last moment before a
+    request is written, once its connection is ready: ``False`` and the request is not written
+    (:class:`NotSent`). Every await before that moment (the budget, a token refresh, a new
+    connection) may outlast a deadline, even one whose timer has not run yet (a busy loop)."""
+    token = _GATE.set(gate)
+    try:
+        yield
+    finally:
+        _GATE.reset(token)
+
+
+def may_send() -> bool:
+    """Whether the request about to be written may go (``True`` outside :func:`send_gate`)."""
+    gate = _GATE.get()
+    return gate is None or gate()
 
 
 async def read_capped(resp: aiohttp.ClientResponse) -> bytes:

@@ -8,12 +8,13 @@ config (stopped at the end of the test); ``http`` is a plain ``aiohttp.ClientSes
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
 
 from growthhub_async.sandbox import Sandbox, SandboxConfig, run_sandbox
+from tests.redis_helpers import RedisServer
 
 TEST_TOKEN = "test-token"
 
@@ -55,3 +56,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A client session, closed after the test."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` for the whole session (with a password), stopped at the end."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -56,6 +56,15 @@ def test_cpu_per_record(tmp_path: Path) -> None:
     assert isinstance(r["met"], bool)
 
 
+def test_otel_overhead(tmp_path: Path) -> None:
+    r = run_smoke("otel_overhead", tmp_path)
+    variants = r["variants"]
+    assert set(variants) == {"without", "sdk"}
+    assert all(v["cpuSeconds"] > 0 for v in variants.values())
+    assert variants["without"]["ratioToWithout"] == 1.0
+    assert isinstance(r["met"], bool)
+
+
 def test_rate_utilisation(tmp_path: Path) -> None:
     r = run_smoke("rate_utilisation", tmp_path)
     for name in ("sliding", "fixed", "sharedWithPlainSender", "sharedTwoClients"):
@@ -158,3 +167,18 @@ def test_startup(tmp_path: Path) -> None:
         assert r[name]["wallMs"] > 0
         assert r[name]["cpuMs"] >= 0
     assert r["update"]["cpuMs"] > r["pythonPass"]["cpuMs"]
+
+
+def test_web_workers(tmp_path: Path) -> None:
+    # uvicorn serving the FastAPI example, with and without the budget in Redis (issue 15).
+    r = run_smoke("web_workers", tmp_path)
+    for name in ("withoutRedis", "withRedis"):
+        figures = r[name]
+        assert figures["answers"] == {"200": figures["requests"]}
+        assert figures["sandboxRequests"] >= figures["requests"]
+        assert figures["p99Seconds"] >= figures["p50Seconds"] > 0
+    assert r["withRedis"]["maxInWindow"] <= 10  # the smoke's limit: 10 per 0.25 s
+    cost = r["redisCost"]
+    assert cost["redis"]["wallMicroseconds"] > 0
+    assert cost["local"]["wallMicroseconds"] > 0
+    assert isinstance(r["met"], bool)

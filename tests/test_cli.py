@@ -41,7 +41,10 @@ from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import Faults, Sandbox
 from growthhub_async.sources import read_jsonl
 
-JOURNAL_KEYS = ["line", "contactId", "status", "httpStatus", "attempts", "error", "recordHash"]
+JOURNAL_KEYS = [
+    *("line", "contactId", "status", "httpStatus", "attempts", "error", "recordHash"),
+    *("location", "at", "rateLimited", "runId"),  # the run's facts (issue 16)
+]
 FAST = "1000/1s"
 
 

@@ -1,0 +1,438 @@
+"""One budget across processes, kept in Redis (issue 15, items 3 and 4).
+
+Against a real ``redis-server`` (``redis_server``, started by the session) and the sandbox over
+loopback, with the window scaled down (20 per 0.5 s). The sandbox is the referee: it counts 429s
+and the most requests that arrived within any window (``maxInWindow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from growthhub_async import GrowthHubClient, UpdateContact
+from growthhub_async.errors import ConfigurationError, RateLimited
+from growthhub_async.events import Event, Paused, RecordFinished
+from growthhub_async.outcomes import Status
+from growthhub_async.ratelimit import Budget, Rate
+from growthhub_async.sandbox import Sandbox
+from growthhub_async.shared_budget import RedisBudgets, budget_key
+from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
+from tests.redis_helpers import PASSWORD, RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RATE = "20/0.5s"
+
+# One worker process of a web app: its own client on the shared token and Redis, sending COUNT
+# records; prints its outcomes by status. The token comes from the environment, never argv.
+CHILD = r"""
+import asyncio, collections, json, os, sys
+from growthhub_async import GrowthHubClient, UpdateContact
+
+async def main():
+    count, prefix = int(sys.argv[1]), sys.argv[2]
+    async with GrowthHubClient(
+        os.environ["GROWTHHUB_TOKEN"], base_url=os.environ["BASE_URL"], rate=os.environ["RATE"],
+        concurrency=10, shared_budget=os.environ["SHARED_BUDGET"],
+    ) as gh:
+        pairs = [(f"{prefix}{i:06d}", UpdateContact(first_name="Ada")) for i in range(count)]
+        statuses = collections.Counter()
+        async for outcome in gh.update_contacts(pairs):
+            statuses[outcome.status.value] += 1
+        print(json.dumps({"statuses": statuses, "admissions": gh.shared_budget.admissions,
+                          "fallbacks": gh.shared_budget.fallbacks}))
+
+asyncio.run(main())
+"""
+
+
+async def run_children(base_url: str, redis_url: str, plans: list[tuple[int, str]]) -> list[dict]:
+    env = {
+        **os.environ,
+        "GROWTHHUB_TOKEN": TEST_TOKEN,
+        "BASE_URL": base_url,
+        "RATE": RATE,
+        "SHARED_BUDGET": redis_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CHILD,
+            str(count),
+            prefix,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for count, prefix in plans
+    ]
+    results = []
+    for proc in procs:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert TEST_TOKEN not in (out + err).decode()
+        results.append(json.loads(out))
+    return results
+
+
+@pytest.fixture(autouse=True)
+def _empty_redis(redis_server: RedisServer) -> None:
+    """Each test starts with an empty Redis: keys name a sandbox by its port, and a port comes
+    round again (a daily stop left by one test would stop another's token for an hour)."""
+    with redis_server.client() as r:
+        r.flushall()
+
+
+def shared_client(sandbox: Sandbox, shared: str | RedisBudgets, **options: Any) -> GrowthHubClient:
+    """A client of ``TEST_TOKEN`` on ``sandbox`` (at ``RATE`` unless told), its budget in
+    ``shared``."""
+    options.setdefault("rate", RATE)
+    return GrowthHubClient(TEST_TOKEN, base_url=sandbox.base_url, shared_budget=shared, **options)
+
+
+def updates(prefix: str, count: int) -> list[tuple[str, UpdateContact]]:
+    return [(f"{prefix}{i:06d}", UpdateContact(first_name="Ada")) for i in range(count)]
+
+
+async def test_processes_on_one_token_together_never_exceed_the_limit(
+    start_sandbox: StartSandbox, redis_server: RedisServer
+) -> None:
+    """Three worker processes on one token, each asking for the whole 20 per 0.5 s: the server
+    sees no 429 and never more than 20 requests in any 0.5 s (issue 15: two processes without
+    Redis saw 3.6-4.3 % 429s and 21 in a window)."""
+    sandbox = await start_sandbox(sandbox_config())
+    results = await run_children(
+        sandbox.base_url, redis_server.url, [(25, "a"), (25, "b"), (25, "c")]
+    )
+    stats = sandbox.stats()
+    assert [r["statuses"] for r in results] == [{"updated": 25}] * 3
+    assert sum(r["admissions"] for r in results) == 75  # every request admitted by Redis
+    assert all(r["fallbacks"] == 0 for r in results)
+    assert stats["rateLimited"] == 0
+    assert stats["byStatus"] == {"200": 75}
+    assert stats["maxInWindow"] <= 20
+
+
+async def test_keys_are_hashes_and_hold_no_secret(
+    start_sandbox: StartSandbox, redis_server: RedisServer
+) -> None:
+    sandbox = await start_sandbox(sandbox_config())
+    async with shared_client(sandbox, redis_server.url) as gh:
+        async for _ in gh.update_contacts(updates("k", 5)):
+            pass
+        assert PASSWORD not in repr(gh)
+        assert PASSWORD not in repr(gh.shared_budget)
+        assert gh.shared_budget is not None
+        assert gh.shared_budget.url.endswith(f":***@127.0.0.1:{redis_server.port}/0")
+    prefix = budget_key(str(gh.base_url), TEST_TOKEN)
+    assert prefix.startswith("growthhub:{")
+    assert len(prefix) == len("growthhub:{}:") + 32
+    with redis_server.client() as r:
+        keys = [k.decode() for k in r.keys(prefix + "*")]
+        assert sorted(keys) == [prefix + n for n in ("epoch", "procs", "window")]
+        everything = b"".join(r.keys("*"))
+        for key in r.keys("*"):
+            kind = r.type(key)
+            if kind == b"zset":
+                everything += b"".join(m for m, _ in r.zrange(key, 0, -1, withscores=True))
+            elif kind == b"string":
+                everything += r.get(key) or b""
+        assert TEST_TOKEN.encode() not in everything
+        assert r.pttl(prefix + "window") > 0  # every key expires on its own
+
+
+async def test_a_429_in_one_process_pauses_the_others(
+    start_sandbox: StartSandbox, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """Someone outside the budget spends the window; process A meets the 429 (budget spent)
+    and pauses; process B, which had not met it, waits the pause out before sending."""
+    sandbox = await start_sandbox(sandbox_config(rate_limit=3))
+    events: list[Event] = []
+    # Two processes' clients: each its own store (connection pool, process name in Redis).
+    a = shared_client(sandbox, RedisBudgets(redis_server.url), rate="3/0.5s", hooks=[events.append])
+    b = shared_client(sandbox, RedisBudgets(redis_server.url), rate="3/0.5s")
+    stores = [a.shared_budget, b.shared_budget]
+    try:
+        async with a, b:
+            headers = {"Authorization": f"Bearer {TEST_TOKEN}", "Version": "2021-07-28"}
+            for i in range(3):  # a sender deaf to the budget spends it
+                async with http.put(
+                    f"{sandbox.base_url}/contacts/deaf{i}", json={"firstName": "X"}, headers=headers
+                ) as resp:
+                    assert resp.status == 200
+            with pytest.raises(RateLimited):
+                await a.update_contact("pa", UpdateContact(first_name="A"))
+            assert any(isinstance(e, Paused) for e in events)
+            await asyncio.sleep(0.05)  # the pause reaches Redis
+            started = time.monotonic()
+            await b.update_contact("pb", UpdateContact(first_name="B"))
+            waited = time.monotonic() - started
+    finally:
+        for store in stores:
+            assert store is not None
+            await store.aclose()
+    assert waited >= 0.35  # the pause: the window's rest, about 0.5 s
+    assert sandbox.stats()["byStatus"] == {"200": 4, "429": 1}
+
+
+async def test_the_daily_stop_is_shared(
+    start_sandbox: StartSandbox, redis_server: RedisServer
+) -> None:
+    """A's answers say the day's budget is spent; B then sends nothing: its record ends failed
+    with the reason, and the server sees no request from it."""
+    sandbox = await start_sandbox(sandbox_config(daily_limit=3))
+    async with shared_client(sandbox, redis_server.url) as a:
+        outcomes = [o async for o in a.update_contacts(updates("d", 3))]
+        assert {o.status for o in outcomes} == {Status.UPDATED}
+        await asyncio.sleep(0.05)  # the stop reaches Redis
+    assert sandbox.stats()["requests"] == 3
+    async with shared_client(sandbox, redis_server.url) as b:
+        outcome = await b.submit("late1", UpdateContact(first_name="B"))
+    assert outcome.status is Status.FAILED
+    assert outcome.error is not None
+    assert "daily limit reached" in outcome.error
+    assert outcome.attempts == 0
+    assert sandbox.stats()["requests"] == 3
+
+
+async def test_redis_killed_mid_run_falls_back_once_and_comes_back(
+    start_sandbox: StartSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis dies (SIGKILL) mid-run and comes back empty on the same port: every record still
+    ends updated, one warning is logged, the process paces itself at its share meanwhile (5 of
+    20 per 0.5 s), and goes back to Redis (admissions through it resume)."""
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    server = RedisServer(tmp_path)
+    server.start()
+    sandbox = await start_sandbox(sandbox_config())
+    finished: list[float] = []
+    loop = asyncio.get_running_loop()
+    fifteen = asyncio.Event()
+
+    def hook(event: Event) -> None:
+        if isinstance(event, RecordFinished):
+            finished.append(loop.time())
+            if len(finished) == 15:
+                fifteen.set()
+
+    store = RedisBudgets(server.url, probe_max=0.3)
+    try:
+        async with shared_client(sandbox, store, hooks=[hook]) as gh:
+            stream = gh.update_contacts(updates("r", 70))
+
+            async def outage() -> tuple[float, float, int]:
+                await fifteen.wait()
+                before = store.admissions
+                server.stop()
+                down = loop.time()
+                await asyncio.sleep(1.0)
+                up = loop.time()
+                server.start()
+                return down, up, before
+
+            task = asyncio.create_task(outage())
+            outcomes = [o async for o in stream]
+            down, up, before = await task
+    finally:
+        await store.aclose()
+        server.stop()
+    assert [o.status for o in outcomes] == [Status.UPDATED] * 70
+    warnings = [r for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert PASSWORD not in caplog.text
+    assert store.fallbacks == 1
+    assert store.recoveries == 1
+    assert store.local_admissions > 0
+    assert store.admissions > before  # back in Redis after the restart
+    # While Redis was away: at most the share (5 per 0.5 s), plus those already in flight.
+    during = [t for t in finished if down + 0.1 < t <= up]
+    assert len(during) <= 5 * 2 + 10
+    assert sandbox.stats()["rateLimited"] == 0
+
+
+async def test_no_redis_at_all_falls_back_and_never_shows_the_password(
+    start_sandbox: StartSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    sandbox = await start_sandbox(sandbox_config())
+    url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with shared_client(sandbox, url) as gh:
+        outcomes = [o async for o in gh.update_contacts(updates("n", 8))]
+        text = repr(gh) + repr(gh.shared_budget)
+    assert [o.status for o in outcomes] == [Status.UPDATED] * 8
+    assert len([r for r in caplog.records if "is unreachable" in r.getMessage()]) == 1
+    assert PASSWORD not in caplog.text + text
+    assert gh.shared_budget is not None
+    assert gh.shared_budget.local_admissions == 8
+
+
+async def test_a_wrong_password_falls_back_and_is_not_shown(
+    start_sandbox: StartSandbox, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    sandbox = await start_sandbox(sandbox_config())
+    wrong = "not-the-password-93x"
+    url = f"redis://:{wrong}@127.0.0.1:{redis_server.port}/0"
+    async with shared_client(sandbox, url) as gh:
+        outcome = await gh.submit("w1", UpdateContact(first_name="W"))
+    assert outcome.status is Status.UPDATED
+    (warning,) = [r for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert "Authentication" in warning.getMessage() or "auth" in warning.getMessage().lower()
+    assert wrong not in caplog.text
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    start_sandbox: StartSandbox, redis_server: RedisServer
+) -> None:
+    """EVALSHA answered NOSCRIPT (a restart, SCRIPT FLUSH): EVAL loads it, no fallback."""
+    sandbox = await start_sandbox(sandbox_config())
+    async with shared_client(sandbox, redis_server.url) as gh:
+        await gh.submit("s1", UpdateContact(first_name="S"))
+        with redis_server.client() as r:
+            r.script_flush()
+        await gh.submit("s2", UpdateContact(first_name="S"))
+        assert gh.shared_budget is not None
+        assert gh.shared_budget.fallbacks == 0
+        assert gh.shared_budget.admissions == 2
+
+
+def test_configuration_is_checked() -> None:
+    with pytest.raises(ConfigurationError, match="needs a rate"):
+        GrowthHubClient(TEST_TOKEN, rate=None, shared_budget="redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigurationError, match="redis://"):
+        GrowthHubClient(TEST_TOKEN, shared_budget="http://127.0.0.1:6379")
+    with pytest.raises(ConfigurationError, match="fallback_share"):
+        RedisBudgets("redis://127.0.0.1:1/0", fallback_share=0)
+    with pytest.raises(ConfigurationError, match="not valid") as bad:
+        RedisBudgets(f"redis://:{PASSWORD}@127.0.0.1:99999/0")
+    assert PASSWORD not in str(bad.value)
+    # Another token, another URL: other keys; never the token in the key.
+    one = budget_key("http://127.0.0.1:1", "tok-a")
+    assert one == budget_key("http://127.0.0.1:1", "tok-a")
+    assert one != budget_key("http://127.0.0.1:1", "tok-b")
+    assert one != budget_key("http://127.0.0.1:2", "tok-a")
+    assert "tok-a" not in one
+
+
+async def test_a_redis_that_never_answers_falls_back_within_its_timeout(
+    start_sandbox: StartSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that accepts connections and never answers (a hung server, a black hole): each
+    command gives up after ``timeout``, the records go at the share, and closing waits no more
+    than the timeout for the writes under way."""
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    sandbox = await start_sandbox(sandbox_config())
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()  # never answers
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisBudgets(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    started = time.monotonic()
+    try:
+        async with shared_client(sandbox, store) as gh:
+            outcomes = [o async for o in gh.update_contacts(updates("h", 6))]
+        await store.aclose()
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await server.wait_closed()
+    elapsed = time.monotonic() - started
+    assert [o.status for o in outcomes] == [Status.UPDATED] * 6
+    assert store.fallbacks == 1
+    assert store.local_admissions == 6
+    assert elapsed < 3  # 6 records at 5 per 0.5 s, plus one timeout; not one per request
+    assert len([r for r in caplog.records if "is unreachable" in r.getMessage()]) == 1
+
+
+async def test_the_fallback_share_shrinks_with_the_processes_redis_counted(
+    redis_server: RedisServer,
+) -> None:
+    """Six processes asked for this token lately: one falling back takes a sixth, not the
+    default quarter (and never more than the configured share)."""
+    stores = [RedisBudgets(redis_server.url) for _ in range(6)]
+    try:
+        pacers = [
+            store.pacer("http://127.0.0.1:9", "share-token", Budget(Rate(60, 1.0)), lease=5.0)
+            for store in stores
+        ]
+        for pacer in pacers:
+            sent_at = await pacer.acquire()
+            pacer.complete(sent_at)
+        assert pacers[-1]._share() == pytest.approx(1 / 6)
+        alone = RedisBudgets(redis_server.url, fallback_share=0.1)
+        stores.append(alone)
+        few = alone.pacer("http://127.0.0.1:9", "share-token", Budget(Rate(60, 1.0)), lease=5.0)
+        await few.acquire()
+        assert few._share() == pytest.approx(0.1)
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_a_caller_that_gives_up_while_redis_decides_leaves_no_slot_taken(
+    redis_server: RedisServer,
+) -> None:
+    """A web handler's deadline (or a disconnect) cancels the wait while Redis is admitting it:
+    the entry Redis added is removed, not left to hold a slot until its lease ends. Redis's
+    answers pass through a proxy that holds them back 0.3 s."""
+    writers: list[asyncio.StreamWriter] = []
+    pipes: list[asyncio.Task[None]] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float):
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def proxy(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", redis_server.port)
+        writers.extend((client_w, redis_w))
+        pipes.append(asyncio.create_task(pipe(client_r, redis_w, 0.0)))
+        pipes.append(asyncio.create_task(pipe(redis_r, client_w, 0.3)))
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisBudgets(f"redis://:{PASSWORD}@127.0.0.1:{port}/0", timeout=2.0)
+    base = "http://127.0.0.1:8"
+    pacer = store.pacer(base, "cancel-token", Budget(Rate(5, 1.0)), lease=5.0)
+    key = budget_key(base, "cancel-token") + "window"
+    try:
+        sent_at = await pacer.acquire()  # the first: its entry stays (answered below)
+        pacer.complete(sent_at)
+        await asyncio.wait(set(store._writes))  # the answer's write: its connection is free
+        waiter = asyncio.create_task(pacer.acquire())
+        await asyncio.sleep(0.15)  # the admission has reached Redis; its answer is held
+        with redis_server.client() as r:
+            assert r.zcard(key) == 2  # admitted, in Redis's view
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0.8)  # the answer comes; the entry is released
+        with redis_server.client() as r:
+            assert r.zcard(key) == 1  # only the first
+    finally:
+        await store.aclose()
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*pipes)
+        await server.wait_closed()
