@@ -344,7 +344,8 @@ def accepted_ids() -> list[str]:
     nasty = st.sampled_from(list("/?#%.\\;:@&=+$,!*'()[]~_-\u2215\uff0f\u00e9\u0130\u00df"))
     alphabet = st.characters(codec="utf-8") | nasty
 
-    @settings(max_examples=300, database=None, deadline=None)
+    # derandomize: the same ids every run (a random draw found only 46 once, failing the suite).
+    @settings(max_examples=300, database=None, deadline=None, derandomize=True)
     @given(st.text(alphabet=alphabet, min_size=1, max_size=30))
     def collect(value: str) -> None:
         try:
