@@ -37,6 +37,7 @@ from growthhub_async.job import JobSettings
 from growthhub_async.locations import AgencyTokens, LocationTokens, load_tokens_file, shard_of
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import SandboxConfig, run_sandbox
+from growthhub_async.sandbox.config import Faults
 from growthhub_async.sandbox.oauth import OAuthConfig
 from tests.cli_helpers import journal_lines, run_cli, write_jsonl
 
@@ -167,6 +168,9 @@ async def test_the_command_runs_shards_on_the_cluster_once_each_and_shows_no_tok
     assert "whole job" in again.stdout
     # Without --resume, a shard's existing journal is refused as in one run: exit 2.
     assert refused.exit_status == 2
+    # Failed shards' journals still count in the whole job's column (they are the truth).
+    assert refused.summary.records == 0
+    assert sum(refused.whole_job.values()) == len(rows)
     assert all("--resume" in (r.error or "") for r in refused.reports), outputs.getvalue()
     # Journals of a job split 3 ways are never resumed 2 ways (a record would be sent twice).
     assert split_otherwise.exit_status == 2
@@ -241,6 +245,17 @@ async def test_a_worker_killed_mid_shard_is_run_again_from_its_journal(
     for contact in finished_before:  # journaled before the kill: never sent again
         assert len(history[contact]) == 1, contact
     assert sum(result.whole_job.values()) == len(rows)
+    # The summary is the journals' (both attempts of the victim), not the last attempt's.
+    lines = [line for j in folder.glob("shard-*.jsonl") for line in journal_lines(j)]
+    assert result.summary.by_status == Counter(line["status"] for line in lines)
+    assert result.summary.requests == sum(line["attempts"] for line in lines)
+    assert {loc: stats.records for loc, stats in result.by_location.items()} == dict.fromkeys(
+        locations, 40
+    )
+    text = out.getvalue()
+    assert re.search(rf"updated\s+{len(rows)}\s+{len(rows)}\n", text), text
+    assert f"{sum(line['attempts'] for line in lines)} requests in" in text
+    assert all(re.search(rf"{loc}\s+40\s+40\s", text) for loc in locations), text
 
 
 async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
@@ -301,6 +316,67 @@ async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
     assert any(line["error"] and "cancelled" in line["error"] for line in first.values())
     assert resumed.exit_status == 0
     assert all(len(history[row["contactId"]]) == 1 for row in rows)  # each sent once in all
+
+
+async def test_a_second_cancel_stops_at_once_quietly_with_the_summary_and_resume_command(
+    tmp_path: Path, cluster: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Cancelled twice (a second Ctrl-C) while the shards use their grace: the coordinator
+    stops waiting at once, prints the journals' counts marked partial and the resume command,
+    and no Dask traceback or error log."""
+    rows = [
+        {"contactId": f"q{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
+        for loc in range(4)
+        for n in range(30)
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    out = io.StringIO()
+    async with (
+        run_sandbox(_config(faults=Faults(latency=1.0))) as sb,
+        await distributed.Client(cluster, asynchronous=True) as client,
+    ):
+        settings = JobSettings(
+            input=str(data), out=str(folder), base_url=sb.base_url, rate=Rate(40, 1.0), grace=20.0
+        )
+        job = asyncio.create_task(
+            run_shards(
+                settings,
+                out_dir=str(folder),
+                shards=2,
+                cluster=cluster,
+                locations=LocationTokens(TOKENS),
+                stdout=out,
+                stderr=out,
+                resume_command="the resume command",
+            )
+        )
+        for _ in range(500):
+            if len(_final(folder)) >= 10:
+                break
+            await asyncio.sleep(0.02)
+        job.cancel()
+        await asyncio.sleep(0.3)
+        cancelled_again = asyncio.get_running_loop().time()
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(job, 15)
+        took = asyncio.get_running_loop().time() - cancelled_again
+        text = out.getvalue()
+        lines = [line for j in folder.glob("shard-*.jsonl") for line in journal_lines(j)]
+        for _ in range(300):  # the shards, told to stop, end within their grace
+            if not any((await client.processing()).values()):
+                break
+            await asyncio.sleep(0.1)
+    assert took < 10  # not the 20 s grace
+    assert "interrupted again: stopping now" in text
+    assert "partial:" in text
+    assert "the resume command" in text
+    assert re.search(rf"total\s+{len(lines)}\n", text), text
+    logged = capfd.readouterr()
+    assert "Traceback" not in logged.err + logged.out
+    assert "distributed.scheduler - ERROR" not in logged.err
 
 
 def _agency_file(tmp_path: Path) -> Path:
@@ -451,6 +527,61 @@ async def test_a_failed_task_is_logged_by_dask_without_its_tokens(
     for secret in (*LOCATION_TOKENS, OWN_TOKEN):
         assert secret not in text
         assert secret not in repr(task)
+
+
+async def test_an_address_that_is_no_scheduler_exits_2_naming_it_not_the_out_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port that accepts and never answers, an HTTP server (it answers the handshake with a
+    400 and keeps the connection: Dask reads "HTTP/1.1" as a frame's length), a port where
+    nothing listens: each ends within Dask's connect timeout (1 s here)
+    with exit 2 and one line naming the address, never as an --out-dir error."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "1s")
+    data = write_jsonl(tmp_path / "in.jsonl", [{"contactId": "c1", "locationId": "loc0"}])
+    tokens = _tokens_file(tmp_path)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)  # never answers; until the command hangs up
+        writer.close()
+        await writer.wait_closed()
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await silent(reader, writer)  # the connection kept open, as http.server's keep-alive
+
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (silent, http)]
+    closed = await asyncio.start_server(silent, "127.0.0.1", 0)
+    ports = [s.sockets[0].getsockname()[1] for s in [*servers, closed]]
+    closed.close()
+    await closed.wait_closed()
+    addresses = [f"tcp://127.0.0.1:{port}" for port in ports]
+    try:
+        runs = await asyncio.gather(
+            *(
+                run_cli(
+                    *["update", str(data), "--out-dir", str(tmp_path / f"out{n}"), "--shards"],
+                    *["2", "--dask", address, "--tokens", str(tokens), "--no-progress"],
+                    *["--base-url", "http://127.0.0.1:9"],
+                    token=None,
+                    limit=30,
+                )
+                for n, address in enumerate(addresses)
+            )
+        )
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    for address, ran in zip(addresses, runs, strict=True):
+        assert ran.status == 2, ran.stderr
+        assert f"no Dask scheduler answered at {address}" in ran.stderr
+        assert "--out-dir" not in ran.stderr
+        assert "Traceback" not in ran.stderr
+        assert "never awaited" not in ran.stderr
+        assert len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert "within 1s" in runs[0].stderr
+    assert "does not speak Dask's protocol" in runs[1].stderr
 
 
 @pytest.mark.parametrize(
