@@ -655,20 +655,81 @@ async def test_without_dask_the_command_says_how_to_install_it(tmp_path: Path) -
     assert "pip install 'growthhub-async[dask]'" in stderr.decode()
 
 
-def test_the_kubernetes_indexed_job_runs_one_shard_per_index() -> None:
+async def test_the_kubernetes_indexed_job_runs_one_shard_per_index(tmp_path: Path) -> None:
     """The manifest the README points at: an Indexed Job whose pod K runs --shard K/N, N the
-    job's completions, each shard with its own journal on the shared volume."""
+    job's completions, each shard with its own journal on the shared volume. The pod's own
+    shell command, run here against the sandbox (its /data and /secrets in a temporary
+    folder), works on a fresh volume (no outcomes folder yet) and again as a retried pod;
+    exit 1 (some records not updated) fails the index without retries, exit 2 is retried."""
     manifest = yaml.safe_load((ROOT / "deploy" / "k8s-indexed-job.yaml").read_text())
     assert manifest["kind"] == "Job"
     spec = manifest["spec"]
     assert spec["completionMode"] == "Indexed"
     shards = spec["completions"]
     assert 1 <= spec["parallelism"] <= shards
-    [container] = spec["template"]["spec"]["containers"]
-    command = " ".join(container["command"] + container.get("args", []))
-    assert f"--shard $(JOB_COMPLETION_INDEX)/{shards}" in command
-    assert "--out /data/outcomes/shard-$(JOB_COMPLETION_INDEX)-of-" in command
-    assert "--resume" in command  # a pod restarted by the Job resumes its shard
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["sh", "-c"]
+    [script] = container["args"]
+    assert f'--shard "$JOB_COMPLETION_INDEX/{shards}"' in script
+    assert f'--out "/data/outcomes/shard-$JOB_COMPLETION_INDEX-of-{shards}.jsonl"' in script
+    assert "--resume" in script  # a pod restarted by the Job resumes its shard
     env = {e["name"]: e for e in container["env"]}
     assert "secretKeyRef" in env["GROWTHHUB_TOKEN"]["valueFrom"]  # never in the manifest
     assert spec["backoffLimitPerIndex"] >= 1
+    # Exit 1 fails the index at once; exit 2 and crashes are retried; evictions not counted.
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    by_code = {
+        code: rule["action"]
+        for rule in rules
+        if "onExitCodes" in rule
+        for code in rule["onExitCodes"]["values"]
+    }
+    assert by_code == {1: "FailIndex"}
+    assert all(
+        r["onExitCodes"]["operator"] == "In" and r["onExitCodes"]["containerName"] == "growthhub"
+        for r in rules
+        if "onExitCodes" in r
+    )
+    # The pod's command on a fresh volume: paths moved into tmp_path, the sandbox's URL added.
+    data, secrets = tmp_path / "data", tmp_path / "secrets"
+    (data / "input").mkdir(parents=True)
+    secrets.mkdir()
+    rows = [f"c{loc}x{n},loc{loc},A" for loc in range(6) for n in range(3)]
+    owner = shard_of("loc0", shards)
+    (data / "input" / "export.csv").write_text(
+        "contactId,locationId,firstName\n" + "\n".join(rows) + "\n,loc0,A\n"
+    )
+    tokens = secrets / "tokens.json"
+    tokens.write_text(json.dumps(TOKENS))
+    tokens.chmod(0o400)
+    local = script.replace("/data/", f"{data}/").replace("/secrets/", f"{secrets}/")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+    async def pod_runs(index: int, base_url: str) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            f"{local} --base-url {base_url}",
+            env={**os.environ, "PATH": path, "JOB_COMPLETION_INDEX": str(index)},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await asyncio.wait_for(proc.wait(), 60)
+
+    async with run_sandbox(_config()) as sb:
+        first = await pod_runs(owner, sb.base_url)  # no outcomes folder yet
+        sent = sb.stats()["requests"]
+        again = await pod_runs(owner, sb.base_url)  # the Job's retry of that pod
+        resent = sb.stats()["requests"]
+        zero = await pod_runs(0, sb.base_url)
+    assert owner != 0
+    assert (first, again) == (0, 0)
+    journal = data / "outcomes" / journal_name(owner, shards)
+    assert [line["status"] for line in journal_lines(journal)] == ["updated"] * 3
+    assert sent == 3
+    assert resent == sent  # the retry resumed: nothing sent again
+    # Shard 0 holds the rejected line (the empty contactId): exit 1, which FailIndex stops.
+    assert zero == 1
