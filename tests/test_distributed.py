@@ -258,17 +258,44 @@ async def test_a_worker_killed_mid_shard_is_run_again_from_its_journal(
     assert all(re.search(rf"{loc}\s+40\s+40\s", text) for loc in locations), text
 
 
+def _rows(prefix: str, per_location: int) -> list[dict[str, Any]]:
+    return [
+        {"contactId": f"{prefix}{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
+        for loc in range(4)
+        for n in range(per_location)
+    ]
+
+
+async def _started(
+    settings: JobSettings, cluster: str, out: io.StringIO, journaled: int
+) -> asyncio.Task[Any]:
+    """``run_shards`` in a task, once ``journaled`` records have a final line."""
+    job = asyncio.create_task(
+        run_shards(
+            settings,
+            out_dir=settings.out,
+            shards=2,
+            cluster=cluster,
+            locations=LocationTokens(TOKENS),
+            stdout=out,
+            stderr=out,
+            resume_command="the resume command",
+        )
+    )
+    for _ in range(500):
+        if len(_final(Path(settings.out))) >= journaled:
+            break
+        await asyncio.sleep(0.02)
+    return job
+
+
 async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
     tmp_path: Path, cluster: str
 ) -> None:
     """Cancelled (the command's Ctrl-C): every shard stops as on SIGTERM, journals what it
     sent, the summary and the resume command are printed; resuming sends each record once in
     all."""
-    rows = [
-        {"contactId": f"s{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
-        for loc in range(4)
-        for n in range(60)
-    ]
+    rows = _rows("s", 60)
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -277,22 +304,7 @@ async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
         settings = JobSettings(
             input=str(data), out=str(folder), base_url=sb.base_url, rate=Rate(20, 1.0), grace=2.0
         )
-        job = asyncio.create_task(
-            run_shards(
-                settings,
-                out_dir=str(folder),
-                shards=2,
-                cluster=cluster,
-                locations=LocationTokens(TOKENS),
-                stdout=out,
-                stderr=out,
-                resume_command="the resume command",
-            )
-        )
-        for _ in range(500):
-            if len(_final(folder)) >= 20:
-                break
-            await asyncio.sleep(0.02)
+        job = await _started(settings, cluster, out, 20)
         job.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(job, 60)
@@ -324,11 +336,7 @@ async def test_a_second_cancel_stops_at_once_quietly_with_the_summary_and_resume
     """Cancelled twice (a second Ctrl-C) while the shards use their grace: the coordinator
     stops waiting at once, prints the journals' counts marked partial and the resume command,
     and no Dask traceback or error log."""
-    rows = [
-        {"contactId": f"q{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
-        for loc in range(4)
-        for n in range(30)
-    ]
+    rows = _rows("q", 30)
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -340,22 +348,7 @@ async def test_a_second_cancel_stops_at_once_quietly_with_the_summary_and_resume
         settings = JobSettings(
             input=str(data), out=str(folder), base_url=sb.base_url, rate=Rate(40, 1.0), grace=20.0
         )
-        job = asyncio.create_task(
-            run_shards(
-                settings,
-                out_dir=str(folder),
-                shards=2,
-                cluster=cluster,
-                locations=LocationTokens(TOKENS),
-                stdout=out,
-                stderr=out,
-                resume_command="the resume command",
-            )
-        )
-        for _ in range(500):
-            if len(_final(folder)) >= 10:
-                break
-            await asyncio.sleep(0.02)
+        job = await _started(settings, cluster, out, 10)
         job.cancel()
         await asyncio.sleep(0.3)
         cancelled_again = asyncio.get_running_loop().time()
