@@ -47,6 +47,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 import uuid
@@ -129,6 +130,15 @@ class Secret(Generic[_T]):
 
     def __reduce__(self) -> tuple[Any, tuple[_T]]:
         return (Secret, (self._value,))
+
+
+def dask_setup(worker: object) -> None:
+    """Preloaded in the worker processes of ``--dask local``: they ignore SIGINT. A Ctrl-C on
+    the terminal reaches every process of its group, and a worker would die of it mid-shard
+    (KeyboardInterrupt tracebacks, the shard run again) instead of stopping as the
+    coordinator asks."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to do
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def journal_name(shard: int, shards: int) -> str:
@@ -755,6 +765,9 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
                 # The workers' warnings (a shard cut off at a second Ctrl-C) would bury the
                 # summary; a shard's own failure is in its report and its log.
                 silence_logs=logging.ERROR,
+                # Ctrl-C on a terminal reaches the whole process group: the workers ignore it
+                # (see dask_setup); the coordinator asks their shards to stop.
+                preload=[__name__],
                 # No dashboard; the scheduler's HTTP server on a free loopback port (its
                 # default, 8787, may be taken: Dask would warn and move).
                 dashboard_address=None,

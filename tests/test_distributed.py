@@ -39,7 +39,7 @@ from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import SandboxConfig, run_sandbox
 from growthhub_async.sandbox.config import Faults
 from growthhub_async.sandbox.oauth import OAuthConfig
-from tests.cli_helpers import journal_lines, run_cli, write_jsonl
+from tests.cli_helpers import cli_env, finish, journal_lines, run_cli, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCATION_TOKENS = {f"tok-LOC{i}-SECRET-5d0e12": f"loc{i}" for i in range(6)}
@@ -370,6 +370,39 @@ async def test_a_second_cancel_stops_at_once_quietly_with_the_summary_and_resume
     logged = capfd.readouterr()
     assert "Traceback" not in logged.err + logged.out
     assert "distributed.scheduler - ERROR" not in logged.err
+
+
+async def test_ctrl_c_on_the_terminal_stops_local_shards_instead_of_killing_their_workers(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, --dask local's worker processes
+    included: they ignore it, and their shards stop as the coordinator asks (each reports;
+    no KeyboardInterrupt traceback), with the resume command."""
+    rows = _rows("t", 20)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    folder = tmp_path / "shards"
+    async with run_sandbox(_config(faults=Faults(latency=0.5))) as sb:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "growthhub_async", "update", str(data), "--out-dir"],
+            *[str(folder), "--shards", "1", "--dask", "local:1", "--base-url", sb.base_url],
+            *["--tokens", str(_tokens_file(tmp_path)), "--no-progress", "--rate", "100/1s"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(None),
+            start_new_session=True,  # its own process group, as a terminal's job
+        )
+        for _ in range(1500):
+            if len(_final(folder)) >= 4:
+                break
+            await asyncio.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        ran = await finish(proc, limit=60)
+    assert ran.status == 1, ran.stderr
+    assert "asking every shard to stop" in ran.stderr
+    assert re.search(r"shard 0/1: \d+ records, exit 1", ran.stderr), ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert "--resume" in ran.stderr
+    assert sum(line["status"] == "updated" for line in _final(folder).values()) < len(rows)
 
 
 def _agency_file(tmp_path: Path) -> Path:
