@@ -977,6 +977,11 @@ def _count_journals(
     this_run: dict[int, tuple[Status, int]] = {}  # input line: last status, and its shard
     whole: dict[int, Status] = {}
     requests = 0
+    reported = {
+        r.shard for r in result.reports if r.result is not None and r.result.summary.records
+    }
+    if any(not os.path.exists(journals[k]) for k in reported):
+        return  # the coordinator does not see the workers' storage: the reports are all
     try:
         for k, (path, offset) in enumerate(zip(journals, offsets, strict=True)):
             with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
