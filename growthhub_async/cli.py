@@ -10,9 +10,10 @@ import gc
 import itertools
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, TextIO, cast
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar, cast
 
 from growthhub_async import (  # distributed imports Dask lazily
     __version__,
@@ -429,6 +430,9 @@ def _option(name: str, value: str) -> list[str]:
     return [f"{name}={value}"] if value.startswith("-") else [name, value]
 
 
+_T = TypeVar("_T")
+
+
 def fatal(command: str, message: object) -> int:
     """Say what went wrong in one line on stderr; the exit status of a fatal error."""
     err = Terminal(sys.stderr)
@@ -533,13 +537,41 @@ def run_update(args: argparse.Namespace) -> int:
     return result.exit_status
 
 
-def run_update_dask(args: argparse.Namespace) -> int:
+async def _interruptible(job: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``job`` with every SIGINT cancelling it once: the first asks the shards to stop,
+    the second stops waiting for them. (asyncio.run's own handler raises KeyboardInterrupt
+    at the second, wherever the loop is, Dask's scheduler included: tracebacks, no summary.)"""
+    task = asyncio.ensure_future(job)
+    loop = asyncio.get_running_loop()
+    count = 0
+
+    def on_sigint() -> None:
+        nonlocal count
+        count += 1
+        if count > 2:  # a third: out, whatever the teardown was doing
+            raise KeyboardInterrupt
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # not on Windows' loops
+        return await task
+    try:
+        return await task
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def run_update_dask(args: argparse.Namespace) -> int:  # noqa: PLR0911 (one per failure)
     """``update --dask ADDRESS --out-dir DIR --shards N``: the shards on a Dask cluster."""
     try:
         distributed.cluster_spec(args.dask)  # a bad address is told before Dask is imported
         distributed.require_distributed()
     except GrowthHubError as exc:
         return fatal("update", exc)
+    except KeyboardInterrupt:  # Ctrl-C while Dask is imported (seconds): nothing started
+        sys.stderr.write("interrupted\n")
+        return EXIT_NOT_ALL
     rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
     settings = JobSettings(
         input=args.input,
@@ -555,6 +587,9 @@ def run_update_dask(args: argparse.Namespace) -> int:
     locations: LocationTokens | None = None
     try:
         os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as exc:  # only the folder: a scheduler's failure names the scheduler
+        return fatal("update", f"--out-dir {args.out_dir!r}: {exc.strerror or exc}")
+    try:
         locations = acquire_locations(args)
         token = acquire_token(args)
         redactor: Redactor | None = getattr(args, "log_redactor", None)
@@ -564,22 +599,24 @@ def run_update_dask(args: argparse.Namespace) -> int:
             elif token is not None:
                 redactor.include(token.redactor)
         result = asyncio.run(
-            distributed.run_shards(
-                settings,
-                out_dir=args.out_dir,
-                shards=args.shards,
-                cluster=args.dask,
-                token=token,
-                locations=locations,
-                resume_command=resume_command(args),
+            _interruptible(
+                distributed.run_shards(
+                    settings,
+                    out_dir=args.out_dir,
+                    shards=args.shards,
+                    cluster=args.dask,
+                    token=token,
+                    locations=locations,
+                    resume_command=resume_command(args),
+                )
             )
         )
     except GrowthHubError as exc:
         return fatal("update", exc)
-    except OSError as exc:
-        return fatal("update", f"--out-dir {args.out_dir!r}: {exc.strerror or exc}")
-    except KeyboardInterrupt:  # the shards were stopped and the resume command printed
-        sys.stderr.write("interrupted\n")
+    except OSError as exc:  # the cluster's (a local cluster that cannot start)
+        return fatal("update", f"--dask {args.dask!r}: {exc}")
+    except (KeyboardInterrupt, asyncio.CancelledError):  # the shards were stopped and the
+        sys.stderr.write("interrupted\n")  # resume command printed
         return EXIT_NOT_ALL
     finally:
         if isinstance(token, OAuthProvider):

@@ -42,14 +42,17 @@ import asyncio
 import contextlib
 import importlib
 import io
+import json
+import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, TextIO, TypeVar, cast
 
@@ -62,11 +65,13 @@ from growthhub_async.locations import AgencyTokens, LocationTokens, location_pro
 from growthhub_async.logs import current_run_id, new_run_id
 from growthhub_async.outcomes import Status, Summary
 from growthhub_async.progress import LocationStats, render_locations, render_summary
+from growthhub_async.sources import Record, open_source
 from growthhub_async.transport import check_base_url
 
 __all__ = [
     "INSTALL_HINT",
     "BrokeredToken",
+    "SchedulerUnreachable",
     "Secret",
     "ShardReport",
     "ShardTask",
@@ -89,6 +94,11 @@ _POLL: Final = 0.5  # seconds between two looks of a shard for the coordinator's
 _STOP_SLACK: Final = 5.0  # seconds beyond a shard's grace that the coordinator waits on a stop
 _BROKER_POLL: Final = 0.05  # seconds between two looks of the broker at an empty queue
 _T = TypeVar("_T")
+
+
+class SchedulerUnreachable(ConfigurationError):
+    """No Dask scheduler answered at ``--dask ADDRESS`` (nothing listens there, something
+    that is not a scheduler does, or it answered too slowly)."""
 
 
 def require_distributed() -> Any:
@@ -121,6 +131,15 @@ class Secret(Generic[_T]):
 
     def __reduce__(self) -> tuple[Any, tuple[_T]]:
         return (Secret, (self._value,))
+
+
+def dask_setup(worker: object) -> None:
+    """Preloaded in the worker processes of ``--dask local``: they ignore SIGINT. A Ctrl-C on
+    the terminal reaches every process of its group, and a worker would die of it mid-shard
+    (KeyboardInterrupt tracebacks, the shard run again) instead of stopping as the
+    coordinator asks."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to do
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def journal_name(shard: int, shards: int) -> str:
@@ -589,7 +608,8 @@ class ShardedResult:
     exit_status: int
     reports: list[ShardReport]
     summary: Summary
-    """This run's counts, added up over the shards' last attempts."""
+    """This run's counts: from the journals (see :attr:`counted_from_journals`), else
+    added up over the shards' last attempts."""
     whole_job: Counter[Status] = field(default_factory=Counter)
     """With resumes: the records already final in the journals, plus this run's."""
     by_location: dict[str, LocationStats] = field(default_factory=dict)
@@ -597,6 +617,11 @@ class ShardedResult:
     token_requests: Counter[str] = field(default_factory=Counter)
     """What the workers asked the coordinator's token broker, by kind (see
     :attr:`TokenBroker.requests`)."""
+    counted_from_journals: bool = False
+    """``summary`` (statuses, requests) and ``whole_job`` were counted from the journals:
+    every attempt of every shard, a lost or failed one included."""
+    partial: bool = False
+    """A second Ctrl-C: the coordinator stopped waiting for the shards."""
 
 
 def split_tokens(
@@ -685,6 +710,7 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     resume_command: str | None = None,
+    connect_timeout: float | None = None,
 ) -> ShardedResult:
     """Run ``settings``' job as ``shards`` shards on a Dask cluster; print one summary.
 
@@ -695,6 +721,14 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
     ``settings.out`` is not used. ``settings.resume`` resumes every shard from its journal;
     ``settings.grace`` is what a stop gives the requests on the wire. Tokens as for
     :func:`~growthhub_async.job.run_job` (``locations`` for ``--tokens`` / ``--agency-oauth``).
+
+    ``connect_timeout``: seconds a scheduler address gets to answer as a Dask scheduler
+    (default Dask's ``distributed.comm.timeouts.connect``, 30 s), else
+    :class:`SchedulerUnreachable`. Cancelled (Ctrl-C), every shard is asked to stop as SIGTERM
+    stops one run and gets the grace to do so; cancelled again meanwhile, the coordinator stops
+    waiting at once and closes its client (and its own ``local`` cluster) quietly. Either way
+    the summary, from the journals, and the resume command are printed, then
+    :class:`asyncio.CancelledError` is raised.
     """
     distributed = require_distributed()
     out = cast(TextIO, Terminal(stdout if stdout is not None else sys.stdout))
@@ -735,6 +769,12 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
                 n_workers=workers or max(1, min(shards, os.cpu_count() or 1)),
                 threads_per_worker=1,
                 processes=True,
+                # The workers' warnings (a shard cut off at a second Ctrl-C) would bury the
+                # summary; a shard's own failure is in its report and its log.
+                silence_logs=logging.ERROR,
+                # Ctrl-C on a terminal reaches the whole process group: the workers ignore it
+                # (see dask_setup); the coordinator asks their shards to stop.
+                preload=[__name__],
                 # No dashboard; the scheduler's HTTP server on a free loopback port (its
                 # default, 8787, may be taken: Dask would warn and move).
                 dashboard_address=None,
@@ -742,16 +782,18 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
                 asynchronous=True,
             )
             address = own_cluster.scheduler_address
-        own_client = await distributed.Client(address, asynchronous=True)
+        own_client = await _connect(distributed, address, connect_timeout)
         client = own_client
     else:
         client = cluster
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     started = loop.time()  # the cluster is up: its start is not the job's time
+    journals = [task.settings.out for task in tasks]
+    offsets = [_size(path) for path in journals]  # what earlier runs wrote: not this run's
     serving = asyncio.create_task(broker.serve(client, run_id, done))
     reports: dict[int, ShardReport] = {}
-    interrupted = False
+    interrupted = hurried = False
     futures = []
     try:
         futures = [
@@ -789,35 +831,215 @@ async def run_shards(  # noqa: PLR0912, PLR0915 (one story: start, submit, gathe
             interrupted = True
             err.write(
                 f"\ninterrupted: asking every shard to stop; waiting up to "
-                f"{settings.grace + _STOP_SLACK:g}s for them\n"
+                f"{settings.grace + _STOP_SLACK:g}s for them (Ctrl-C again to stop at once)\n"
             )
             err.flush()
-            await distributed.Event(f"{_PREFIX}-{run_id}-stop", client=client).set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(distributed.wait(futures), settings.grace + _STOP_SLACK)
-            for future in futures:
-                if future.done() and int(str(future.key).split("-")[2]) not in reports:
-                    await collect(future)
+            try:
+                await distributed.Event(f"{_PREFIX}-{run_id}-stop", client=client).set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(distributed.wait(futures), settings.grace + _STOP_SLACK)
+                for future in futures:
+                    if future.done() and int(str(future.key).split("-")[2]) not in reports:
+                        await collect(future)
+            except asyncio.CancelledError:
+                hurried = True
+                err.write("interrupted again: stopping now; the journals hold what was sent\n")
+                err.flush()
     finally:
         done.set()
-        await asyncio.gather(serving, return_exceptions=True)
-        await _forget_events(distributed, client, run_id, shards)
-        await broker.aclose()
-        if own_client is not None:
-            await own_client.close()
-        if own_cluster is not None:
-            await own_cluster.close()
+        if hurried:  # nothing more is awaited on the scheduler than the closing
+            serving.cancel()
+
+        async def teardown() -> None:
+            await asyncio.gather(serving, return_exceptions=True)
+            if not hurried:  # else a shard still running must still see the stop
+                await _forget_events(distributed, client, run_id, shards)
+            await broker.aclose()
+            if own_client is not None:
+                await own_client.close()
+            if own_cluster is not None:
+                await own_cluster.close()
+
+        cut = await _unhurried(teardown(), quiet=hurried)
+        interrupted = interrupted or cut
     result = combine([reports[k] for k in sorted(reports)], loop.time() - started)
     if len(reports) < shards:  # a shard with no report did not finish
         result.exit_status = max(result.exit_status, EXIT_NOT_ALL if interrupted else EXIT_FATAL)
     result.interrupted = result.interrupted or interrupted
     result.token_requests = broker.requests
+    result.partial = hurried
+    _count_journals(result, journals, offsets, settings)
     _print(
         result, settings=settings, folder=folder, resume_command=resume_command, out=out, err=err
     )
     if interrupted:
         raise asyncio.CancelledError
     return result
+
+
+async def _connect(distributed: Any, address: str, seconds: float | None) -> Any:
+    """An asynchronous client of the scheduler at ``address``, or :class:`SchedulerUnreachable`
+    within ``seconds``: Dask's own connect timeout does not bound the handshake, and a
+    port that accepts but never answers (or an HTTP server) would hang for good."""
+    timeout = seconds
+    if timeout is None:
+        dask = importlib.import_module("dask")
+        timeout = float(
+            dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+        )
+    client = distributed.Client(address, asynchronous=True, timeout=timeout)
+    try:
+        return await asyncio.wait_for(client, timeout)
+    except TimeoutError:
+        await _close_quietly(client)
+        raise SchedulerUnreachable(
+            f"--dask {address!r}: no Dask scheduler answered at {address} within {timeout:g}s "
+            "(is it a scheduler's address and port? the default port is 8786)"
+        ) from None
+    except OSError as exc:
+        await _close_quietly(client)
+        raise SchedulerUnreachable(
+            f"--dask {address!r}: no Dask scheduler answered at {address}: {exc}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 (whatever it is, it is no scheduler)
+        # An HTTP server that keeps the connection open: its "HTTP/1.1 ..." read as the
+        # length of a Dask frame is a MemoryError.
+        await _close_quietly(client)
+        raise SchedulerUnreachable(
+            f"--dask {address!r}: no Dask scheduler answered at {address}: what answered "
+            f"does not speak Dask's protocol ({type(exc).__name__})"
+        ) from None
+    except BaseException:  # cancelled (Ctrl-C) while connecting: close, leave no coroutine
+        await _close_quietly(client)
+        raise
+
+
+async def _unhurried(teardown: Coroutine[Any, Any, None], *, quiet: bool) -> bool:
+    """Run ``teardown`` to its end even if cancelled meanwhile (a Ctrl-C while the cluster
+    closes would leave it half closed, with Dask's tracebacks); Dask's loggers are silenced
+    when ``quiet`` or from such a cancel on. Whether it was cancelled."""
+    task = asyncio.ensure_future(teardown)
+    cut = False
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(_quiet_dask())
+        while True:
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                if not cut and not quiet:
+                    stack.enter_context(_quiet_dask())
+                cut = True
+            else:
+                return cut
+
+
+async def _close_quietly(client: Any) -> None:
+    with _quiet_dask(), contextlib.suppress(Exception):
+        await client.close()
+
+
+class _Silent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """Silence Dask's loggers (``distributed.*``) for a teardown that is expected to be rough
+    (shards cut off mid-run): their tracebacks would bury the summary."""
+    silent = _Silent()
+    names = ["distributed"] + [
+        name for name in logging.root.manager.loggerDict if name.startswith("distributed.")
+    ]
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addFilter(silent)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(silent)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _count_journals(
+    result: ShardedResult, journals: list[str], offsets: list[int], settings: JobSettings
+) -> None:
+    """Count the summary from the journals, which are the truth: this run's records (the
+    lines written since it started, by every attempt of every shard, a lost attempt's and a
+    failed shard's included) and the whole job's (the last line of every record). Left as
+    the shards' reports added up when the coordinator cannot read them."""
+    this_run: dict[int, tuple[Status, int]] = {}  # input line: last status, and its shard
+    whole: dict[int, Status] = {}
+    requests = 0
+    reported = {
+        r.shard for r in result.reports if r.result is not None and r.result.summary.records
+    }
+    if any(not os.path.exists(journals[k]) for k in reported):
+        return  # the coordinator does not see the workers' storage: the reports are all
+    try:
+        for k, (path, offset) in enumerate(zip(journals, offsets, strict=True)):
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+                position = 0
+                for raw in f:
+                    mine = position >= offset
+                    position += len(raw)
+                    if not raw.endswith(b"\n") or raw.isspace():
+                        continue
+                    entry = json.loads(raw)
+                    line, status = int(entry["line"]), Status(entry["status"])
+                    whole[line] = status
+                    if mine:
+                        this_run[line] = (status, k)
+                        requests += int(entry.get("attempts") or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    result.summary.by_status = Counter(status for status, _ in this_run.values())
+    result.summary.requests = requests
+    result.whole_job = Counter(whole.values())
+    result.counted_from_journals = True
+    whole_reports = len(result.reports) == len(journals) and all(
+        r.result is not None and not r.retried for r in result.reports
+    )
+    if result.by_location or not whole_reports:  # else the reports' table is the journals'
+        _locations_from_input(result, this_run, settings)
+
+
+def _locations_from_input(
+    result: ShardedResult, this_run: dict[int, tuple[Status, int]], settings: JobSettings
+) -> None:
+    """The table by location over every attempt: the journals name lines, the input says
+    whose location each line is (left as the reports added up if the input cannot be read)."""
+    counted: dict[str, LocationStats] = {}
+    try:
+        with open_source(settings.input, settings.value_key) as source:
+            for item in source:
+                if not isinstance(item, Record) or item.token_key is None:
+                    continue
+                found = this_run.get(item.line)
+                if found is None:
+                    continue
+                stats = counted.setdefault(item.token_key, LocationStats())
+                stats.records += 1
+                stats.updated += found[0] is Status.UPDATED
+    except (GrowthHubError, OSError, ValueError):
+        return
+    for key, stats in counted.items():
+        reported = result.by_location.get(key)
+        stats.last = reported.last if reported is not None else result.summary.elapsed
+    result.by_location = counted
 
 
 def _absolute(path: str) -> str:
@@ -903,7 +1125,17 @@ def _print(
 ) -> None:
     if result.by_location:
         out.write("by location (all shards):\n" + render_locations(result.by_location) + "\n")
-    resumed = settings.resume or any(r.retried for r in result.reports)
+    resumed = (
+        settings.resume
+        or any(r.retried or r.result is None for r in result.reports)
+        or result.whole_job != result.summary.by_status
+    )
+    if result.partial:
+        out.write(
+            "partial: the coordinator stopped at a second Ctrl-C without waiting for every "
+            "shard; the counts are those of the journals now (a shard still running on an "
+            "outside cluster may add lines)\n"
+        )
     out.write(
         render_summary(
             result.summary,

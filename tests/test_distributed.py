@@ -37,8 +37,9 @@ from growthhub_async.job import JobSettings
 from growthhub_async.locations import AgencyTokens, LocationTokens, load_tokens_file, shard_of
 from growthhub_async.ratelimit import Rate
 from growthhub_async.sandbox import SandboxConfig, run_sandbox
+from growthhub_async.sandbox.config import Faults
 from growthhub_async.sandbox.oauth import OAuthConfig
-from tests.cli_helpers import journal_lines, run_cli, write_jsonl
+from tests.cli_helpers import cli_env, finish, journal_lines, run_cli, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCATION_TOKENS = {f"tok-LOC{i}-SECRET-5d0e12": f"loc{i}" for i in range(6)}
@@ -173,6 +174,9 @@ async def test_the_command_runs_shards_on_the_cluster_once_each_and_shows_no_tok
     assert "whole job" in again.stdout
     # Without --resume, a shard's existing journal is refused as in one run: exit 2.
     assert refused.exit_status == 2
+    # Failed shards' journals still count in the whole job's column (they are the truth).
+    assert refused.summary.records == 0
+    assert sum(refused.whole_job.values()) == len(rows)
     assert all("--resume" in (r.error or "") for r in refused.reports), outputs.getvalue()
     # Journals of a job split 3 ways are never resumed 2 ways (a record would be sent twice).
     assert split_otherwise.exit_status == 2
@@ -247,6 +251,48 @@ async def test_a_worker_killed_mid_shard_is_run_again_from_its_journal(
     for contact in finished_before:  # journaled before the kill: never sent again
         assert len(history[contact]) == 1, contact
     assert sum(result.whole_job.values()) == len(rows)
+    # The summary is the journals' (both attempts of the victim), not the last attempt's.
+    lines = [line for j in folder.glob("shard-*.jsonl") for line in journal_lines(j)]
+    assert result.summary.by_status == Counter(line["status"] for line in lines)
+    assert result.summary.requests == sum(line["attempts"] for line in lines)
+    assert {loc: stats.records for loc, stats in result.by_location.items()} == dict.fromkeys(
+        locations, 40
+    )
+    text = out.getvalue()
+    assert re.search(rf"updated\s+{len(rows)}\s+{len(rows)}\n", text), text
+    assert f"{sum(line['attempts'] for line in lines)} requests in" in text
+    assert all(re.search(rf"{loc}\s+40\s+40\s", text) for loc in locations), text
+
+
+def _rows(prefix: str, per_location: int) -> list[dict[str, Any]]:
+    return [
+        {"contactId": f"{prefix}{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
+        for loc in range(4)
+        for n in range(per_location)
+    ]
+
+
+async def _started(
+    settings: JobSettings, cluster: str, out: io.StringIO, journaled: int
+) -> asyncio.Task[Any]:
+    """``run_shards`` in a task, once ``journaled`` records have a final line."""
+    job = asyncio.create_task(
+        run_shards(
+            settings,
+            out_dir=settings.out,
+            shards=2,
+            cluster=cluster,
+            locations=LocationTokens(TOKENS),
+            stdout=out,
+            stderr=out,
+            resume_command="the resume command",
+        )
+    )
+    for _ in range(500):
+        if len(_final(Path(settings.out))) >= journaled:
+            break
+        await asyncio.sleep(0.02)
+    return job
 
 
 async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
@@ -255,11 +301,7 @@ async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
     """Cancelled (the command's Ctrl-C): every shard stops as on SIGTERM, journals what it
     sent, the summary and the resume command are printed; resuming sends each record once in
     all."""
-    rows = [
-        {"contactId": f"s{loc}x{n}", "locationId": f"loc{loc}", "firstName": "A"}
-        for loc in range(4)
-        for n in range(60)
-    ]
+    rows = _rows("s", 60)
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -268,22 +310,7 @@ async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
         settings = JobSettings(
             input=str(data), out=str(folder), base_url=sb.base_url, rate=Rate(20, 1.0), grace=2.0
         )
-        job = asyncio.create_task(
-            run_shards(
-                settings,
-                out_dir=str(folder),
-                shards=2,
-                cluster=cluster,
-                locations=LocationTokens(TOKENS),
-                stdout=out,
-                stderr=out,
-                resume_command="the resume command",
-            )
-        )
-        for _ in range(500):
-            if len(_final(folder)) >= 20:
-                break
-            await asyncio.sleep(0.02)
+        job = await _started(settings, cluster, out, 20)
         job.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(job, 60)
@@ -307,6 +334,81 @@ async def test_a_cancelled_run_stops_every_shard_and_the_resume_sends_the_rest(
     assert any(line["error"] and "cancelled" in line["error"] for line in first.values())
     assert resumed.exit_status == 0
     assert all(len(history[row["contactId"]]) == 1 for row in rows)  # each sent once in all
+
+
+async def test_a_second_cancel_stops_at_once_quietly_with_the_summary_and_resume_command(
+    tmp_path: Path, cluster: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Cancelled twice (a second Ctrl-C) while the shards use their grace: the coordinator
+    stops waiting at once, prints the journals' counts marked partial and the resume command,
+    and no Dask traceback or error log."""
+    rows = _rows("q", 30)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    out = io.StringIO()
+    async with (
+        run_sandbox(_config(faults=Faults(latency=1.0))) as sb,
+        await distributed.Client(cluster, asynchronous=True) as client,
+    ):
+        settings = JobSettings(
+            input=str(data), out=str(folder), base_url=sb.base_url, rate=Rate(40, 1.0), grace=20.0
+        )
+        job = await _started(settings, cluster, out, 10)
+        job.cancel()
+        await asyncio.sleep(0.3)
+        cancelled_again = asyncio.get_running_loop().time()
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(job, 15)
+        took = asyncio.get_running_loop().time() - cancelled_again
+        text = out.getvalue()
+        lines = [line for j in folder.glob("shard-*.jsonl") for line in journal_lines(j)]
+        for _ in range(300):  # the shards, told to stop, end within their grace
+            if not any((await client.processing()).values()):
+                break
+            await asyncio.sleep(0.1)
+    assert took < 10  # not the 20 s grace
+    assert "interrupted again: stopping now" in text
+    assert "partial:" in text
+    assert "the resume command" in text
+    assert re.search(rf"total\s+{len(lines)}\n", text), text
+    logged = capfd.readouterr()
+    assert "Traceback" not in logged.err + logged.out
+    assert "distributed.scheduler - ERROR" not in logged.err
+
+
+async def test_ctrl_c_on_the_terminal_stops_local_shards_instead_of_killing_their_workers(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, --dask local's worker processes
+    included: they ignore it, and their shards stop as the coordinator asks (each reports;
+    no KeyboardInterrupt traceback), with the resume command."""
+    rows = _rows("t", 20)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    folder = tmp_path / "shards"
+    async with run_sandbox(_config(faults=Faults(latency=0.5))) as sb:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "growthhub_async", "update", str(data), "--out-dir"],
+            *[str(folder), "--shards", "1", "--dask", "local:1", "--base-url", sb.base_url],
+            *["--tokens", str(_tokens_file(tmp_path)), "--no-progress", "--rate", "100/1s"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(None),
+            start_new_session=True,  # its own process group, as a terminal's job
+        )
+        for _ in range(1500):
+            if len(_final(folder)) >= 4:
+                break
+            await asyncio.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        ran = await finish(proc, limit=60)
+    assert ran.status == 1, ran.stderr
+    assert "asking every shard to stop" in ran.stderr
+    assert re.search(r"shard 0/1: \d+ records, exit 1", ran.stderr), ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert "--resume" in ran.stderr
+    assert sum(line["status"] == "updated" for line in _final(folder).values()) < len(rows)
 
 
 def _agency_file(tmp_path: Path) -> Path:
@@ -459,6 +561,61 @@ async def test_a_failed_task_is_logged_by_dask_without_its_tokens(
         assert secret not in repr(task)
 
 
+async def test_an_address_that_is_no_scheduler_exits_2_naming_it_not_the_out_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port that accepts and never answers, an HTTP server (it answers the handshake with a
+    400 and keeps the connection: Dask reads "HTTP/1.1" as a frame's length), a port where
+    nothing listens: each ends within Dask's connect timeout (1 s here)
+    with exit 2 and one line naming the address, never as an --out-dir error."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "1s")
+    data = write_jsonl(tmp_path / "in.jsonl", [{"contactId": "c1", "locationId": "loc0"}])
+    tokens = _tokens_file(tmp_path)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)  # never answers; until the command hangs up
+        writer.close()
+        await writer.wait_closed()
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await silent(reader, writer)  # the connection kept open, as http.server's keep-alive
+
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (silent, http)]
+    closed = await asyncio.start_server(silent, "127.0.0.1", 0)
+    ports = [s.sockets[0].getsockname()[1] for s in [*servers, closed]]
+    closed.close()
+    await closed.wait_closed()
+    addresses = [f"tcp://127.0.0.1:{port}" for port in ports]
+    try:
+        runs = await asyncio.gather(
+            *(
+                run_cli(
+                    *["update", str(data), "--out-dir", str(tmp_path / f"out{n}"), "--shards"],
+                    *["2", "--dask", address, "--tokens", str(tokens), "--no-progress"],
+                    *["--base-url", "http://127.0.0.1:9"],
+                    token=None,
+                    limit=30,
+                )
+                for n, address in enumerate(addresses)
+            )
+        )
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    for address, ran in zip(addresses, runs, strict=True):
+        assert ran.status == 2, ran.stderr
+        assert f"no Dask scheduler answered at {address}" in ran.stderr
+        assert "--out-dir" not in ran.stderr
+        assert "Traceback" not in ran.stderr
+        assert "never awaited" not in ran.stderr
+        assert len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert "within 1s" in runs[0].stderr
+    assert "does not speak Dask's protocol" in runs[1].stderr
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -530,20 +687,81 @@ async def test_without_dask_the_command_says_how_to_install_it(tmp_path: Path) -
     assert "pip install 'growthhub-async[dask]'" in stderr.decode()
 
 
-def test_the_kubernetes_indexed_job_runs_one_shard_per_index() -> None:
+async def test_the_kubernetes_indexed_job_runs_one_shard_per_index(tmp_path: Path) -> None:
     """The manifest the README points at: an Indexed Job whose pod K runs --shard K/N, N the
-    job's completions, each shard with its own journal on the shared volume."""
+    job's completions, each shard with its own journal on the shared volume. The pod's own
+    shell command, run here against the sandbox (its /data and /secrets in a temporary
+    folder), works on a fresh volume (no outcomes folder yet) and again as a retried pod;
+    exit 1 (some records not updated) fails the index without retries, exit 2 is retried."""
     manifest = yaml.safe_load((ROOT / "deploy" / "k8s-indexed-job.yaml").read_text())
     assert manifest["kind"] == "Job"
     spec = manifest["spec"]
     assert spec["completionMode"] == "Indexed"
     shards = spec["completions"]
     assert 1 <= spec["parallelism"] <= shards
-    [container] = spec["template"]["spec"]["containers"]
-    command = " ".join(container["command"] + container.get("args", []))
-    assert f"--shard $(JOB_COMPLETION_INDEX)/{shards}" in command
-    assert "--out /data/outcomes/shard-$(JOB_COMPLETION_INDEX)-of-" in command
-    assert "--resume" in command  # a pod restarted by the Job resumes its shard
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["sh", "-c"]
+    [script] = container["args"]
+    assert f'--shard "$JOB_COMPLETION_INDEX/{shards}"' in script
+    assert f'--out "/data/outcomes/shard-$JOB_COMPLETION_INDEX-of-{shards}.jsonl"' in script
+    assert "--resume" in script  # a pod restarted by the Job resumes its shard
     env = {e["name"]: e for e in container["env"]}
     assert "secretKeyRef" in env["GROWTHHUB_TOKEN"]["valueFrom"]  # never in the manifest
     assert spec["backoffLimitPerIndex"] >= 1
+    # Exit 1 fails the index at once; exit 2 and crashes are retried; evictions not counted.
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    by_code = {
+        code: rule["action"]
+        for rule in rules
+        if "onExitCodes" in rule
+        for code in rule["onExitCodes"]["values"]
+    }
+    assert by_code == {1: "FailIndex"}
+    assert all(
+        r["onExitCodes"]["operator"] == "In" and r["onExitCodes"]["containerName"] == "growthhub"
+        for r in rules
+        if "onExitCodes" in r
+    )
+    # The pod's command on a fresh volume: paths moved into tmp_path, the sandbox's URL added.
+    data, secrets = tmp_path / "data", tmp_path / "secrets"
+    (data / "input").mkdir(parents=True)
+    secrets.mkdir()
+    rows = [f"c{loc}x{n},loc{loc},A" for loc in range(6) for n in range(3)]
+    owner = shard_of("loc0", shards)
+    (data / "input" / "export.csv").write_text(
+        "contactId,locationId,firstName\n" + "\n".join(rows) + "\n,loc0,A\n"
+    )
+    tokens = secrets / "tokens.json"
+    tokens.write_text(json.dumps(TOKENS))
+    tokens.chmod(0o400)
+    local = script.replace("/data/", f"{data}/").replace("/secrets/", f"{secrets}/")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+    async def pod_runs(index: int, base_url: str) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            f"{local} --base-url {base_url}",
+            env={**os.environ, "PATH": path, "JOB_COMPLETION_INDEX": str(index)},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await asyncio.wait_for(proc.wait(), 60)
+
+    async with run_sandbox(_config()) as sb:
+        first = await pod_runs(owner, sb.base_url)  # no outcomes folder yet
+        sent = sb.stats()["requests"]
+        again = await pod_runs(owner, sb.base_url)  # the Job's retry of that pod
+        resent = sb.stats()["requests"]
+        zero = await pod_runs(0, sb.base_url)
+    assert owner != 0
+    assert (first, again) == (0, 0)
+    journal = data / "outcomes" / journal_name(owner, shards)
+    assert [line["status"] for line in journal_lines(journal)] == ["updated"] * 3
+    assert sent == 3
+    assert resent == sent  # the retry resumed: nothing sent again
+    # Shard 0 holds the rejected line (the empty contactId): exit 1, which FailIndex stops.
+    assert zero == 1
