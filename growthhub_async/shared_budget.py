@@ -52,6 +52,7 @@ import hashlib
 import itertools
 import logging
 import math
+import re
 import secrets
 import urllib.parse
 from collections import deque
@@ -176,20 +177,55 @@ class _Unavailable(Exception):
     """Redis did not answer (the store has logged it and is probing)."""
 
 
-def _masked(url: str) -> tuple[str, str | None]:
-    """The URL with its password replaced by ``***``, and the password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url, None
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), urllib.parse.unquote(
-        parts.password
-    )
+_UNPARSABLE: Final = (
+    "the shared_budget URL could not be parsed: percent-encode reserved characters in the"
+    " password (# / ? @ : %), and give redis://[[user]:password@]host[:port][/db],"
+    " rediss://... or unix:///path/to/socket[?db=N]"
+)
+_SECRET_PARAMS: Final = ("pass", "secret", "token", "auth", "key")  # query keys shown as ***
+
+
+def _parse(url: str) -> tuple[str, list[str]]:
+    """The URL as shown (rendered from its parsed parts, every password replaced by ``***``),
+    and the passwords it holds (to be redacted from any error text).
+
+    Raises :class:`ConfigurationError` naming what is wrong, never quoting the URL: an
+    unencoded ``#``, ``/`` or ``?`` in a password, or a character NFKC changes, would otherwise
+    put (part of) the password in the message.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError("shared_budget must be a redis://, rediss:// or unix:// URL")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        username, password, host, port = parts.username, parts.password, parts.hostname, parts.port
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        raise ConfigurationError(_UNPARSABLE) from None
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError("shared_budget must be a redis://, rediss:// or unix:// URL")
+    secrets_ = [password] if password else []
+    secrets_ += [v for k, v in query if any(s in k.lower() for s in _SECRET_PARAMS) and v]
+    path = parts.path
+    if parts.fragment or (scheme != "unix" and (not host or not re.fullmatch(r"(/\d*)?", path))):
+        # A '#', '/' or '?' in a password cut the URL there: what follows is not a host or a db.
+        raise ConfigurationError(_UNPARSABLE)
+    shown = scheme + "://"
+    if username or password:
+        shown += urllib.parse.quote(username or "", safe="") + (":***" if password else "") + "@"
+    if host:
+        shown += f"[{host}]" if ":" in host else host
+    if port is not None:
+        shown += f":{port}"
+    shown += urllib.parse.quote(path, safe="/")
+    if query:
+        shown += "?" + "&".join(
+            f"{urllib.parse.quote(k, safe='')}="
+            + ("***" if any(s in k.lower() for s in _SECRET_PARAMS) else urllib.parse.quote(v))
+            for k, v in query
+        )
+    passwords = set(secrets_) | {urllib.parse.unquote(s) for s in secrets_}
+    return shown, sorted(passwords, key=len, reverse=True)
 
 
 class RedisBudgets:
@@ -219,12 +255,8 @@ class RedisBudgets:
         probe_max: float = 5.0,
         daily_stop: float = 3600.0,
     ) -> None:
-        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in (
-            "redis",
-            "rediss",
-            "unix",
-        ):
-            raise ConfigurationError("shared_budget must be a redis://, rediss:// or unix:// URL")
+        self.url, passwords = _parse(url)
+        """The URL as shown: rendered from its parts, every password replaced by ``***``."""
         if not (isinstance(fallback_share, float | int) and 0 < fallback_share <= 1):
             raise ConfigurationError("fallback_share must be in (0, 1]")
         if not (timeout > 0 and probe_max > 0 and daily_stop > 0):
@@ -242,13 +274,13 @@ class RedisBudgets:
         self._url = url
         self.redactor = Redactor()
         """The password, removed from any text the store logs."""
+        for password in passwords:
+            self.redactor.add(password)
         try:
-            self.url, password = _masked(url)
-            """The URL without its password."""
-            if password:
-                self.redactor.add(password)
             self._redis: Redis = self._connect()  # no connection yet: only the pool
-        except ValueError as exc:  # a bad port or option; the message never shows the URL
+            pool = self._redis.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # its options, checked now (no I/O)
+        except (ValueError, TypeError) as exc:  # a bad option; the message never shows the URL
             raise ConfigurationError(
                 f"shared_budget URL is not valid: {self.redactor(str(exc))}"
             ) from None

@@ -12,8 +12,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from growthhub_async.events import Event, Paused, RecordFinished
 from growthhub_async.outcomes import Status
 from growthhub_async.ratelimit import Budget, Rate
 from growthhub_async.sandbox import Sandbox
-from growthhub_async.shared_budget import RedisBudgets, budget_key
+from growthhub_async.shared_budget import RedisBudgets, _parse, budget_key
 from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
 from tests.redis_helpers import PASSWORD, RedisServer, free_port
 
@@ -315,7 +317,7 @@ def test_configuration_is_checked() -> None:
         GrowthHubClient(TEST_TOKEN, shared_budget="http://127.0.0.1:6379")
     with pytest.raises(ConfigurationError, match="fallback_share"):
         RedisBudgets("redis://127.0.0.1:1/0", fallback_share=0)
-    with pytest.raises(ConfigurationError, match="not valid") as bad:
+    with pytest.raises(ConfigurationError, match="could not be parsed") as bad:
         RedisBudgets(f"redis://:{PASSWORD}@127.0.0.1:99999/0")
     assert PASSWORD not in str(bad.value)
     # Another token, another URL: other keys; never the token in the key.
@@ -436,3 +438,51 @@ async def test_a_caller_that_gives_up_while_redis_decides_leaves_no_slot_taken(
             writer.close()
         await asyncio.gather(*pipes)
         await server.wait_closed()
+
+
+async def test_no_form_of_the_password_is_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """The password as userinfo or as a ``password=`` query parameter (redis-py's unix-socket
+    form, any case) is masked in the repr, ``url`` and the fallback warning (red team rt15, 1)."""
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    secret = "s3cr3t-redis-pw"
+    urls = [
+        f"unix:///nonexistent/redis.sock?db=0&password={secret}",
+        f"redis://127.0.0.1:{free_port()}/0?password={secret}",
+        f"redis://user:{secret}@127.0.0.1:{free_port()}/0",
+    ]
+    for url in urls:
+        store = RedisBudgets(url, timeout=0.2)
+        try:
+            pacer = store.pacer("http://127.0.0.1:9", "pw-token", Budget(Rate(50, 0.1)), lease=1)
+            await pacer.acquire()  # Redis fails: the warning names the URL
+            text = repr(store) + store.url + repr(pacer)
+        finally:
+            await store.aclose()
+        assert "***" in store.url
+        assert secret not in text
+    assert len([r for r in caplog.records if "is unreachable" in r.getMessage()]) == 3
+    assert secret not in caplog.text
+    with pytest.raises(ConfigurationError, match="not valid") as bad:  # redis-py's name only
+        RedisBudgets(f"redis://127.0.0.1:1/0?PassWord={secret}")
+    assert secret not in str(bad.value)
+    assert "PassWord=***" in _parse(f"redis://h/0?PassWord={secret}")[0]
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["Pa55\u2100word-XYZ", "Tr0ub4dor\uff03x", "Xk9Lq2#fL8", "Xk9Lq2/fL8", "12345?fL8", "1234#x"],
+)
+def test_a_malformed_url_is_refused_without_quoting_it(password: str) -> None:
+    """A character NFKC changes, or an unencoded ``#``, ``/``, ``?``, in the password: a
+    ConfigurationError saying what to do, with no part of the password (red team rt15, 2)."""
+    with pytest.raises(ConfigurationError, match="could not be parsed") as bad:
+        GrowthHubClient(
+            TEST_TOKEN,
+            base_url="http://127.0.0.1:9",
+            rate="20/1s",
+            shared_budget=f"redis://:{password}@redis.internal:6379/0",
+        )
+    text = "".join(traceback.format_exception(bad.value))  # as a start-up traceback shows it
+    pieces = re.split("[\u2100\uff03#/?]", password)
+    for piece in {password, *pieces}:
+        assert len(piece) < 4 or piece not in text
