@@ -79,6 +79,9 @@ _HASH_PREFIX: Final = b"growthhub-async shared budget v1\0"
 _POLL: Final = 0.01  # seconds between looks while every slot of the window is in flight
 _PROBE_FIRST: Final = 0.2
 _PROCESS_TTL_US: Final = 60_000_000  # a process counts on a token for a minute after asking
+_STABLE: Final = 60.0
+"""Seconds Redis must keep working after it answered again for a new failure to be a new outage
+(a new warning): a Redis that flaps is one outage, logged once (the flaps at DEBUG)."""
 
 # The scripts: time is Redis's (TIME), in microseconds (exact in a Lua double up to 2^53).
 # Replies: integers only (Lua numbers become truncated integers in Redis's reply).
@@ -152,12 +155,21 @@ _RELEASE: Final = """
 return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
+# The probe writes, as the admission does: a Redis that answers PING but refuses writes (a
+# read-only replica, a full one under noeviction, CLIENT PAUSE WRITE) is not back. Its reply
+# must be the nonce it was given, or the server is not a Redis we can use.
+_PROBE: Final = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 10000)
+return ARGV[1]
+"""
+
 _SCRIPTS: Final = {
     "admit": _ADMIT,
     "complete": _COMPLETE,
     "pause": _PAUSE,
     "daily": _DAILY,
     "release": _RELEASE,
+    "probe": _PROBE,
 }
 _SHAS: Final = {
     name: hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
@@ -175,6 +187,14 @@ def budget_key(base_url: str, identity: str) -> str:
 
 class _Unavailable(Exception):
     """Redis did not answer (the store has logged it and is probing)."""
+
+
+class _Failed(Exception):
+    """One script call failed; ``reason`` says how (may hold the password: redact it)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 _UNPARSABLE: Final = (
@@ -293,6 +313,8 @@ class RedisBudgets:
         self.generation = 0
         """Counts recoveries: a pacer that saw another generation hands Redis its requests."""
         self._down = False
+        self._back_at: float | None = None  # loop time Redis last answered again
+        self._flapping = False  # this outage began within _STABLE of the last one's end
         self._probe: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -324,10 +346,17 @@ class RedisBudgets:
 
         Raises :class:`_Unavailable` when Redis fails in any way (after noting it, once).
         """
-        from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415
-
         if self._down or self._closed:
             raise _Unavailable
+        try:
+            return await self._call(name, keys, args)
+        except _Failed as exc:
+            self.unusable(exc.reason)
+            raise _Unavailable from None
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415
+
         client = self._redis
         try:
             try:
@@ -335,40 +364,49 @@ class RedisBudgets:
             except NoScriptError:
                 return await client.eval(_SCRIPTS[name], len(keys), *keys, *args)
         except (RedisError, OSError) as exc:
-            self._went_down(exc)
-            raise _Unavailable from None
+            raise _Failed(f"{type(exc).__name__}: {exc}") from None
 
-    def _went_down(self, exc: BaseException) -> None:
+    def unusable(self, reason: str) -> None:
+        """Redis failed (no answer, an error, an answer that makes no sense): pace in this
+        process until a probe's script call succeeds. One warning per outage: a failure
+        within :data:`_STABLE` seconds of Redis answering again continues the last outage."""
         if self._down or self._closed:
             return
         self._down = True
         self.fallbacks += 1
-        reason = self.redactor(f"{type(exc).__name__}: {exc}")
-        log.warning(
+        now = asyncio.get_running_loop().time()
+        self._flapping = self._back_at is not None and now - self._back_at < _STABLE
+        log.log(
+            logging.DEBUG if self._flapping else logging.WARNING,
             "shared budget: Redis at %s is unreachable (%s); each token is paced in this process"
             " at %g of its rate until Redis answers again",
             self.url,
-            reason,
+            self.redactor(reason),
             self.fallback_share,
         )
         self._probe = asyncio.get_running_loop().create_task(self._probe_until_back())
 
     async def _probe_until_back(self) -> None:
-        from redis.exceptions import RedisError  # noqa: PLC0415
-
         delay = _PROBE_FIRST
+        key = f"growthhub:probe:{self.process}"
         while True:
             await asyncio.sleep(delay)
+            nonce = secrets.token_hex(8)
             try:
-                await self._redis.ping()
-            except (RedisError, OSError):
+                reply = await self._call("probe", [key], [nonce])
+            except _Failed:
+                reply = None
+            if reply not in (nonce, nonce.encode()):
                 delay = min(2 * delay, self.probe_max)
                 continue
             self._down = False
             self.recoveries += 1
             self.generation += 1
-            log.warning(
-                "shared budget: Redis at %s answers again; pacing goes back to it", self.url
+            self._back_at = asyncio.get_running_loop().time()
+            log.log(
+                logging.DEBUG if self._flapping else logging.WARNING,
+                "shared budget: Redis at %s answers again; pacing goes back to it",
+                self.url,
             )
             return
 
@@ -418,6 +456,7 @@ class SharedPacer:
         self._generation = -1  # never seen: hand Redis what we hold on the first admission
         self._processes = 0
         self._local: Pacer | None = None
+        self._local_from = 0.0  # loop time this process's fallback share may start
 
     def __repr__(self) -> str:
         return f"<SharedPacer {self._rate} via {self.store!r}>"
@@ -460,19 +499,37 @@ class SharedPacer:
                     self.budget.record(now)
                     return now
                 if status == PAUSED:
-                    self.budget.pause(now + wait)  # our view: a 429's retry waits it out
+                    # Another process's 429 pause, at most our own cap at a time (then we look
+                    # again): our view, so a 429's retry waits it out too.
+                    wait = min(wait, self.budget.pause_cap)
+                    self.budget.pause(now + wait)
                 elif status == WINDOW and wait > self.budget.span:
                     wait = _POLL  # the slot to free is in flight: look again soon
                 if status != EPOCH:
                     await asyncio.sleep(wait)
 
+    def fallback_rate(self) -> Rate:
+        """This process's rate while Redis is unreachable: the share of the token's rate,
+        never rounded up. ``N * share`` requests per window when that is at least one; below
+        one, one request per ``window / (N * share)`` seconds (a longer window), so the share's
+        average holds (rounding up to one per window let four processes at 3/1 s send 4)."""
+        exact = self._rate.requests * self._share()
+        if exact >= 1:
+            return Rate(math.floor(exact), self._rate.window)
+        return Rate(1, self._rate.window / exact)
+
     async def _acquire_locally(self) -> float:
+        loop = asyncio.get_running_loop()
         if self._local is None:
-            share = self._share()
-            self.budget.rate = Rate(
-                max(1, math.floor(self._rate.requests * share)), self._rate.window
-            )
+            # Entering the fallback: this process knows only its own requests of the last
+            # window, not the others'. It counts that window as spent by them and sends
+            # nothing for one span (window plus margin): the others' requests admitted through
+            # Redis are then out of the window before this one's share starts.
+            self._local_from = loop.time() + self._span_us / 1e6
+            self.budget.rate = self.fallback_rate()
             self._local = Pacer(self.budget)
+        if (wait := self._local_from - loop.time()) > 0:
+            await asyncio.sleep(wait)
         sent_at = await self._local.acquire()
         self._pending.append(None)
         self.store.local_admissions += 1
@@ -515,9 +572,13 @@ class SharedPacer:
             # it may have added goes again, or it would hold a slot until its lease ends.
             admission.add_done_callback(lambda _: self._release(admission, member))
             raise
-        status, wait_us, epoch, processes = reply
-        self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        self._processes = int(processes)
+        checked = self._checked(reply)
+        if checked is None:
+            store.unusable("an unexpected answer to the admission script")
+            raise _Unavailable
+        status, wait_us, epoch, processes = checked
+        self._epoch = epoch
+        self._processes = processes
         if adopted is not None:
             self._pending = deque(adopted)
             self._generation = store.generation
@@ -525,12 +586,36 @@ class SharedPacer:
             self._pending.append(member)
         elif status == EPOCH:
             self._generation = -1  # adopt on the next call
-        return int(status), int(wait_us) / 1e6
+        return status, wait_us / 1e6
+
+    def _checked(self, reply: Any) -> tuple[int, int, str, int] | None:
+        """The admission's reply, or ``None`` when it is not what the script returns: four
+        items, a known status, a wait within bounds (a pause at most the daily stop's
+        :attr:`RedisBudgets.daily_stop`, a window's wait at most a lease), an epoch, a count."""
+        if not isinstance(reply, list | tuple) or len(reply) != 4:
+            return None
+        status, wait_us, epoch, processes = reply
+        if not all(type(x) is int for x in (status, wait_us, processes)):
+            return None
+        if not isinstance(epoch, bytes | str) or not 0 < len(epoch) <= 64:
+            return None
+        longest = {
+            GRANTED: 0,
+            WINDOW: self._lease_us + 1,
+            PAUSED: math.ceil(self.store.daily_stop * 1e6),
+            DAILY: 0,
+            EPOCH: 0,
+        }.get(status)
+        if longest is None or not 0 <= wait_us <= longest or processes < 0:
+            return None
+        text = epoch.decode(errors="replace") if isinstance(epoch, bytes) else epoch
+        return status, wait_us, text, processes
 
     def _release(self, admission: asyncio.Future[Any], member: str) -> None:
         if admission.cancelled() or admission.exception() is not None:
             return
-        if int(admission.result()[0]) == GRANTED and self.store.available:
+        checked = self._checked(admission.result())
+        if checked is not None and checked[0] == GRANTED and self.store.available:
             self.store.spawn(self._write("release", [self._keys[0]], [member]))
 
     def complete(self, now: float) -> None:

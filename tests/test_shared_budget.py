@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -486,3 +487,139 @@ def test_a_malformed_url_is_refused_without_quoting_it(password: str) -> None:
     pieces = re.split("[\u2100\uff03#/?]", password)
     for piece in {password, *pieces}:
         assert len(piece) < 4 or piece not in text
+
+
+async def test_falling_back_first_waits_out_the_window_the_others_may_have_spent(
+    tmp_path: Path,
+) -> None:
+    """A sends a full window (20 per 0.5 s) through Redis, Redis dies, C (idle until then)
+    falls back: C's first request goes no sooner than a window after A's last, or the server
+    saw 20 + C's share in one window (red team rt15, 3: 24 in a window at 20/1 s)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    a, c = RedisBudgets(server.url, timeout=0.2), RedisBudgets(server.url, timeout=0.2)
+    rate = Budget(Rate(20, 0.5)).rate
+    assert rate is not None
+    try:
+        pa = a.pacer("http://127.0.0.1:9", "t3", Budget(rate), lease=1.0)
+        pc = c.pacer("http://127.0.0.1:9", "t3", Budget(rate), lease=1.0)
+        sends = [await pa.acquire() for _ in range(20)]
+        for sent in sends:
+            pa.complete(sent)
+        server.stop()
+        theirs = [await pc.acquire() for _ in range(5)]
+    finally:
+        await a.aclose()
+        await c.aclose()
+        server.stop()
+    assert c.fallbacks == 1
+    assert c.local_admissions == 5
+    assert min(theirs) - max(sends) >= 0.5
+
+
+async def test_the_fallback_share_is_never_rounded_up() -> None:
+    """At 3 per window a quarter is 0.75 request: one per 4/3 of a window, not one per window
+    (red team rt15, 4: four processes sent 4 per window against 3)."""
+    store = RedisBudgets(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    try:
+        pacer = store.pacer("http://127.0.0.1:9", "t4", Budget(Rate(3, 0.15)), lease=1.0)
+        one = pacer.fallback_rate()
+        assert (one.requests, one.window) == (1, pytest.approx(0.2))
+        big = store.pacer("http://127.0.0.1:9", "t4b", Budget(Rate(20, 1.0)), lease=1.0)
+        big._processes = 30
+        assert big.fallback_rate().window == pytest.approx(1.5)
+        assert big.fallback_rate().requests == 1
+        big._processes = 4
+        assert big.fallback_rate() == Rate(5, 1.0)
+        sends = []
+        for _ in range(3):
+            sends.append(await asyncio.wait_for(pacer.acquire(), 2))
+            pacer.complete(sends[-1])  # answered at once
+    finally:
+        await store.aclose()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sends)]
+    assert min(gaps) >= 0.2 - 0.01  # one per 0.2 s (plus the margin), never one per 0.15 s
+
+
+async def test_a_redis_that_answers_ping_but_refuses_writes_is_one_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only replica (PING answers, every script that writes fails): one warning, no
+    flapping back on a PING; back only when a script succeeds; a relapse soon after is the same
+    outage, not another warning (red team rt15, 7: 24 + 23 warnings in 11.6 s)."""
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisBudgets(server.url, timeout=0.3, probe_max=0.1)
+    pacer = store.pacer("http://127.0.0.1:9", "t7", Budget(Rate(50, 0.1)), lease=1.0)
+    dead_master = str(free_port())
+    try:
+        with server.client() as r:
+            r.execute_command("REPLICAOF", "127.0.0.1", dead_master)
+            assert r.ping()
+        for _ in range(10):
+            pacer.complete(await pacer.acquire())
+            await asyncio.sleep(0.08)  # some ten probes meanwhile
+        assert (store.fallbacks, store.recoveries) == (1, 0)
+        with server.client() as r:
+            r.execute_command("REPLICAOF", "NO", "ONE")
+        await asyncio.sleep(0.3)
+        assert store.available
+        pacer.complete(await pacer.acquire())
+        assert store.admissions == 1
+        with server.client() as r:
+            r.execute_command("REPLICAOF", "127.0.0.1", dead_master)
+        for _ in range(3):
+            pacer.complete(await pacer.acquire())
+    finally:
+        await store.aclose()
+        server.stop()
+    assert store.fallbacks == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "is unreachable" in m]) == 1
+    assert len([m for m in messages if "answers again;" in m]) == 1
+
+
+GARBAGE = {
+    "int": b":1\r\n",
+    "short": b"*2\r\n:0\r\n:0\r\n",
+    "status9": b"*4\r\n:9\r\n:0\r\n$1\r\nx\r\n:1\r\n",
+    "pause": b"*4\r\n:2\r\n:1000000000000000\r\n$1\r\nx\r\n:1\r\n",
+}
+
+
+@pytest.mark.parametrize("kind", GARBAGE)
+async def test_an_unexpected_answer_from_redis_falls_back(kind: str) -> None:
+    """A server speaking RESP that answers the scripts with an integer, a short list, an
+    unknown status or a pause of 30 years: Redis counts as unavailable, the requests go at the
+    share, nothing raises or hangs (red team rt15, 8)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while line := await reader.readline():
+                args = []
+                for _ in range(int(line[1:])):
+                    size = int((await reader.readline())[1:])
+                    args.append((await reader.readexactly(size + 2))[:-2])
+                command = args[0].upper()
+                evaluate = command in (b"EVALSHA", b"EVAL")
+                writer.write(GARBAGE[kind] if evaluate else b"+OK\r\n")
+                await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisBudgets(f"redis://127.0.0.1:{port}/0", timeout=0.3, probe_max=0.1)
+    try:
+        pacer = store.pacer("http://127.0.0.1:9", "t8", Budget(Rate(50, 0.1)), lease=1.0)
+        for _ in range(3):
+            pacer.complete(await asyncio.wait_for(pacer.acquire(), 2))
+        await asyncio.sleep(0.3)  # probes get the same garbage: not back
+        assert (store.fallbacks, store.recoveries, store.local_admissions) == (1, 0, 3)
+    finally:
+        await store.aclose()
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
