@@ -155,6 +155,25 @@ _RELEASE: Final = """
 return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
+# Keeps this process's unanswered entries counting: each present one is re-scored to now + the
+# lease when that is later (a request may wait for its token longer than its lease).
+_RENEW: Final = """
+local t = redis.call('TIME')
+local end_ = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) < end_ then
+    redis.call('ZADD', KEYS[1], 'XX', end_, ARGV[i])
+    renewed = renewed + 1
+  end
+end
+if renewed > 0 then
+  redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return renewed
+"""
+
 # The probe writes, as the admission does: a Redis that answers PING but refuses writes (a
 # read-only replica, a full one under noeviction, CLIENT PAUSE WRITE) is not back. Its reply
 # must be the nonce it was given, or the server is not a Redis we can use.
@@ -170,6 +189,7 @@ _SCRIPTS: Final = {
     "daily": _DAILY,
     "release": _RELEASE,
     "probe": _PROBE,
+    "renew": _RENEW,
 }
 _SHAS: Final = {
     name: hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
@@ -317,6 +337,7 @@ class RedisBudgets:
         self._flapping = False  # this outage began within _STABLE of the last one's end
         self._probe: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._keepers: set[asyncio.Task[None]] = set()  # lease keepers: cancelled on close
         self._closed = False
 
     def __repr__(self) -> str:
@@ -416,6 +437,11 @@ class RedisBudgets:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """A pacer's lease keeper: cancelled (not waited for) on close."""
+        self._keepers.add(task)
+        task.add_done_callback(self._keepers.discard)
+
     async def aclose(self) -> None:
         """Finish the writes under way (at most ``timeout``), stop probing, close the pool."""
         if self._closed:
@@ -423,9 +449,10 @@ class RedisBudgets:
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=self.timeout)
         self._closed = True
-        for task in [*self._writes, *([self._probe] if self._probe else [])]:
+        tasks = [*self._writes, *self._keepers, *([self._probe] if self._probe else [])]
+        for task in tasks:
             task.cancel()
-        for task in [*self._writes, *([self._probe] if self._probe else [])]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._redis.aclose()
@@ -457,6 +484,7 @@ class SharedPacer:
         self._processes = 0
         self._local: Pacer | None = None
         self._local_from = 0.0  # loop time this process's fallback share may start
+        self._keeper: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<SharedPacer {self._rate} via {self.store!r}>"
@@ -584,6 +612,9 @@ class SharedPacer:
             self._generation = store.generation
         if status == GRANTED:
             self._pending.append(member)
+            if self._keeper is None:
+                self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
+                store.keep(self._keeper)
         elif status == EPOCH:
             self._generation = -1  # adopt on the next call
         return status, wait_us / 1e6
@@ -610,6 +641,20 @@ class SharedPacer:
             return None
         text = epoch.decode(errors="replace") if isinstance(epoch, bytes) else epoch
         return status, wait_us, text, processes
+
+    async def _keep_leases(self) -> None:
+        """While this process has requests admitted and not answered, renew their entries
+        every third of a lease: a request's entry must count until its answer, however long
+        it waited after admission (a slow TokenProvider: a vault, an OAuth refresh, a minted
+        location token). A process that dies stops renewing: its entries end a lease later."""
+        try:
+            while members := [m for m in self._pending if m is not None]:
+                await asyncio.sleep(self._lease_us / 3e6)
+                members = [m for m in self._pending if m is not None]
+                if members and self.store.available:
+                    await self._write("renew", [self._keys[0]], [self._lease_us, *members])
+        finally:
+            self._keeper = None
 
     def _release(self, admission: asyncio.Future[Any], member: str) -> None:
         if admission.cancelled() or admission.exception() is not None:

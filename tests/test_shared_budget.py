@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from growthhub_async import GrowthHubClient, UpdateContact
+from growthhub_async.auth import AccessToken, TokenProvider
 from growthhub_async.errors import ConfigurationError, RateLimited
 from growthhub_async.events import Event, Paused, RecordFinished
 from growthhub_async.outcomes import Status
@@ -623,3 +624,49 @@ async def test_an_unexpected_answer_from_redis_falls_back(kind: str) -> None:
         for writer in writers:
             writer.close()
         await server.wait_closed()
+
+
+class SlowVault(TokenProvider):
+    """A token from a vault: the first look-up takes ``delay`` seconds, then it is cached."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._got: asyncio.Future[AccessToken] | None = None
+
+    async def _fetch(self) -> AccessToken:
+        await asyncio.sleep(self.delay)
+        return AccessToken(TEST_TOKEN)
+
+    async def token(self) -> AccessToken:
+        if self._got is None:
+            self._got = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(self._got)
+
+
+async def test_an_entry_counts_while_its_request_waits_for_a_slow_token(
+    start_sandbox: StartSandbox, redis_server: RedisServer
+) -> None:
+    """A's 20 requests are admitted, then wait 2.2 s for the token, longer than their lease
+    (timeout 0.2 + window + 1 s): their entries are renewed, so B, starting at 1.9 s, waits for
+    them instead of filling the window beside them (red team rt15, 5: 20 in a window of 10)."""
+    sandbox = await start_sandbox(sandbox_config())
+
+    async def process(provider: TokenProvider, prefix: str, start: float) -> list[Status]:
+        async with GrowthHubClient(
+            provider,
+            base_url=sandbox.base_url,
+            rate=RATE,
+            timeout=0.2,
+            concurrency=20,
+            shared_budget=redis_server.url,
+        ) as gh:
+            await asyncio.sleep(start)
+            pairs = updates(prefix, 20)
+            outcomes = await asyncio.gather(*[gh.submit(c, u) for c, u in pairs])
+        return [o.status for o in outcomes]
+
+    a, b = await asyncio.gather(process(SlowVault(2.2), "a", 0), process(SlowVault(0), "b", 1.9))
+    assert a == b == [Status.UPDATED] * 20
+    stats = sandbox.stats()
+    assert stats["rateLimited"] == 0
+    assert stats["maxInWindow"] <= 20
