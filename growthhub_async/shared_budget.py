@@ -52,6 +52,7 @@ import hashlib
 import itertools
 import logging
 import math
+import re
 import secrets
 import urllib.parse
 from collections import deque
@@ -78,6 +79,9 @@ _HASH_PREFIX: Final = b"growthhub-async shared budget v1\0"
 _POLL: Final = 0.01  # seconds between looks while every slot of the window is in flight
 _PROBE_FIRST: Final = 0.2
 _PROCESS_TTL_US: Final = 60_000_000  # a process counts on a token for a minute after asking
+_STABLE: Final = 60.0
+"""Seconds Redis must keep working after it answered again for a new failure to be a new outage
+(a new warning): a Redis that flaps is one outage, logged once (the flaps at DEBUG)."""
 
 # The scripts: time is Redis's (TIME), in microseconds (exact in a Lua double up to 2^53).
 # Replies: integers only (Lua numbers become truncated integers in Redis's reply).
@@ -151,12 +155,41 @@ _RELEASE: Final = """
 return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
+# Keeps this process's unanswered entries counting: each present one is re-scored to now + the
+# lease when that is later (a request may wait for its token longer than its lease).
+_RENEW: Final = """
+local t = redis.call('TIME')
+local end_ = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) < end_ then
+    redis.call('ZADD', KEYS[1], 'XX', end_, ARGV[i])
+    renewed = renewed + 1
+  end
+end
+if renewed > 0 then
+  redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return renewed
+"""
+
+# The probe writes, as the admission does: a Redis that answers PING but refuses writes (a
+# read-only replica, a full one under noeviction, CLIENT PAUSE WRITE) is not back. Its reply
+# must be the nonce it was given, or the server is not a Redis we can use.
+_PROBE: Final = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 10000)
+return ARGV[1]
+"""
+
 _SCRIPTS: Final = {
     "admit": _ADMIT,
     "complete": _COMPLETE,
     "pause": _PAUSE,
     "daily": _DAILY,
     "release": _RELEASE,
+    "probe": _PROBE,
+    "renew": _RENEW,
 }
 _SHAS: Final = {
     name: hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
@@ -176,20 +209,63 @@ class _Unavailable(Exception):
     """Redis did not answer (the store has logged it and is probing)."""
 
 
-def _masked(url: str) -> tuple[str, str | None]:
-    """The URL with its password replaced by ``***``, and the password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url, None
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), urllib.parse.unquote(
-        parts.password
-    )
+class _Failed(Exception):
+    """One script call failed; ``reason`` says how (may hold the password: redact it)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_UNPARSABLE: Final = (
+    "the shared_budget URL could not be parsed: percent-encode reserved characters in the"
+    " password (# / ? @ : %), and give redis://[[user]:password@]host[:port][/db],"
+    " rediss://... or unix:///path/to/socket[?db=N]"
+)
+_SECRET_PARAMS: Final = ("pass", "secret", "token", "auth", "key")  # query keys shown as ***
+
+
+def _parse(url: str) -> tuple[str, list[str]]:
+    """The URL as shown (rendered from its parsed parts, every password replaced by ``***``),
+    and the passwords it holds (to be redacted from any error text).
+
+    Raises :class:`ConfigurationError` naming what is wrong, never quoting the URL: an
+    unencoded ``#``, ``/`` or ``?`` in a password, or a character NFKC changes, would otherwise
+    put (part of) the password in the message.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError("shared_budget must be a redis://, rediss:// or unix:// URL")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        username, password, host, port = parts.username, parts.password, parts.hostname, parts.port
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        raise ConfigurationError(_UNPARSABLE) from None
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError("shared_budget must be a redis://, rediss:// or unix:// URL")
+    secrets_ = [password] if password else []
+    secrets_ += [v for k, v in query if any(s in k.lower() for s in _SECRET_PARAMS) and v]
+    path = parts.path
+    if parts.fragment or (scheme != "unix" and (not host or not re.fullmatch(r"(/\d*)?", path))):
+        # A '#', '/' or '?' in a password cut the URL there: what follows is not a host or a db.
+        raise ConfigurationError(_UNPARSABLE)
+    shown = scheme + "://"
+    if username or password:
+        shown += urllib.parse.quote(username or "", safe="") + (":***" if password else "") + "@"
+    if host:
+        shown += f"[{host}]" if ":" in host else host
+    if port is not None:
+        shown += f":{port}"
+    shown += urllib.parse.quote(path, safe="/")
+    if query:
+        shown += "?" + "&".join(
+            f"{urllib.parse.quote(k, safe='')}="
+            + ("***" if any(s in k.lower() for s in _SECRET_PARAMS) else urllib.parse.quote(v))
+            for k, v in query
+        )
+    passwords = set(secrets_) | {urllib.parse.unquote(s) for s in secrets_}
+    return shown, sorted(passwords, key=len, reverse=True)
 
 
 class RedisBudgets:
@@ -219,12 +295,8 @@ class RedisBudgets:
         probe_max: float = 5.0,
         daily_stop: float = 3600.0,
     ) -> None:
-        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in (
-            "redis",
-            "rediss",
-            "unix",
-        ):
-            raise ConfigurationError("shared_budget must be a redis://, rediss:// or unix:// URL")
+        self.url, passwords = _parse(url)
+        """The URL as shown: rendered from its parts, every password replaced by ``***``."""
         if not (isinstance(fallback_share, float | int) and 0 < fallback_share <= 1):
             raise ConfigurationError("fallback_share must be in (0, 1]")
         if not (timeout > 0 and probe_max > 0 and daily_stop > 0):
@@ -242,13 +314,13 @@ class RedisBudgets:
         self._url = url
         self.redactor = Redactor()
         """The password, removed from any text the store logs."""
+        for password in passwords:
+            self.redactor.add(password)
         try:
-            self.url, password = _masked(url)
-            """The URL without its password."""
-            if password:
-                self.redactor.add(password)
             self._redis: Redis = self._connect()  # no connection yet: only the pool
-        except ValueError as exc:  # a bad port or option; the message never shows the URL
+            pool = self._redis.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # its options, checked now (no I/O)
+        except (ValueError, TypeError) as exc:  # a bad option; the message never shows the URL
             raise ConfigurationError(
                 f"shared_budget URL is not valid: {self.redactor(str(exc))}"
             ) from None
@@ -261,8 +333,11 @@ class RedisBudgets:
         self.generation = 0
         """Counts recoveries: a pacer that saw another generation hands Redis its requests."""
         self._down = False
+        self._back_at: float | None = None  # loop time Redis last answered again
+        self._flapping = False  # this outage began within _STABLE of the last one's end
         self._probe: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._keepers: set[asyncio.Task[None]] = set()  # lease keepers: cancelled on close
         self._closed = False
 
     def __repr__(self) -> str:
@@ -292,10 +367,17 @@ class RedisBudgets:
 
         Raises :class:`_Unavailable` when Redis fails in any way (after noting it, once).
         """
-        from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415
-
         if self._down or self._closed:
             raise _Unavailable
+        try:
+            return await self._call(name, keys, args)
+        except _Failed as exc:
+            self.unusable(exc.reason)
+            raise _Unavailable from None
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415
+
         client = self._redis
         try:
             try:
@@ -303,40 +385,49 @@ class RedisBudgets:
             except NoScriptError:
                 return await client.eval(_SCRIPTS[name], len(keys), *keys, *args)
         except (RedisError, OSError) as exc:
-            self._went_down(exc)
-            raise _Unavailable from None
+            raise _Failed(f"{type(exc).__name__}: {exc}") from None
 
-    def _went_down(self, exc: BaseException) -> None:
+    def unusable(self, reason: str) -> None:
+        """Redis failed (no answer, an error, an answer that makes no sense): pace in this
+        process until a probe's script call succeeds. One warning per outage: a failure
+        within :data:`_STABLE` seconds of Redis answering again continues the last outage."""
         if self._down or self._closed:
             return
         self._down = True
         self.fallbacks += 1
-        reason = self.redactor(f"{type(exc).__name__}: {exc}")
-        log.warning(
+        now = asyncio.get_running_loop().time()
+        self._flapping = self._back_at is not None and now - self._back_at < _STABLE
+        log.log(
+            logging.DEBUG if self._flapping else logging.WARNING,
             "shared budget: Redis at %s is unreachable (%s); each token is paced in this process"
             " at %g of its rate until Redis answers again",
             self.url,
-            reason,
+            self.redactor(reason),
             self.fallback_share,
         )
         self._probe = asyncio.get_running_loop().create_task(self._probe_until_back())
 
     async def _probe_until_back(self) -> None:
-        from redis.exceptions import RedisError  # noqa: PLC0415
-
         delay = _PROBE_FIRST
+        key = f"growthhub:probe:{self.process}"
         while True:
             await asyncio.sleep(delay)
+            nonce = secrets.token_hex(8)
             try:
-                await self._redis.ping()
-            except (RedisError, OSError):
+                reply = await self._call("probe", [key], [nonce])
+            except _Failed:
+                reply = None
+            if reply not in (nonce, nonce.encode()):
                 delay = min(2 * delay, self.probe_max)
                 continue
             self._down = False
             self.recoveries += 1
             self.generation += 1
-            log.warning(
-                "shared budget: Redis at %s answers again; pacing goes back to it", self.url
+            self._back_at = asyncio.get_running_loop().time()
+            log.log(
+                logging.DEBUG if self._flapping else logging.WARNING,
+                "shared budget: Redis at %s answers again; pacing goes back to it",
+                self.url,
             )
             return
 
@@ -346,6 +437,11 @@ class RedisBudgets:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """A pacer's lease keeper: cancelled (not waited for) on close."""
+        self._keepers.add(task)
+        task.add_done_callback(self._keepers.discard)
+
     async def aclose(self) -> None:
         """Finish the writes under way (at most ``timeout``), stop probing, close the pool."""
         if self._closed:
@@ -353,9 +449,10 @@ class RedisBudgets:
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=self.timeout)
         self._closed = True
-        for task in [*self._writes, *([self._probe] if self._probe else [])]:
+        tasks = [*self._writes, *self._keepers, *([self._probe] if self._probe else [])]
+        for task in tasks:
             task.cancel()
-        for task in [*self._writes, *([self._probe] if self._probe else [])]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._redis.aclose()
@@ -386,6 +483,8 @@ class SharedPacer:
         self._generation = -1  # never seen: hand Redis what we hold on the first admission
         self._processes = 0
         self._local: Pacer | None = None
+        self._local_from = 0.0  # loop time this process's fallback share may start
+        self._keeper: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<SharedPacer {self._rate} via {self.store!r}>"
@@ -428,19 +527,37 @@ class SharedPacer:
                     self.budget.record(now)
                     return now
                 if status == PAUSED:
-                    self.budget.pause(now + wait)  # our view: a 429's retry waits it out
+                    # Another process's 429 pause, at most our own cap at a time (then we look
+                    # again): our view, so a 429's retry waits it out too.
+                    wait = min(wait, self.budget.pause_cap)
+                    self.budget.pause(now + wait)
                 elif status == WINDOW and wait > self.budget.span:
                     wait = _POLL  # the slot to free is in flight: look again soon
                 if status != EPOCH:
                     await asyncio.sleep(wait)
 
+    def fallback_rate(self) -> Rate:
+        """This process's rate while Redis is unreachable: the share of the token's rate,
+        never rounded up. ``N * share`` requests per window when that is at least one; below
+        one, one request per ``window / (N * share)`` seconds (a longer window), so the share's
+        average holds (rounding up to one per window let four processes at 3/1 s send 4)."""
+        exact = self._rate.requests * self._share()
+        if exact >= 1:
+            return Rate(math.floor(exact), self._rate.window)
+        return Rate(1, self._rate.window / exact)
+
     async def _acquire_locally(self) -> float:
+        loop = asyncio.get_running_loop()
         if self._local is None:
-            share = self._share()
-            self.budget.rate = Rate(
-                max(1, math.floor(self._rate.requests * share)), self._rate.window
-            )
+            # Entering the fallback: this process knows only its own requests of the last
+            # window, not the others'. It counts that window as spent by them and sends
+            # nothing for one span (window plus margin): the others' requests admitted through
+            # Redis are then out of the window before this one's share starts.
+            self._local_from = loop.time() + self._span_us / 1e6
+            self.budget.rate = self.fallback_rate()
             self._local = Pacer(self.budget)
+        if (wait := self._local_from - loop.time()) > 0:
+            await asyncio.sleep(wait)
         sent_at = await self._local.acquire()
         self._pending.append(None)
         self.store.local_admissions += 1
@@ -483,22 +600,67 @@ class SharedPacer:
             # it may have added goes again, or it would hold a slot until its lease ends.
             admission.add_done_callback(lambda _: self._release(admission, member))
             raise
-        status, wait_us, epoch, processes = reply
-        self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        self._processes = int(processes)
+        checked = self._checked(reply)
+        if checked is None:
+            store.unusable("an unexpected answer to the admission script")
+            raise _Unavailable
+        status, wait_us, epoch, processes = checked
+        self._epoch = epoch
+        self._processes = processes
         if adopted is not None:
             self._pending = deque(adopted)
             self._generation = store.generation
         if status == GRANTED:
             self._pending.append(member)
+            if self._keeper is None:
+                self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
+                store.keep(self._keeper)
         elif status == EPOCH:
             self._generation = -1  # adopt on the next call
-        return int(status), int(wait_us) / 1e6
+        return status, wait_us / 1e6
+
+    def _checked(self, reply: Any) -> tuple[int, int, str, int] | None:
+        """The admission's reply, or ``None`` when it is not what the script returns: four
+        items, a known status, a wait within bounds (a pause at most the daily stop's
+        :attr:`RedisBudgets.daily_stop`, a window's wait at most a lease), an epoch, a count."""
+        if not isinstance(reply, list | tuple) or len(reply) != 4:
+            return None
+        status, wait_us, epoch, processes = reply
+        if not all(type(x) is int for x in (status, wait_us, processes)):
+            return None
+        if not isinstance(epoch, bytes | str) or not 0 < len(epoch) <= 64:
+            return None
+        longest = {
+            GRANTED: 0,
+            WINDOW: self._lease_us + 1,
+            PAUSED: math.ceil(self.store.daily_stop * 1e6),
+            DAILY: 0,
+            EPOCH: 0,
+        }.get(status)
+        if longest is None or not 0 <= wait_us <= longest or processes < 0:
+            return None
+        text = epoch.decode(errors="replace") if isinstance(epoch, bytes) else epoch
+        return status, wait_us, text, processes
+
+    async def _keep_leases(self) -> None:
+        """While this process has requests admitted and not answered, renew their entries
+        every third of a lease: a request's entry must count until its answer, however long
+        it waited after admission (a slow TokenProvider: a vault, an OAuth refresh, a minted
+        location token). A process that dies stops renewing: its entries end a lease later."""
+        try:
+            while members := [m for m in self._pending if m is not None]:
+                await asyncio.sleep(self._lease_us / 3e6)
+                members = [m for m in self._pending if m is not None]
+                if members and self.store.available:
+                    await self._write("renew", [self._keys[0]], [self._lease_us, *members])
+        finally:
+            self._keeper = None
 
     def _release(self, admission: asyncio.Future[Any], member: str) -> None:
         if admission.cancelled() or admission.exception() is not None:
             return
-        if int(admission.result()[0]) == GRANTED and self.store.available:
+        checked = self._checked(admission.result())
+        if checked is not None and checked[0] == GRANTED and self.store.available:
             self.store.spawn(self._write("release", [self._keys[0]], [member]))
 
     def complete(self, now: float) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
+import re
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +24,13 @@ import aiohttp
 import pytest
 
 from growthhub_async import GrowthHubClient, UpdateContact
+from growthhub_async.auth import AccessToken, TokenProvider
 from growthhub_async.errors import ConfigurationError, RateLimited
 from growthhub_async.events import Event, Paused, RecordFinished
 from growthhub_async.outcomes import Status
 from growthhub_async.ratelimit import Budget, Rate
 from growthhub_async.sandbox import Sandbox
-from growthhub_async.shared_budget import RedisBudgets, budget_key
+from growthhub_async.shared_budget import RedisBudgets, _parse, budget_key
 from tests.conftest import TEST_TOKEN, StartSandbox, sandbox_config
 from tests.redis_helpers import PASSWORD, RedisServer, free_port
 
@@ -315,7 +319,7 @@ def test_configuration_is_checked() -> None:
         GrowthHubClient(TEST_TOKEN, shared_budget="http://127.0.0.1:6379")
     with pytest.raises(ConfigurationError, match="fallback_share"):
         RedisBudgets("redis://127.0.0.1:1/0", fallback_share=0)
-    with pytest.raises(ConfigurationError, match="not valid") as bad:
+    with pytest.raises(ConfigurationError, match="could not be parsed") as bad:
         RedisBudgets(f"redis://:{PASSWORD}@127.0.0.1:99999/0")
     assert PASSWORD not in str(bad.value)
     # Another token, another URL: other keys; never the token in the key.
@@ -436,3 +440,233 @@ async def test_a_caller_that_gives_up_while_redis_decides_leaves_no_slot_taken(
             writer.close()
         await asyncio.gather(*pipes)
         await server.wait_closed()
+
+
+async def test_no_form_of_the_password_is_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """The password as userinfo or as a ``password=`` query parameter (redis-py's unix-socket
+    form, any case) is masked in the repr, ``url`` and the fallback warning (red team rt15, 1)."""
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    secret = "s3cr3t-redis-pw"
+    urls = [
+        f"unix:///nonexistent/redis.sock?db=0&password={secret}",
+        f"redis://127.0.0.1:{free_port()}/0?password={secret}",
+        f"redis://user:{secret}@127.0.0.1:{free_port()}/0",
+    ]
+    for url in urls:
+        store = RedisBudgets(url, timeout=0.2)
+        try:
+            pacer = store.pacer("http://127.0.0.1:9", "pw-token", Budget(Rate(50, 0.1)), lease=1)
+            await pacer.acquire()  # Redis fails: the warning names the URL
+            text = repr(store) + store.url + repr(pacer)
+        finally:
+            await store.aclose()
+        assert "***" in store.url
+        assert secret not in text
+    assert len([r for r in caplog.records if "is unreachable" in r.getMessage()]) == 3
+    assert secret not in caplog.text
+    with pytest.raises(ConfigurationError, match="not valid") as bad:  # redis-py's name only
+        RedisBudgets(f"redis://127.0.0.1:1/0?PassWord={secret}")
+    assert secret not in str(bad.value)
+    assert "PassWord=***" in _parse(f"redis://h/0?PassWord={secret}")[0]
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["Pa55\u2100word-XYZ", "Tr0ub4dor\uff03x", "Xk9Lq2#fL8", "Xk9Lq2/fL8", "12345?fL8", "1234#x"],
+)
+def test_a_malformed_url_is_refused_without_quoting_it(password: str) -> None:
+    """A character NFKC changes, or an unencoded ``#``, ``/``, ``?``, in the password: a
+    ConfigurationError saying what to do, with no part of the password (red team rt15, 2)."""
+    with pytest.raises(ConfigurationError, match="could not be parsed") as bad:
+        GrowthHubClient(
+            TEST_TOKEN,
+            base_url="http://127.0.0.1:9",
+            rate="20/1s",
+            shared_budget=f"redis://:{password}@redis.internal:6379/0",
+        )
+    text = "".join(traceback.format_exception(bad.value))  # as a start-up traceback shows it
+    pieces = re.split("[\u2100\uff03#/?]", password)
+    for piece in {password, *pieces}:
+        assert len(piece) < 4 or piece not in text
+
+
+async def test_falling_back_first_waits_out_the_window_the_others_may_have_spent(
+    tmp_path: Path,
+) -> None:
+    """A sends a full window (20 per 0.5 s) through Redis, Redis dies, C (idle until then)
+    falls back: C's first request goes no sooner than a window after A's last, or the server
+    saw 20 + C's share in one window (red team rt15, 3: 24 in a window at 20/1 s)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    a, c = RedisBudgets(server.url, timeout=0.2), RedisBudgets(server.url, timeout=0.2)
+    rate = Budget(Rate(20, 0.5)).rate
+    assert rate is not None
+    try:
+        pa = a.pacer("http://127.0.0.1:9", "t3", Budget(rate), lease=1.0)
+        pc = c.pacer("http://127.0.0.1:9", "t3", Budget(rate), lease=1.0)
+        sends = [await pa.acquire() for _ in range(20)]
+        for sent in sends:
+            pa.complete(sent)
+        server.stop()
+        theirs = [await pc.acquire() for _ in range(5)]
+    finally:
+        await a.aclose()
+        await c.aclose()
+        server.stop()
+    assert c.fallbacks == 1
+    assert c.local_admissions == 5
+    assert min(theirs) - max(sends) >= 0.5
+
+
+async def test_the_fallback_share_is_never_rounded_up() -> None:
+    """At 3 per window a quarter is 0.75 request: one per 4/3 of a window, not one per window
+    (red team rt15, 4: four processes sent 4 per window against 3)."""
+    store = RedisBudgets(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    try:
+        pacer = store.pacer("http://127.0.0.1:9", "t4", Budget(Rate(3, 0.15)), lease=1.0)
+        one = pacer.fallback_rate()
+        assert (one.requests, one.window) == (1, pytest.approx(0.2))
+        big = store.pacer("http://127.0.0.1:9", "t4b", Budget(Rate(20, 1.0)), lease=1.0)
+        big._processes = 30
+        assert big.fallback_rate().window == pytest.approx(1.5)
+        assert big.fallback_rate().requests == 1
+        big._processes = 4
+        assert big.fallback_rate() == Rate(5, 1.0)
+        sends = []
+        for _ in range(3):
+            sends.append(await asyncio.wait_for(pacer.acquire(), 2))
+            pacer.complete(sends[-1])  # answered at once
+    finally:
+        await store.aclose()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sends)]
+    assert min(gaps) >= 0.2 - 0.01  # one per 0.2 s (plus the margin), never one per 0.15 s
+
+
+async def test_a_redis_that_answers_ping_but_refuses_writes_is_one_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only replica (PING answers, every script that writes fails): one warning, no
+    flapping back on a PING; back only when a script succeeds; a relapse soon after is the same
+    outage, not another warning (red team rt15, 7: 24 + 23 warnings in 11.6 s)."""
+    caplog.set_level(logging.WARNING, logger="growthhub_async")
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisBudgets(server.url, timeout=0.3, probe_max=0.1)
+    pacer = store.pacer("http://127.0.0.1:9", "t7", Budget(Rate(50, 0.1)), lease=1.0)
+    dead_master = str(free_port())
+    try:
+        with server.client() as r:
+            r.execute_command("REPLICAOF", "127.0.0.1", dead_master)
+            assert r.ping()
+        for _ in range(10):
+            pacer.complete(await pacer.acquire())
+            await asyncio.sleep(0.08)  # some ten probes meanwhile
+        assert (store.fallbacks, store.recoveries) == (1, 0)
+        with server.client() as r:
+            r.execute_command("REPLICAOF", "NO", "ONE")
+        await asyncio.sleep(0.3)
+        assert store.available
+        pacer.complete(await pacer.acquire())
+        assert store.admissions == 1
+        with server.client() as r:
+            r.execute_command("REPLICAOF", "127.0.0.1", dead_master)
+        for _ in range(3):
+            pacer.complete(await pacer.acquire())
+    finally:
+        await store.aclose()
+        server.stop()
+    assert store.fallbacks == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "is unreachable" in m]) == 1
+    assert len([m for m in messages if "answers again;" in m]) == 1
+
+
+GARBAGE = {
+    "int": b":1\r\n",
+    "short": b"*2\r\n:0\r\n:0\r\n",
+    "status9": b"*4\r\n:9\r\n:0\r\n$1\r\nx\r\n:1\r\n",
+    "pause": b"*4\r\n:2\r\n:1000000000000000\r\n$1\r\nx\r\n:1\r\n",
+}
+
+
+@pytest.mark.parametrize("kind", GARBAGE)
+async def test_an_unexpected_answer_from_redis_falls_back(kind: str) -> None:
+    """A server speaking RESP that answers the scripts with an integer, a short list, an
+    unknown status or a pause of 30 years: Redis counts as unavailable, the requests go at the
+    share, nothing raises or hangs (red team rt15, 8)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while line := await reader.readline():
+                args = []
+                for _ in range(int(line[1:])):
+                    size = int((await reader.readline())[1:])
+                    args.append((await reader.readexactly(size + 2))[:-2])
+                command = args[0].upper()
+                evaluate = command in (b"EVALSHA", b"EVAL")
+                writer.write(GARBAGE[kind] if evaluate else b"+OK\r\n")
+                await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisBudgets(f"redis://127.0.0.1:{port}/0", timeout=0.3, probe_max=0.1)
+    try:
+        pacer = store.pacer("http://127.0.0.1:9", "t8", Budget(Rate(50, 0.1)), lease=1.0)
+        for _ in range(3):
+            pacer.complete(await asyncio.wait_for(pacer.acquire(), 2))
+        await asyncio.sleep(0.3)  # probes get the same garbage: not back
+        assert (store.fallbacks, store.recoveries, store.local_admissions) == (1, 0, 3)
+    finally:
+        await store.aclose()
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+
+
+class SlowVault(TokenProvider):
+    """A token from a vault: the first look-up takes ``delay`` seconds, then it is cached."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._got: asyncio.Future[AccessToken] | None = None
+
+    async def _fetch(self) -> AccessToken:
+        await asyncio.sleep(self.delay)
+        return AccessToken(TEST_TOKEN)
+
+    async def token(self) -> AccessToken:
+        if self._got is None:
+            self._got = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(self._got)
+
+
+async def test_an_entry_counts_while_its_request_waits_for_a_slow_token(
+    start_sandbox: StartSandbox, redis_server: RedisServer
+) -> None:
+    """A's 20 requests are admitted, then wait 2.2 s for the token, longer than their lease
+    (timeout 0.2 + window + 1 s): their entries are renewed, so B, starting at 1.9 s, waits for
+    them instead of filling the window beside them (red team rt15, 5: 20 in a window of 10)."""
+    sandbox = await start_sandbox(sandbox_config())
+
+    async def process(provider: TokenProvider, prefix: str, start: float) -> list[Status]:
+        async with GrowthHubClient(
+            provider,
+            base_url=sandbox.base_url,
+            rate=RATE,
+            timeout=0.2,
+            concurrency=20,
+            shared_budget=redis_server.url,
+        ) as gh:
+            await asyncio.sleep(start)
+            pairs = updates(prefix, 20)
+            outcomes = await asyncio.gather(*[gh.submit(c, u) for c, u in pairs])
+        return [o.status for o in outcomes]
+
+    a, b = await asyncio.gather(process(SlowVault(2.2), "a", 0), process(SlowVault(0), "b", 1.9))
+    assert a == b == [Status.UPDATED] * 20
+    stats = sandbox.stats()
+    assert stats["rateLimited"] == 0
+    assert stats["maxInWindow"] <= 20
