@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --locked --python $(PYTHON) --extra dev
 
-.PHONY: install deps-system chromium test test-latest lint typecheck demo soak bench lock clean
+.PHONY: install deps-system test test-latest lint typecheck demo soak bench lock clean
 
 install: $(STAMP)
 
@@ -40,35 +40,30 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict growthhub_async examples
 
-# What the tests need from the system: Chromium (below) and a redis-server binary (the
-# shared-budget tests start their own, on a free loopback port). Installed with apt-get when missing and we are root
-# (`apt-get update` first only if the install fails); otherwise stop, naming the command.
-REDIS_INSTALL := apt-get install -y redis-server
-deps-system: chromium
-	@command -v redis-server >/dev/null 2>&1 || { \
+# What the tests need from the system, from Debian's packages: a redis-server binary (the
+# shared-budget tests start their own, on a free loopback port) and Chromium (tests/test_report.py
+# opens the report's page in it, headless). $(call need,COMMAND,PACKAGE,WHY) installs PACKAGE
+# with apt-get when COMMAND is missing and we are root (`apt-get update` first only if the
+# install fails); otherwise it stops, naming the command to run. WHY must hold no comma.
+define need
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server (the shared-budget tests run a real one)"; \
-	    DEBIAN_FRONTEND=noninteractive $(REDIS_INSTALL) -q >/dev/null 2>&1 || { \
+	    echo "installing $(2): $(3)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2) >/dev/null 2>&1 || { \
 	      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
-	      DEBIAN_FRONTEND=noninteractive $(REDIS_INSTALL) -q >/dev/null; }; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2) >/dev/null; }; \
 	  fi; \
-	  command -v redis-server >/dev/null 2>&1 || { \
-	    echo "redis-server is missing; install it with: sudo $(REDIS_INSTALL)" >&2; exit 2; }; }
+	  command -v $(1) >/dev/null 2>&1 || { \
+	    echo "$(1) is missing ($(3)); install it with: sudo apt-get install -y $(2)" >&2; \
+	    exit 2; }; }
+endef
+
+deps-system:
+	$(call need,redis-server,redis-server,the shared-budget tests run a real one)
+	$(call need,chromium,chromium,the report tests open its page in headless Chromium)
 
 test: deps-system lint typecheck
 	$(BIN)/pytest
-
-# tests/test_report.py opens the report's HTML page in a real headless Chromium (the Debian
-# package). Installed here when missing and we are root; otherwise the target stops and says how.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
-	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; \
-	  else \
-	    echo "make test needs Chromium (tests/test_report.py): sudo apt-get install -y chromium" >&2; \
-	    exit 1; \
-	  fi; }
 
 # The suite on the newest releases pyproject.toml allows, in a throwaway environment: run it
 # before `make lock`, and whenever a dependency publishes a release (it is what a user who

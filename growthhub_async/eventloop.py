@@ -64,17 +64,18 @@ def loop_factory(choice: str | None) -> tuple[str, LoopFactory | None]:
         raise ConfigurationError(
             f"{source} must be one of {', '.join(LOOP_CHOICES)}, not {choice!r}"
         )
-    if choice == "asyncio" or not _standard_streams_open():
+    if choice == "asyncio":
         return "asyncio", None
     factory = _uvloop_factory()
-    if factory is not None:
-        return "uvloop", factory
-    if choice == "uvloop":
+    if factory is None and choice == "uvloop":
+        # Told before the streams are looked at: a missing extra is the caller's to fix.
         raise ConfigurationError(
             f"{source} asks for uvloop, which is not installed: "
             "pip install 'growthhub-async[speed]' (or --loop asyncio)"
         )
-    return "asyncio", None
+    if factory is None or not _standard_streams_open():
+        return "asyncio", None
+    return "uvloop", factory
 
 
 def run(main: Callable[[], Coroutine[Any, Any, _T]], factory: LoopFactory | None) -> _T:

@@ -132,15 +132,31 @@ def test_the_library_installs_no_loop() -> None:
     assert eventloop.loop_factory("asyncio") == ("asyncio", None)
 
 
-def test_a_closed_standard_stream_runs_on_asyncio_not_into_an_abort(tmp_path: Path) -> None:
-    # libuv takes a closed descriptor 0 for itself, then aborts on closing it: the command must
-    # see the closed stream and stay on asyncio, whatever --loop says.
+def dry_run_with_stdin_closed(tmp_path: Path, *python: str) -> subprocess.CompletedProcess[str]:
+    """``update --dry-run --loop uvloop`` on three records, run by ``python *python`` with
+    descriptor 0 closed (as cron may start it)."""
     data = records(tmp_path / "in.jsonl", 3)
-    ran = subprocess.run(
-        [sys.executable, "-m", "growthhub_async", "update", str(data), "--out",
-         str(tmp_path / "o.jsonl"), "--dry-run", "--loop", "uvloop"],
+    return subprocess.run(
+        [sys.executable, *python, "update", str(data), "--out", str(tmp_path / "o.jsonl"),
+         "--dry-run", "--loop", "uvloop"],
         capture_output=True, text=True, env=cli_env(None), preexec_fn=lambda: os.close(0),
         timeout=30, check=False,
     )  # fmt: skip
+
+
+def test_a_closed_standard_stream_runs_on_asyncio_not_into_an_abort(tmp_path: Path) -> None:
+    # libuv takes a closed descriptor 0 for itself, then aborts on closing it: the command must
+    # see the closed stream and stay on asyncio, whatever --loop says.
+    ran = dry_run_with_stdin_closed(tmp_path, "-m", "growthhub_async")
     assert ran.returncode == 0, ran.stderr
     assert "valid (would be sent)" in ran.stdout
+
+
+def test_uvloop_asked_for_but_missing_is_refused_even_with_a_closed_stream(
+    tmp_path: Path,
+) -> None:
+    # A closed stream keeps the command off uvloop, but a missing extra is still the caller's to
+    # fix: exit 2 naming it, not a quiet run on asyncio (cron closes stdin).
+    ran = dry_run_with_stdin_closed(tmp_path, "-c", NO_UVLOOP)
+    assert ran.returncode == 2, ran.stderr
+    assert "asks for uvloop, which is not installed" in ran.stderr
