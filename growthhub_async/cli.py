@@ -482,6 +482,22 @@ def _dask_problem(args: argparse.Namespace) -> str | None:  # noqa: PLR0911 (one
     return None
 
 
+def _job_settings(args: argparse.Namespace, out: str, **more: Any) -> JobSettings:
+    """The job's settings from the options every ``update`` shares (one machine or ``--dask``),
+    plus ``more``."""
+    return JobSettings(
+        input=args.input,
+        out=out,
+        base_url=args.base_url,
+        rate=args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate),
+        concurrency=args.concurrency,
+        value_key=args.value_key,
+        resume=args.resume,
+        token_hint=_token_hint(args),
+        **more,
+    )
+
+
 def run_update(args: argparse.Namespace) -> int:
     """Handle ``growthhub-async update``; returns the exit status."""
     problem = _dask_problem(args)
@@ -489,19 +505,12 @@ def run_update(args: argparse.Namespace) -> int:
         return fatal("update", problem)
     if args.dask:
         return run_update_dask(args)
-    rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
-    settings = JobSettings(
-        input=args.input,
-        out=args.out,
-        base_url=args.base_url,
-        rate=rate,
-        concurrency=args.concurrency,
-        value_key=args.value_key,
-        resume=args.resume,
+    settings = _job_settings(
+        args,
+        args.out,
         dry_run=args.dry_run,
         progress="line" if args.no_progress else "auto",
         resume_command=resume_command(args),
-        token_hint=_token_hint(args),
         state=args.state,
         full=args.full,
         changed_fields_only=args.changed_fields_only,
@@ -572,17 +581,7 @@ def run_update_dask(args: argparse.Namespace) -> int:  # noqa: PLR0911 (one per 
     except KeyboardInterrupt:  # Ctrl-C while Dask is imported (seconds): nothing started
         sys.stderr.write("interrupted\n")
         return EXIT_NOT_ALL
-    rate = args.rate if isinstance(args.rate, Rate) else _rate_arg(args.rate)
-    settings = JobSettings(
-        input=args.input,
-        out=args.out_dir,
-        base_url=args.base_url,
-        rate=rate,
-        concurrency=args.concurrency,
-        value_key=args.value_key,
-        resume=args.resume,
-        token_hint=_token_hint(args),
-    )
+    settings = _job_settings(args, args.out_dir)
     token: str | TokenProvider | None = None
     locations: LocationTokens | None = None
     try:

@@ -11,8 +11,7 @@ imports the other's internals.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Final
@@ -52,17 +51,25 @@ class NotSent(Exception):
 _GATE: ContextVar[Callable[[], bool] | None] = ContextVar("growthhub_send_gate", default=None)
 
 
-@contextmanager
-def send_gate(gate: Callable[[], bool]) -> Iterator[None]:
+class send_gate:  # noqa: N801 (used as a function: ``with send_gate(gate):``)
     """Within this block (this task), the client asks ``gate()`` at the last moment before a
     request is written, once its connection is ready: ``False`` and the request is not written
     (:class:`NotSent`). Every await before that moment (the budget, a token refresh, a new
-    connection) may outlast a deadline, even one whose timer has not run yet (a busy loop)."""
-    token = _GATE.set(gate)
-    try:
-        yield
-    finally:
-        _GATE.reset(token)
+    connection) may outlast a deadline, even one whose timer has not run yet (a busy loop).
+
+    A class rather than a ``@contextmanager`` generator, as :class:`map_exceptions`: it wraps
+    every request (issue 17)."""
+
+    __slots__ = ("_gate", "_token")
+
+    def __init__(self, gate: Callable[[], bool]) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        self._token = _GATE.set(self._gate)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _GATE.reset(self._token)
 
 
 def may_send() -> bool:
