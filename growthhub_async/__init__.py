@@ -41,6 +41,7 @@ from growthhub_async.events import (
     RetryScheduled,
     RunFinished,
     TokenStopped,
+    listens,
 )
 from growthhub_async.models import (
     Contact,
@@ -138,6 +139,7 @@ __all__ = [
     "UploadedFile",
     "UploadedFileMeta",
     "__version__",
+    "listens",
 ]
 
 # The library logs under growthhub_async.* and configures nothing: the application decides.

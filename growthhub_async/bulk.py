@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import itertools
 import logging
 import time
 from collections import deque
@@ -72,13 +71,14 @@ from growthhub_async.events import (
     RequestFinished,
     RetryScheduled,
     RunFinished,
+    needs,
 )
 from growthhub_async.journal import record_hash, sent_hash
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status, Summary, classify_status
 from growthhub_async.retry import RetryPolicy, is_transient
 from growthhub_async.sources import Record
-from growthhub_async.transport import NotSent, send_gate
+from growthhub_async.transport import SEND_GATE, NotSent
 
 if TYPE_CHECKING:  # imported by the first spill: tempfile is no run's start-up cost
     from growthhub_async.spill import Spill
@@ -156,10 +156,26 @@ class _Sink(Protocol):
     keeps_response: bool
     """Whether a record's decoded 2xx body is kept for it (``submit(..., response=True)``);
     never for a bulk run, whose outcomes go to a journal and must not grow with the body."""
+    requests_needed: bool
+    """Whether one of the sink's own hooks needs :class:`RequestFinished` (see
+    :func:`~growthhub_async.events.needs`; the client's hooks are the engine's to ask)."""
 
     def event(self, event: Event) -> None: ...
 
     def finish(self, job: _Job, outcome: Outcome) -> None: ...
+
+
+class _Queue:
+    """A token's records waiting for a worker: those that hold their contact's gate (back from
+    a wait, or handed on) first, then new ones; each kind in FIFO order. Workers take from it
+    without waiting (a worker ends when it is empty), so two deques do what a priority queue
+    did, for less per record (issue 17)."""
+
+    __slots__ = ("new", "ready")
+
+    def __init__(self) -> None:
+        self.ready: deque[_Job] = deque()
+        self.new: deque[_Job] = deque()
 
 
 class _Job:
@@ -281,12 +297,12 @@ class Engine:
         self.concurrency = concurrency
         self.encode = encode
         self.hooks = hooks  # the client's list: hooks added later are seen
+        self.requests_needed = needs(hooks, RequestFinished)
+        """Whether a client hook needs :class:`RequestFinished` (the client keeps it true)."""
         self.default_token_key = default_token_key
+        self.loop = asyncio.get_running_loop()
         self.runs: set[OutcomeStream] = set()
-        # Per token: (rank, sequence, job). Rank 0 for records that hold their contact's gate
-        # (back from a wait), 1 for new ones; the sequence keeps each rank in FIFO order.
-        self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Job]]] = {}
-        self._sequence = itertools.count()
+        self._queues: dict[str, _Queue] = {}
         self._waiting: set[_Job] = set()  # records in a retry's wait (their timers run)
         # Per token: the contacts with a record in flight, and their parked records (None until
         # one is parked: most contacts never have one, and a deque per record costs).
@@ -357,10 +373,10 @@ class Engine:
         key = job.lane.key
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = asyncio.PriorityQueue()
+            queue = self._queues[key] = _Queue()
             self._active[key] = {}
             self._live[key] = 0
-        queue.put_nowait((1, next(self._sequence), job))
+        queue.new.append(job)
         if self._live[key] < self.concurrency:
             self._start_worker(key)
 
@@ -373,14 +389,14 @@ class Engine:
         """Put a record that holds its contact's gate at the front of its token's queue."""
         job.state = _State.READY
         key = job.lane.key
-        self._queues[key].put_nowait((0, next(self._sequence), job))
+        self._queues[key].ready.append(job)
         if self._live[key] < self.concurrency:
             self._start_worker(key)
 
     def _wait(self, job: _Job, delay: float) -> None:
         """Park a record for a retry's wait without a worker; a timer makes it ready again."""
         job.state = _State.WAITING
-        job.timer = asyncio.get_running_loop().call_later(delay, self._wake, job)
+        job.timer = self.loop.call_later(delay, self._wake, job)
         self._waiting.add(job)
 
     def _wake(self, job: _Job) -> None:
@@ -451,7 +467,7 @@ class Engine:
         state (:func:`deadline_reason` says how far it got); ``response``: the outcome carries
         the decoded 2xx body (the hooks get the outcome without it).
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         future: asyncio.Future[Outcome] = loop.create_future()
         sink = _FutureSink(future, self, keeps_response=response)
         prepared = self.prepare(Record(line, contact_id, update, token_key), line, None, sink)
@@ -503,16 +519,20 @@ class Engine:
 
     def _lanes_quiet(self, key: str) -> None:
         lane = self.lanes.get(key)
-        if lane is not None and self._queues[key].empty():
+        queue = self._queues[key]
+        if lane is not None and not queue.ready and not queue.new:
             if not self._active[key]:
                 self._active[key] = {}  # a dict keeps its largest size: let it go
             lane.quiet()
 
     async def _work(self, key: str) -> None:
+        worker = asyncio.current_task()
+        assert worker is not None
         queue = self._queues[key]
+        ready, new = queue.ready, queue.new
         active = self._active[key]
-        while not queue.empty():
-            _, _, job = queue.get_nowait()
+        while ready or new:
+            job = ready.popleft() if ready else new.popleft()
             contact_id = job.contact_id
             if job.state is _State.QUEUED:
                 if contact_id in active:
@@ -526,7 +546,7 @@ class Engine:
                 continue  # cancelled while queued: its outcome is out already
             current: _Job | None = job
             while current is not None:
-                if not await self._run(current):
+                if not await self._run(current, worker):
                     break  # it waits for a retry, still holding the gate; this worker goes on
                 current = self._next_parked(active, contact_id)
 
@@ -540,15 +560,14 @@ class Engine:
         del active[contact_id]
         return None
 
-    async def _run(self, job: _Job) -> bool:
+    async def _run(self, job: _Job, worker: asyncio.Task[Any]) -> bool:
         """Run a record's attempts: ``True`` when it ended, ``False`` when it waits to retry."""
         # The record runs inline in its worker: a task per record (and asyncio.wait on it) cost
         # more CPU than the rest of the engine's own per-record work. Cancelling one record is
         # cancelling the worker while it runs that record (cancel_job), which is only ever the
         # case between the two assignments of `job.task` below, with no suspension point outside
-        # `_attempts`: the cancellation can only land in this record's attempts.
-        worker = asyncio.current_task()
-        assert worker is not None
+        # `_attempts`: the cancellation can only land in this record's attempts. (`worker`: the
+        # task running this, asyncio.current_task(), asked once per worker.)
         job.state = _State.RUNNING
         job.task = worker
         try:
@@ -590,7 +609,7 @@ class Engine:
         worker; see :meth:`_wait`).
         """
         lane = job.lane
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         policy = self.policy
         while True:
             halt = _held_back(job, loop)
@@ -656,12 +675,12 @@ class Engine:
             if decision > 0:
                 return decision
 
-    @staticmethod
-    def _answered(job: _Job, sent_at: float, error: BaseException | None) -> None:
-        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans. Not
-        for a record cut while its request was on the wire: its outcome (and its span) are out
-        already, and a late request event would open a record span that nothing ends."""
-        if job.detached:
+    def _answered(self, job: _Job, sent_at: float, error: BaseException | None) -> None:
+        """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans, built
+        only while a hook needs it. Not for a record cut while its request was on the wire: its
+        outcome (and its span) are out already, and a late request event would open a record
+        span that nothing ends."""
+        if job.detached or not (self.requests_needed or job.sink.requests_needed):
             return
         job.sink.event(
             RequestFinished(
@@ -670,20 +689,22 @@ class Engine:
                 token_key=job.lane.key,
                 attempt=job.attempts,
                 sent_at=sent_at,
-                duration=asyncio.get_running_loop().time() - sent_at,
+                duration=self.loop.time() - sent_at,
                 http_status=job.http_status,
                 error=None if error is None else type(error).__name__,
             )
         )
 
-    @classmethod
-    async def _send(cls, job: _Job, sent_at: float, deadline: float | None) -> BaseException | None:
+    async def _send(
+        self, job: _Job, sent_at: float, deadline: float | None
+    ) -> BaseException | None:
         """One request: ``None`` when applied, else the error (``_REFRESHED``: send again;
         :class:`NotSent`: the send gate held it back, see :meth:`_Job.may_send`)."""
         job.on_wire = True
         job.written = False
         try:
-            with send_gate(job.may_send):
+            gate = SEND_GATE.set(job.may_send)
+            try:
                 job.http_status, decoded = await job.lane.request(
                     job.contact_id,
                     job.body,
@@ -691,6 +712,8 @@ class Engine:
                     deadline=deadline,
                     keep_response=job.sink.keeps_response,
                 )
+            finally:
+                SEND_GATE.reset(gate)
             if job.sink.keeps_response and not job.detached:
                 job.response = decoded
         except asyncio.CancelledError:
@@ -699,7 +722,7 @@ class Engine:
             raise
         except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
             job.http_status = exc.status_code
-            cls._answered(job, sent_at, exc)
+            self._answered(job, sent_at, exc)
             if exc.status_code == 401 and job.reauths < _REAUTHS:
                 if job.sink.halted is not None or job.detached:
                     return _REFRESHED  # the run stops: no refresh, no re-send (ends halted)
@@ -715,11 +738,11 @@ class Engine:
         except (TransportError, ResponseError, NotSent) as exc:
             if not isinstance(exc, NotSent):  # NotSent: the send gate held it back, unsent
                 job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
-                cls._answered(job, sent_at, exc)
+                self._answered(job, sent_at, exc)
             return exc
         finally:
             job.on_wire = job.written = False
-        cls._answered(job, sent_at, None)
+        self._answered(job, sent_at, None)
         return None
 
     def load(self) -> dict[str, tuple[int, int]]:
@@ -734,10 +757,10 @@ class Engine:
         for key, queue in self._queues.items():
             active = self._active[key]  # contacts whose record is running, waiting or ready
             parked = sum(len(jobs) for jobs in active.values() if jobs)
-            # Back from a retry's wait, in the queue again (rank 0): waiting for a worker.
-            ready = sum(1 for rank, _, _ in getattr(queue, "_queue", ()) if rank == 0)
+            # Back from a retry's wait, in the queue again: waiting for a worker.
+            ready = len(queue.ready)
             held = waiting.get(key, 0)
-            load[key] = (queue.qsize() + parked + held, max(0, len(active) - held - ready))
+            load[key] = (ready + len(queue.new) + parked + held, max(0, len(active) - held - ready))
         return load
 
     # -- shutdown --------------------------------------------------------------------------
@@ -758,10 +781,11 @@ class Engine:
         for job in list(self._waiting):
             self.cancel_job(job)
         for key, queue in self._queues.items():
-            while not queue.empty():
-                _, _, job = queue.get_nowait()
+            for job in (*queue.ready, *queue.new):
                 if job.state in (_State.QUEUED, _State.READY):
                     self._finish(job, job.outcome(Status.FAILED, CANCELLED))
+            queue.ready.clear()
+            queue.new.clear()
             for parked in self._active[key].values():
                 for job in parked or ():
                     if job.state is _State.QUEUED:
@@ -843,6 +867,7 @@ class _FutureSink:
     """Where a ``submit`` job's outcome goes: the awaiting future, and the client's hooks."""
 
     halted: tuple[Status, str] | None = None  # a submit is never stopped, only cancelled
+    requests_needed = False  # a submit's hooks are the client's: the engine asks them
 
     def __init__(
         self, future: asyncio.Future[Outcome], engine: Engine, *, keeps_response: bool = False
@@ -931,11 +956,18 @@ class OutcomeStream:
         self._records = records
         self._token_key = token_key
         self._hooks = list(hooks)
+        self.requests_needed = needs(self._hooks, RequestFinished)
         self._max_pending = max_pending
         self.summary = Summary()
         """Counts of this run; ``elapsed`` and ``rate`` are final once the stream has ended."""
-        self._results: asyncio.Queue[Outcome | _FeedDone] = asyncio.Queue()
-        self._slots: asyncio.Semaphore | None = None
+        # Outcomes not yet taken by the consumer, and the consumer waiting for one (a deque and
+        # a future: an asyncio.Queue cost several calls per record for the same, issue 17).
+        self._results: deque[Outcome | _FeedDone] = deque()
+        self._consumer: asyncio.Future[None] | None = None
+        # Room for the reader: records it may still take (max_pending minus those read whose
+        # outcome the consumer has not taken), and the reader waiting for room.
+        self._free = max_pending
+        self._reader_waits: asyncio.Future[None] | None = None
         self._jobs: set[_Job] = set()
         self._outstanding = 0  # read from input, outcome not yet yielded
         self._feeder: asyncio.Task[None] | None = None
@@ -967,7 +999,15 @@ class OutcomeStream:
     def _emit(self, event: Event) -> None:
         assert self._engine is not None
         Engine.call_hooks(self._engine.hooks, event)
-        Engine.call_hooks(self._hooks, event)
+        if self._hooks:
+            Engine.call_hooks(self._hooks, event)
+
+    def _put(self, item: Outcome | _FeedDone) -> None:
+        """An outcome (or the reader's end) for the consumer; wakes it if it waits."""
+        self._results.append(item)
+        waiter = self._consumer
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def event(self, event: Event) -> None:
         """A record-level event of this run (counted in the summary)."""
@@ -1007,7 +1047,7 @@ class OutcomeStream:
             )
         )
         if not self._closed:
-            self._results.put_nowait(outcome)
+            self._put(outcome)
         elif not self._jobs and self._drained is not None:
             self._drained.set()
 
@@ -1020,13 +1060,11 @@ class OutcomeStream:
         if engine.closed:
             raise ClientClosed("the client is closed: it sends nothing more")
         engine.runs.add(self)
-        self._slots = asyncio.Semaphore(self._max_pending)
-        self._started_at = asyncio.get_running_loop().time()
+        self._started_at = engine.loop.time()
         feed = self._feed_side_by_side(engine) if self._side_by_side else self._feed(engine)
         self._feeder = asyncio.create_task(feed, name="growthhub-reader")
 
     async def _feed(self, engine: Engine) -> None:
-        assert self._slots is not None
         error: BaseException | None = None
         try:
             position = 0
@@ -1036,9 +1074,15 @@ class OutcomeStream:
             items = iter(records) if not isinstance(records, AsyncIterable) else None
             aitems = aiter(records) if isinstance(records, AsyncIterable) else None
             while True:
-                # A slot first, then the item: an item taken from the input always gets an
+                # Room first, then the item: an item taken from the input always gets an
                 # outcome, even when the reader is cancelled while waiting for room.
-                await self._slots.acquire()
+                while self._free <= 0:
+                    self._reader_waits = engine.loop.create_future()
+                    try:
+                        await self._reader_waits
+                    finally:
+                        self._reader_waits = None
+                self._free -= 1
                 if items is not None:
                     item = next(items, _END)
                 else:
@@ -1059,7 +1103,7 @@ class OutcomeStream:
         except Exception as exc:  # noqa: BLE001 (the caller's input; re-raised to the consumer)
             error = exc
         finally:
-            self._results.put_nowait(_FeedDone(error))
+            self._put(_FeedDone(error))
 
     # -- the side-by-side reader (issue 13) -------------------------------------------------
 
@@ -1168,7 +1212,7 @@ class OutcomeStream:
             while not self._input_stopped:
                 wake.clear()
                 self._take_turns(engine)
-                if reading and self._results.qsize() < self._max_held:
+                if reading and len(self._results) < self._max_held:
                     reading = await self._read_batch(engine, items, aitems)
                     await asyncio.sleep(0)  # the workers' turn (a plain iterable never waits)
                     continue
@@ -1182,7 +1226,7 @@ class OutcomeStream:
         finally:
             if self._spill is not None:
                 self._spill.close()
-            self._results.put_nowait(_FeedDone(error))
+            self._put(_FeedDone(error))
 
     def left_by_token(self) -> dict[str, int]:
         """Records read and not finished, by token key (held in memory or spilled): the
@@ -1219,7 +1263,7 @@ class OutcomeStream:
         if self._closed:
             raise StopAsyncIteration
         self._start()
-        assert self._slots is not None
+        results = self._results
         try:
             while True:
                 if self._feed_done and self._outstanding == 0:
@@ -1228,13 +1272,25 @@ class OutcomeStream:
                         error, self._feed_error = self._feed_error, None
                         raise error
                     raise StopAsyncIteration
-                item = await self._results.get()
+                while not results:
+                    if self._consumer is not None:
+                        raise RuntimeError("this stream is being read by another task already")
+                    assert self._engine is not None
+                    self._consumer = self._engine.loop.create_future()
+                    try:
+                        await self._consumer
+                    finally:
+                        self._consumer = None
+                item = results.popleft()
                 if isinstance(item, _FeedDone):
                     self._feed_done = True
                     self._feed_error = item.error
                     continue
                 self._outstanding -= 1
-                self._slots.release()
+                self._free += 1
+                reader = self._reader_waits
+                if reader is not None and not reader.done():
+                    reader.set_result(None)
                 if self._wake is not None:
                     self._wake.set()  # room in the results: the reader may go on
                 return item

@@ -13,13 +13,18 @@ ignored; it never stops the run. Match on the class::
 
 ``token_key`` is the *name* of a token (``"default"``, or a key of ``tokens={...}``), never the
 token itself. No event holds a secret.
+
+A hook may say which events it needs with :func:`listens` (an ``events`` attribute): the engine
+builds a :class:`RequestFinished`, one per HTTP request, only while some hook needs it (a hook
+without the attribute needs every event). Hooks are still called with whatever is built: match
+on the class as above.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from growthhub_async.outcomes import Outcome, Status, Summary
 
@@ -33,6 +38,8 @@ __all__ = [
     "RetryScheduled",
     "RunFinished",
     "TokenStopped",
+    "listens",
+    "needs",
 ]
 
 
@@ -151,3 +158,27 @@ Event: TypeAlias = (
 
 Hook: TypeAlias = Callable[[Event], None]
 """A subscriber: called inline, on the event loop, once per event."""
+
+
+_H = TypeVar("_H", bound=Callable[..., Any])
+
+
+def listens(*kinds: type) -> Callable[[_H], _H]:
+    """Mark a hook as needing only the events of ``kinds`` (sets its ``events`` attribute)::
+
+        @listens(RecordFinished)
+        def on_event(event: Event) -> None: ...
+
+    Events nobody needs may then be skipped (issue 17: a :class:`RequestFinished` per request
+    is built only for telemetry, or for a hook that asks for it)."""
+
+    def mark(hook: _H) -> _H:
+        hook.events = frozenset(kinds)  # type: ignore[attr-defined]
+        return hook
+
+    return mark
+
+
+def needs(hooks: Iterable[Hook], kind: type) -> bool:
+    """Whether any of ``hooks`` needs events of ``kind`` (one without :func:`listens` needs all)."""
+    return any(kind in getattr(hook, "events", (kind,)) for hook in hooks)

@@ -49,6 +49,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET
 
+from growthhub_async.events import RecordFinished, listens
 from growthhub_async.journal import record_hash
 from growthhub_async.models import CustomField, UpdateContact, decode_update
 from growthhub_async.outcomes import Outcome, Status
@@ -285,6 +286,7 @@ class StateRun:
         elif outcome.attempts:
             self.state.forget(sent.key)
 
+    @listens(RecordFinished)
     def on_event(self, event: Any) -> None:
         """A hook: :meth:`finished` for every ``RecordFinished``."""
         outcome = getattr(event, "outcome", None)

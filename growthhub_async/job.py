@@ -40,7 +40,7 @@ from growthhub_async.client import DEFAULT_BASE_URL, GrowthHubClient
 from growthhub_async.cmdline import Terminal, isatty
 from growthhub_async.errors import ConfigurationError, GrowthHubError, InputError
 from growthhub_async.eventloop import running_loop_name
-from growthhub_async.events import Event, RateLimitHit, RecordFinished
+from growthhub_async.events import Event, RateLimitHit, RecordFinished, listens
 from growthhub_async.journal import (
     Journal,
     ResumeState,
@@ -519,6 +519,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
 
     limited: dict[tuple[str | None, int], int] = {}  # 429s per record in flight (journal)
 
+    @listens(RateLimitHit, RecordFinished)
     def on_event(event: Event) -> None:
         if isinstance(event, RateLimitHit):
             where = (event.token_key, event.line)

@@ -62,7 +62,7 @@ import msgspec
 from growthhub_async.errors import JournalError
 from growthhub_async.filelock import try_lock
 from growthhub_async.models import UpdateContact, encode_update
-from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status, encode_outcome
+from growthhub_async.outcomes import FINAL_STATUSES, Outcome, Status
 from growthhub_async.sources import Record
 
 __all__ = [
@@ -115,8 +115,31 @@ class RunFacts(msgspec.Struct, rename="camel"):
     run_id: str | None
 
 
+class _Line(msgspec.Struct, rename="camel"):
+    """A journal line as written: the outcome's keys (as ``encode_outcome`` writes them), then
+    ``recordHash``. Encoded in one call (issue 17: three encodes and a splice cost more)."""
+
+    line: int
+    contact_id: str | None
+    status: Status
+    http_status: int | None
+    attempts: int
+    error: str | None
+    record_hash: str | None
+
+
+class _LineWithFacts(_Line):
+    """... followed by the run's facts (:class:`RunFacts`)."""
+
+    location: str | None
+    at: float
+    rate_limited: int
+    run_id: str | None
+
+
 _entry_decoder: Final = msgspec.json.Decoder(_Entry)
 _key_encoder: Final = msgspec.json.Encoder()
+_line_encoder: Final = msgspec.json.Encoder()
 
 
 _ItemT = TypeVar("_ItemT", bound=Record | Outcome)
@@ -368,12 +391,28 @@ class Journal:
         fd = self._fd
         if fd is None:
             raise ValueError("the journal is closed")
-        data = encode_outcome(outcome)
         # recordHash goes after the outcome's own keys: {..."error":null,"recordHash":..}, then
         # the run's facts (issue 16), which readers of older journals do without.
-        key = b'"' + record_hash.hex().encode() + b'"' if record_hash is not None else b"null"
-        tail = b"" if facts is None else _key_encoder.encode(facts)[1:-1]
-        data = b'%s,"recordHash":%s%s%s}\n' % (data[:-2], key, b"," if tail else b"", tail)
+        key = record_hash.hex() if record_hash is not None else None
+        o = outcome
+        line = (
+            _Line(o.line, o.contact_id, o.status, o.http_status, o.attempts, o.error, key)
+            if facts is None
+            else _LineWithFacts(
+                o.line,
+                o.contact_id,
+                o.status,
+                o.http_status,
+                o.attempts,
+                o.error,
+                key,
+                facts.location,
+                facts.at,
+                facts.rate_limited,
+                facts.run_id,
+            )
+        )
+        data = _line_encoder.encode(line) + b"\n"
         self._size += len(data)
         self._tail = data[-_TAIL:]
         # One write per line: with O_APPEND a line lands whole at the end. A short write (a full

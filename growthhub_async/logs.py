@@ -37,6 +37,7 @@ from growthhub_async.events import (
     RetryScheduled,
     RunFinished,
     TokenStopped,
+    listens,
 )
 from growthhub_async.outcomes import SUCCEEDED
 from growthhub_async.redact import Redactor
@@ -78,6 +79,7 @@ def _extra(**fields: Any) -> dict[str, Any]:
     return {"runId": current_run_id(), **fields}
 
 
+@listens(RecordFinished, RetryScheduled, RateLimitHit, Paused, TokenStopped, RunFinished)
 def log_event(event: Event) -> None:  # noqa: PLR0912 (one case per event)
     """The client's own subscriber: each event as a log record of ``growthhub_async.events``.
 

@@ -28,6 +28,7 @@ from growthhub_async.errors import (
 
 __all__ = [
     "MAX_ANSWER",
+    "SEND_GATE",
     "NotSent",
     "check_base_url",
     "is_loopback",
@@ -35,7 +36,7 @@ __all__ = [
     "may_send",
     "no_hidden_resend",
     "read_capped",
-    "send_gate",
+    "transport_error",
 ]
 
 MAX_ANSWER: Final = 1 << 20
@@ -48,33 +49,19 @@ class NotSent(Exception):
     record's deadline had passed meanwhile, or the record was cut or its run stopped)."""
 
 
-_GATE: ContextVar[Callable[[], bool] | None] = ContextVar("growthhub_send_gate", default=None)
-
-
-class send_gate:  # noqa: N801 (used as a function: ``with send_gate(gate):``)
-    """Within this block (this task), the client asks ``gate()`` at the last moment before a
-    request is written, once its connection is ready: ``False`` and the request is not written
-    (:class:`NotSent`). Every await before that moment (the budget, a token refresh, a new
-    connection) may outlast a deadline, even one whose timer has not run yet (a busy loop).
-
-    A class rather than a ``@contextmanager`` generator, as :class:`map_exceptions`: it wraps
-    every request (issue 17)."""
-
-    __slots__ = ("_gate", "_token")
-
-    def __init__(self, gate: Callable[[], bool]) -> None:
-        self._gate = gate
-
-    def __enter__(self) -> None:
-        self._token = _GATE.set(self._gate)
-
-    def __exit__(self, *exc_info: object) -> None:
-        _GATE.reset(self._token)
+SEND_GATE: ContextVar[Callable[[], bool] | None] = ContextVar("growthhub_send_gate", default=None)
+"""The send gate of the request this task is making: set it (``token = SEND_GATE.set(gate)``)
+around one request and reset it after (``SEND_GATE.reset(token)``, in a ``finally``). The
+client asks ``gate()`` at the last moment before the request is written, once its connection
+is ready: ``False`` and the request is not written (:class:`NotSent`). Every await before that
+moment (the budget, a token refresh, a new connection) may outlast a deadline, even one whose
+timer has not run yet (a busy loop). Set and reset directly, not through a context manager: it
+wraps every request (issue 17)."""
 
 
 def may_send() -> bool:
-    """Whether the request about to be written may go (``True`` outside :func:`send_gate`)."""
-    gate = _GATE.get()
+    """Whether the request about to be written may go (``True`` outside a :data:`SEND_GATE`)."""
+    gate = SEND_GATE.get()
     return gate is None or gate()
 
 
@@ -166,15 +153,19 @@ class map_exceptions:  # noqa: N801 (a context manager used as a function: with 
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            return
-        clean = self._clean
-        if isinstance(exc, TimeoutError):  # aiohttp.ServerTimeoutError is one too
-            raise RequestTimeout(
-                clean(f"no answer in time ({type(exc).__name__}: {exc})")
-            ) from None
-        if isinstance(exc, aiohttp.ClientError | OSError):
-            raise ConnectionFailed(clean(f"{type(exc).__name__}: {exc}")) from None
+        if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
+            raise transport_error(exc, self._clean) from None
+
+
+def transport_error(
+    exc: TimeoutError | aiohttp.ClientError | OSError, redact: Callable[[str], str] | None = None
+) -> RequestTimeout | ConnectionFailed:
+    """Ours for one of aiohttp's or the socket layer's exceptions (see :class:`map_exceptions`;
+    the client's request path catches these three itself and raises this ``from None``)."""
+    clean = redact if redact is not None else _same
+    if isinstance(exc, TimeoutError):  # aiohttp.ServerTimeoutError is one too
+        return RequestTimeout(clean(f"no answer in time ({type(exc).__name__}: {exc})"))
+    return ConnectionFailed(clean(f"{type(exc).__name__}: {exc}"))
 
 
 def _same(text: str) -> str:
