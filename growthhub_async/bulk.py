@@ -317,8 +317,12 @@ class Engine:
 
     @staticmethod
     def call_hooks(hooks: Iterable[Hook], event: Event) -> None:
-        """Call each hook; one that raises is logged and skipped (it must not stop a run)."""
+        """Call each hook that needs ``event`` (:func:`~growthhub_async.events.listens`); one
+        that raises is logged and skipped (it must not stop a run)."""
+        kind = type(event)
         for hook in hooks:
+            if kind not in getattr(hook, "events", (kind,)):
+                continue
             try:
                 hook(event)
             except Exception:

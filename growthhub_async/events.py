@@ -14,10 +14,9 @@ ignored; it never stops the run. Match on the class::
 ``token_key`` is the *name* of a token (``"default"``, or a key of ``tokens={...}``), never the
 token itself. No event holds a secret.
 
-A hook may say which events it needs with :func:`listens` (an ``events`` attribute): the engine
-builds a :class:`RequestFinished`, one per HTTP request, only while some hook needs it (a hook
-without the attribute needs every event). Hooks are still called with whatever is built: match
-on the class as above.
+A hook may say which events it needs with :func:`listens` (an ``events`` attribute): it then gets
+only those, and the engine builds a :class:`RequestFinished`, one per HTTP request, only while
+some hook needs it (a hook without the attribute gets every event).
 """
 
 from __future__ import annotations
@@ -164,12 +163,13 @@ _H = TypeVar("_H", bound=Callable[..., Any])
 
 
 def listens(*kinds: type) -> Callable[[_H], _H]:
-    """Mark a hook as needing only the events of ``kinds`` (sets its ``events`` attribute)::
+    """Mark a hook as needing only the events of ``kinds`` (sets its ``events`` attribute): it
+    is called with those only::
 
         @listens(RecordFinished)
         def on_event(event: Event) -> None: ...
 
-    Events nobody needs may then be skipped (issue 17: a :class:`RequestFinished` per request
+    Events nobody needs are then not built (issue 17: a :class:`RequestFinished` per request
     is built only for telemetry, or for a hook that asks for it)."""
 
     def mark(hook: _H) -> _H:

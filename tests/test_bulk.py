@@ -19,8 +19,10 @@ from growthhub_async.events import (
     Paused,
     RateLimitHit,
     RecordFinished,
+    RequestFinished,
     RetryScheduled,
     TokenStopped,
+    listens,
 )
 from growthhub_async.models import UpdateContact
 from growthhub_async.outcomes import Outcome, Status
@@ -691,3 +693,88 @@ async def test_closing_the_client_mid_run() -> None:
     assert seen[0].status is Status.UPDATED
     assert all(o.status is Status.FAILED and o.error == "cancelled" for o in seen[5:])
     assert stream.summary.records == len(seen)
+
+
+async def test_request_events_are_built_only_while_a_hook_needs_them() -> None:
+    """Issue 17: a ``RequestFinished`` per request is built only for a hook that needs it. A
+    hook that ``listens`` to other events gets none, even while they are built for another;
+    one without ``listens`` gets one per request; one added to the client mid-life turns them on, and removing it turns them off."""
+    config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(scripts={"c0": ["503", "ok"]}))
+    narrow: list[Event] = []
+    everything: list[Event] = []
+
+    @listens(RecordFinished)
+    def only_records(event: Event) -> None:
+        narrow.append(event)
+
+    def updates(n: int, tag: str) -> Iterator[tuple[str, UpdateContact]]:
+        return ((f"c{i}", UpdateContact(first_name=tag)) for i in range(n))
+
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(
+            TOKEN, base_url=sb.base_url, rate=None, retry=FAST_RETRY, hooks=[only_records]
+        ) as gh,
+    ):
+        await _collect(gh.update_contacts(updates(5, "a")))
+        assert not [e for e in narrow if isinstance(e, RequestFinished)]
+        assert sum(isinstance(e, RecordFinished) for e in narrow) == 5
+
+        # A run's own hook without `listens`: one event per request (c0 took two).
+        own = await _collect(gh.update_contacts(updates(5, "b"), hooks=[everything.append]))
+        requests = [e for e in everything if isinstance(e, RequestFinished)]
+        assert len(requests) == sum(o.attempts for o in own) == 5
+        assert not [e for e in narrow if isinstance(e, RequestFinished)]  # built, not for it
+        assert sum(isinstance(e, RecordFinished) for e in narrow) == 10
+
+        gh.add_hook(everything.append)  # the client's hooks: submit() too
+        everything.clear()
+        await gh.submit("c1", UpdateContact(first_name="c"))
+        assert [type(e) for e in everything] == [RequestFinished, RecordFinished]
+        gh.remove_hook(everything.append)
+        everything.clear()
+        await gh.submit("c2", UpdateContact(first_name="d"))
+        assert everything == []
+        assert sb.stats()["byStatus"]["200"] == 12  # nothing skipped on the wire
+
+
+async def test_a_stream_read_by_two_tasks_at_once_is_refused() -> None:
+    """One consumer per stream, as for an async generator: a second task that asks for the next
+    outcome while the first waits gets a RuntimeError, and the first still gets every outcome."""
+    config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(latency=0.05))
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(TOKEN, base_url=sb.base_url, rate=None) as gh,
+    ):
+        stream = gh.update_contacts((f"c{i}", UpdateContact(first_name="x")) for i in range(3))
+        first = asyncio.create_task(stream.__anext__())
+        await asyncio.sleep(0.01)  # the first reader waits for an outcome
+        with pytest.raises(RuntimeError, match="another task"):
+            await stream.__anext__()
+        outcomes = [await first, *[o async for o in stream]]
+    assert sorted(o.line for o in outcomes) == [1, 2, 3]
+
+
+async def test_a_task_started_by_a_hook_inside_a_worker_is_not_held_by_its_send_gate() -> None:
+    """The send gate of a record's request is this worker's for that request only: a task a
+    hook starts (it inherits the worker's context) sends its own update, though the record that
+    was running is over by the time the task's request is written."""
+    config = SandboxConfig(tokens=frozenset({TOKEN}))
+    spawned: list[asyncio.Task[Any]] = []
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(TOKEN, base_url=sb.base_url, rate=None) as gh,
+    ):
+
+        def hook(event: Event) -> None:
+            if isinstance(event, RecordFinished) and event.outcome.contact_id == "c0":
+                update = UpdateContact(first_name="from a hook")
+                spawned.append(asyncio.create_task(gh.update_contact("c9", update)))
+
+        gh.add_hook(hook)
+        outcomes = await _collect(
+            gh.update_contacts((f"c{i}", UpdateContact(first_name="x")) for i in range(2))
+        )
+        await asyncio.gather(*spawned)
+        assert sb.contacts["c9"]["firstName"] == "from a hook"
+    assert [o.status for o in outcomes] == [Status.UPDATED, Status.UPDATED]
