@@ -698,7 +698,8 @@ async def test_closing_the_client_mid_run() -> None:
 async def test_request_events_are_built_only_while_a_hook_needs_them() -> None:
     """Issue 17: a ``RequestFinished`` per request is built only for a hook that needs it. A
     hook that ``listens`` to other events gets none, even while they are built for another;
-    one without ``listens`` gets one per request; one added to the client mid-life turns them on, and removing it turns them off."""
+    one without ``listens`` gets one per request; one added to the client mid-life turns them
+    on, and removing it turns them off."""
     config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(scripts={"c0": ["503", "ok"]}))
     narrow: list[Event] = []
     everything: list[Event] = []
