@@ -65,6 +65,7 @@ from growthhub_async.errors import (
 from growthhub_async.events import (
     Event,
     Hook,
+    Listening,
     Paused,
     RateLimitHit,
     RecordFinished,
@@ -101,6 +102,10 @@ class Lane(Protocol):
 
     key: str
     stopped: tuple[Status, str] | None
+
+    def take(self) -> float | None:
+        """The send time when the budget has room now (counted), else ``None``: then
+        ``await acquire()``."""
 
     async def acquire(self) -> float:
         """Wait for the token's budget; return the send time."""
@@ -297,8 +302,6 @@ class Engine:
         self.concurrency = concurrency
         self.encode = encode
         self.hooks = hooks  # the client's list: hooks added later are seen
-        self.requests_needed = needs(hooks, RequestFinished)
-        """Whether a client hook needs :class:`RequestFinished` (the client keeps it true)."""
         self.default_token_key = default_token_key
         self.loop = asyncio.get_running_loop()
         self.runs: set[OutcomeStream] = set()
@@ -321,7 +324,7 @@ class Engine:
         that raises is logged and skipped (it must not stop a run)."""
         kind = type(event)
         for hook in hooks:
-            if kind not in getattr(hook, "events", (kind,)):
+            if type(hook) is Listening and kind not in hook.kinds:
                 continue
             try:
                 hook(event)
@@ -618,7 +621,8 @@ class Engine:
         while True:
             halt = _held_back(job, loop)
             if halt is None:
-                sent_at = await lane.acquire()
+                taken = lane.take()
+                sent_at = taken if taken is not None else await lane.acquire()
                 halt = _held_back(job, loop, sent_at)  # or while we waited for the budget
             if halt is not None:
                 return job.outcome(*halt)
@@ -684,7 +688,7 @@ class Engine:
         only while a hook needs it. Not for a record cut while its request was on the wire: its
         outcome (and its span) are out already, and a late request event would open a record
         span that nothing ends."""
-        if job.detached or not (self.requests_needed or job.sink.requests_needed):
+        if job.detached or not (job.sink.requests_needed or needs(self.hooks, RequestFinished)):
             return
         job.sink.event(
             RequestFinished(

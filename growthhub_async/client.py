@@ -88,9 +88,7 @@ from growthhub_async.events import (
     Hook,
     Paused,
     RecordFinished,
-    RequestFinished,
     TokenStopped,
-    needs,
 )
 from growthhub_async.locations import LocationToken, LocationTokens, location_problem
 from growthhub_async.logs import current_run_id, log_event
@@ -533,7 +531,16 @@ class _Lane:
         location's last records hung so, found with issue 13).
         """
         assert self._pacer is not None
-        sent_at = await self._pacer.acquire()
+        return self._taken(await self._pacer.acquire())
+
+    def take(self) -> float | None:
+        """:meth:`acquire` without waiting: the send time when the budget has room now (the
+        usual case, for no coroutine), else ``None`` (then ``await acquire()``)."""
+        assert self._pacer is not None
+        sent_at = self._pacer.take()
+        return None if sent_at is None else self._taken(sent_at)
+
+    def _taken(self, sent_at: float) -> float:
         if self.budget.daily_exhausted:  # another process saw it (a shared budget)
             self.stop(Status.FAILED, DAILY_LIMIT_REACHED)
         if self.stopped is not None:
@@ -1048,23 +1055,17 @@ class GrowthHubClient:
             if chosen is not None:
                 url = self.base_url
                 self._telemetry = chosen.for_client((url.host or "", url.port))
-                self.add_hook(self._telemetry.hook)
+                self.hooks.append(self._telemetry.hook)
         return self._telemetry
 
     def add_hook(self, hook: Hook) -> None:
         """Subscribe ``hook`` to every event from now on (those it :func:`listens` to, if it
         says)."""
         self.hooks.append(hook)
-        self._hooks_changed()
 
     def remove_hook(self, hook: Hook) -> None:
         """Unsubscribe ``hook``."""
         self.hooks.remove(hook)
-        self._hooks_changed()
-
-    def _hooks_changed(self) -> None:
-        if self._engine is not None:
-            self._engine.requests_needed = needs(self.hooks, RequestFinished)
 
     def _lane(self, token_key: str | None) -> _Lane:
         key = token_key if token_key is not None else self.default_token_key

@@ -14,16 +14,16 @@ ignored; it never stops the run. Match on the class::
 ``token_key`` is the *name* of a token (``"default"``, or a key of ``tokens={...}``), never the
 token itself. No event holds a secret.
 
-A hook may say which events it needs with :func:`listens` (an ``events`` attribute): it then gets
-only those, and the engine builds a :class:`RequestFinished`, one per HTTP request, only while
-some hook needs it (a hook without the attribute gets every event).
+A hook may say which events it needs with :func:`listens`: it then gets only those, and the
+engine builds a :class:`RequestFinished`, one per HTTP request, only while some hook needs it
+(a hook without :func:`listens` gets every event).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 from growthhub_async.outcomes import Outcome, Status, Summary
 
@@ -162,23 +162,66 @@ Hook: TypeAlias = Callable[[Event], None]
 _H = TypeVar("_H", bound=Callable[..., Any])
 
 
+class Listening:
+    """A hook with the events it needs (what :func:`listens` makes): called like the hook.
+
+    A wrapper rather than an attribute on the hook: a hook may have an ``events`` attribute of
+    its own (a recorder's list, a counter, a mock), and a bound method takes no attribute. In a
+    class body it binds like the method it wraps; two wrappers of equal hooks are equal (so
+    ``remove_hook(obj.method)`` finds the one ``add_hook(obj.method)`` added)."""
+
+    __slots__ = ("__wrapped__", "kinds")
+
+    def __init__(self, hook: Callable[[Any], None], kinds: frozenset[type]) -> None:
+        self.__wrapped__ = hook
+        self.kinds = kinds
+
+    def __call__(self, event: Any) -> None:
+        self.__wrapped__(event)
+
+    def __get__(self, obj: object, owner: type | None = None) -> Listening:
+        if obj is None:
+            return self
+        return Listening(self.__wrapped__.__get__(obj, owner), self.kinds)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Listening)
+            and self.__wrapped__ == other.__wrapped__
+            and self.kinds == other.kinds
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.__wrapped__, self.kinds))
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(kind.__name__ for kind in self.kinds))
+        return f"<listens({names}) {self.__wrapped__!r}>"
+
+
 def listens(*kinds: type) -> Callable[[_H], _H]:
-    """Mark a hook as needing only the events of ``kinds`` (sets its ``events`` attribute): it
-    is called with those only::
+    """Mark a hook as needing only the events of ``kinds``: it is called with those only::
 
         @listens(RecordFinished)
         def on_event(event: Event) -> None: ...
 
+        client.add_hook(listens(RecordFinished, RunFinished)(recorder.append))
+
     Events nobody needs are then not built (issue 17: a :class:`RequestFinished` per request
-    is built only for telemetry, or for a hook that asks for it)."""
+    is built only for telemetry, or for a hook that asks for it). Returns a
+    :class:`Listening` that calls the hook (a method in a class body stays a method)."""
+    marked = frozenset(kinds)
 
     def mark(hook: _H) -> _H:
-        hook.events = frozenset(kinds)  # type: ignore[attr-defined]
-        return hook
+        return cast(_H, Listening(hook, marked))
 
     return mark
 
 
 def needs(hooks: Iterable[Hook], kind: type) -> bool:
-    """Whether any of ``hooks`` needs events of ``kind`` (one without :func:`listens` needs all)."""
-    return any(kind in getattr(hook, "events", (kind,)) for hook in hooks)
+    """Whether any of ``hooks`` needs events of ``kind`` (one not made by :func:`listens` needs
+    every event)."""
+    for hook in hooks:  # noqa: SIM110 (a loop, not any(): it runs per request, issue 17)
+        if type(hook) is not Listening or kind in hook.kinds:
+            return True
+    return False

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from aiolimiter import AsyncLimiter
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from growthhub_async.errors import ConfigurationError
 
@@ -173,6 +173,9 @@ _RATE_HEADERS: Final = (
 )
 
 
+# Case-insensitive names made once: aiohttp's headers then skip folding each name per lookup
+# (five lookups cost half as much; issue 17).
+_RATE_KEYS: Final = tuple(istr(name) for name in _RATE_HEADERS)
 _NONE_OF_THEM: Final = [None] * len(_RATE_HEADERS)
 _NO_RATE_HEADERS: Final = RateHeaders()
 
@@ -180,7 +183,7 @@ _NO_RATE_HEADERS: Final = RateHeaders()
 def parse_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
     """Read the ``X-RateLimit-*`` headers (names case-insensitive, bad values ignored)."""
     # aiohttp's headers look names up case-insensitively: five lookups, no copy per answer.
-    values = [headers.get(name) for name in _RATE_HEADERS]
+    values = [headers.get(name) for name in _RATE_KEYS]
     if values == _NONE_OF_THEM:
         if isinstance(headers, CIMultiDictProxy | CIMultiDict):
             return _NO_RATE_HEADERS  # aiohttp's answer: case-insensitive, so none there
@@ -404,6 +407,11 @@ class Pacing(Protocol):
 
     budget: Budget
 
+    def take(self) -> float | None:
+        """The send time (``loop.time()``, the request counted) when one may go now without
+        waiting; ``None`` when the caller must ``await acquire()`` instead. No await: the
+        usual case of a budget with room costs no coroutine (issue 17)."""
+
     async def acquire(self) -> float:
         """Wait for the budget, count the request, return its send time (``loop.time()``)."""
 
@@ -434,6 +442,7 @@ class Pacer:
         self._smoother = smoother(budget.rate)
         self._lock = asyncio.Lock()
         self._queued = 0  # acquirers in the slow path: holding the lock or waiting for it
+        self._time = asyncio.get_running_loop().time
 
     def complete(self, now: float) -> None:
         """The request's answer came now (rule 1)."""
@@ -450,20 +459,25 @@ class Pacer:
     async def aclose(self) -> None:
         """Nothing to let go of in one process."""
 
-    async def acquire(self) -> float:
-        """Wait for the budget, record the request, and return its send time (``loop.time()``)."""
-        loop = asyncio.get_running_loop()
+    def take(self) -> float | None:
+        """Nobody is ahead and nothing to smooth: when the budget lets a request go now, it goes
+        without the lock (no await, so no one can slip in between the look and the record).
+        Taking the lock per request cost more than the budget's own arithmetic."""
         if not self._queued and self._smoother is None:
-            # Nobody is ahead and nothing to smooth: when the budget lets a request go now, it
-            # goes without the lock (no await, so no one can slip in between the look and the
-            # record). Taking the lock per request cost more than the budget's own arithmetic.
-            now = loop.time()
+            now = self._time()
             if self.budget.delay(now) <= 0:
                 self.budget.record(now)
                 return now
+        return None
+
+    async def acquire(self) -> float:
+        """Wait for the budget, record the request, and return its send time (``loop.time()``)."""
+        taken = self.take()
+        if taken is not None:
+            return taken
         self._queued += 1
         try:
-            return await self._acquire_in_turn(loop)
+            return await self._acquire_in_turn(asyncio.get_running_loop())
         finally:
             self._queued -= 1
 

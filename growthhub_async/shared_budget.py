@@ -498,6 +498,10 @@ class SharedPacer:
             share = min(share, 1 / self._processes)
         return share
 
+    def take(self) -> float | None:
+        """Never without Redis's word: every request is admitted by its script."""
+        return None
+
     async def acquire(self) -> float:
         """Wait for Redis's window (or, while it is unreachable, the local share); count the
         request; return its send time (``loop.time()``)."""

@@ -736,7 +736,70 @@ async def test_request_events_are_built_only_while_a_hook_needs_them() -> None:
         everything.clear()
         await gh.submit("c2", UpdateContact(first_name="d"))
         assert everything == []
-        assert sb.stats()["byStatus"]["200"] == 12  # nothing skipped on the wire
+
+        # Appended to the list directly, a hook is seen as well (rt17b).
+        gh.hooks.append(everything.append)
+        await gh.submit("c3", UpdateContact(first_name="e"))
+        assert [type(e) for e in everything] == [RequestFinished, RecordFinished]
+        gh.hooks.remove(everything.append)
+        assert sb.stats()["byStatus"]["200"] == 13  # nothing skipped on the wire
+
+
+class _Recorder:
+    """A hook with an ``events`` attribute of its own: its list of what it got (rt17b)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[type]:
+        return [type(e) for e in self.events]
+
+
+class _Counter:
+    """... or a count (rt17b: every run then raised TypeError)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.seen: list[type] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events += 1
+        self.seen.append(type(event))
+
+    def kinds(self) -> list[type]:
+        return self.seen
+
+
+@pytest.mark.parametrize("kind", ["list", "counter", "mock"])
+async def test_a_hook_with_an_events_attribute_of_its_own_gets_every_event(kind: str) -> None:
+    """Only :func:`listens` narrows a hook: an ``events`` attribute of the hook's own (a list, a
+    counter, a mock's) neither hides events from it nor breaks the client. A bound method can
+    be marked too, and an equal marked bound method removes it."""
+    from unittest import mock  # noqa: PLC0415
+
+    hook: Any = {"list": _Recorder, "counter": _Counter, "mock": mock.Mock}[kind]()
+    tallied: list[Event] = []
+
+    class Tally:
+        def tally(self, event: Event) -> None:
+            tallied.append(event)
+
+    tally = Tally()
+    async with (
+        run_sandbox(SandboxConfig(tokens=frozenset({TOKEN}))) as sb,
+        GrowthHubClient(TOKEN, base_url=sb.base_url, rate=None, hooks=[hook]) as gh,
+    ):
+        gh.add_hook(listens(RecordFinished)(tally.tally))
+        await _collect(gh.update_contacts([("c1", UpdateContact(first_name="x"))]))
+        gh.remove_hook(listens(RecordFinished)(tally.tally))  # an equal one: found
+        await gh.submit("c2", UpdateContact(first_name="y"))
+    seen = [type(c.args[0]) for c in hook.call_args_list] if kind == "mock" else hook.kinds()
+    assert seen.count(RequestFinished) == 2
+    assert seen.count(RecordFinished) == 2
+    assert [type(e) for e in tallied] == [RecordFinished]  # the run's; not the submit's
 
 
 async def test_a_stream_read_by_two_tasks_at_once_is_refused() -> None:
