@@ -310,10 +310,18 @@ class Engine:
         # Per token: the contacts with a record in flight, and their parked records (None until
         # one is parked: most contacts never have one, and a deque per record costs).
         self._active: dict[str, dict[str, deque[_Job] | None]] = {}
-        # Workers start when their token has records and end when its queue is empty, so a run
-        # over 1,000 locations holds tasks for the records in memory, not 10 per location.
+        # Workers start when a token has records (up to `concurrency` per token) and end when
+        # the engine has nothing to do, so a run over 1,000 locations holds tasks for the
+        # records in memory, not 10 per location.
         self._workers: set[asyncio.Task[None]] = set()
-        self._live: dict[str, int] = {}
+        self._live: dict[str, int] = {}  # per token: the workers on its records
+        # Workers between two tokens: a worker whose token's queue is empty while others work
+        # waits here to be handed the next token that needs one, rather than ending (a task
+        # per record cost more than the rest of the engine's step when 1,000 locations each
+        # have a record now and then: issue 17). The last busy worker ends them all, so an
+        # engine with nothing to do holds no task (issue 13).
+        self._idle: deque[asyncio.Future[str | None]] = deque()
+        self._busy = 0  # workers alive and not idle
         self.closed = False
 
     # -- events ----------------------------------------------------------------------------
@@ -388,8 +396,13 @@ class Engine:
             self._start_worker(key)
 
     def _start_worker(self, key: str) -> None:
+        """One more worker on ``key``'s records: an idle one if any, else a new task."""
         self._live[key] += 1
-        worker = asyncio.create_task(self._worker(key), name=f"growthhub-worker-{key}")
+        self._busy += 1
+        if self._idle:
+            self._idle.popleft().set_result(key)
+            return
+        worker = asyncio.create_task(self._worker(key), name="growthhub-worker")
         self._workers.add(worker)
 
     def _ready(self, job: _Job) -> None:
@@ -513,16 +526,51 @@ class Engine:
         job.task = None
         job.sink.finish(job, outcome)
 
-    async def _worker(self, key: str) -> None:
+    async def _worker(self, key: str | None) -> None:
         try:
-            await self._work(key)
+            while key is not None:
+                try:
+                    await self._work(key)
+                finally:
+                    self._leave(key)
+                key = await self._between() if not self.closed else None
         finally:
-            self._live[key] -= 1
-            if not self._live[key] and not self.closed:
-                self._lanes_quiet(key)
+            self._busy -= 1
             worker = asyncio.current_task()
             if not self.closed and worker is not None:
                 self._workers.discard(worker)
+
+    def _leave(self, key: str) -> None:
+        """A worker is done with ``key``'s records (its queue is empty, or the worker ends)."""
+        self._live[key] -= 1
+        if not self._live[key] and not self.closed:
+            self._lanes_quiet(key)
+
+    async def _between(self) -> str | None:
+        """The next token for a worker whose token's queue is empty: wait idle while another
+        worker works (records come in bursts, and a token that needs a worker hands it its
+        key); ``None``: end (the last busy worker ends, and ends the idle ones)."""
+        if self._busy <= 1:
+            while self._idle:
+                self._busy += 1  # counted until it ends
+                self._idle.popleft().set_result(None)
+            return None
+        waiter: asyncio.Future[str | None] = self.loop.create_future()
+        self._idle.append(waiter)
+        self._busy -= 1
+        try:
+            return await waiter  # whoever hands us a key counted us busy, and on that key
+        except asyncio.CancelledError:
+            if waiter in self._idle:
+                self._idle.remove(waiter)
+                self._busy += 1  # as the worker's end expects
+            elif not waiter.cancelled() and (key := waiter.result()) is not None:
+                # Handed a key, cancelled before working on it: its record needs another.
+                self._leave(key)
+                queue = self._queues[key]
+                if (queue.ready or queue.new) and not self.closed:
+                    self._start_worker(key)
+            raise
 
     def _lanes_quiet(self, key: str) -> None:
         lane = self.lanes.get(key)
