@@ -399,9 +399,11 @@ class Engine:
         """One more worker on ``key``'s records: an idle one if any, else a new task."""
         self._live[key] += 1
         self._busy += 1
-        if self._idle:
-            self._idle.popleft().set_result(key)
-            return
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():  # not one whose task was cancelled (and has not run since)
+                waiter.set_result(key)
+                return
         worker = asyncio.create_task(self._worker(key), name="growthhub-worker")
         self._workers.add(worker)
 
@@ -527,15 +529,22 @@ class Engine:
         job.sink.finish(job, outcome)
 
     async def _worker(self, key: str | None) -> None:
+        counted = True  # in self._busy: not while idle, nor once it ends
         try:
             while key is not None:
                 try:
                     await self._work(key)
                 finally:
                     self._leave(key)
-                key = await self._between() if not self.closed else None
+                if self.closed:
+                    break
+                counted = False
+                self._busy -= 1
+                key = await self._between()  # a key: counted busy again, by whoever handed it
+                counted = key is not None
         finally:
-            self._busy -= 1
+            if counted:
+                self._busy -= 1
             worker = asyncio.current_task()
             if not self.closed and worker is not None:
                 self._workers.discard(worker)
@@ -547,25 +556,29 @@ class Engine:
             self._lanes_quiet(key)
 
     async def _between(self) -> str | None:
-        """The next token for a worker whose token's queue is empty: wait idle while another
-        worker works (records come in bursts, and a token that needs a worker hands it its
-        key); ``None``: end (the last busy worker ends, and ends the idle ones)."""
-        if self._busy <= 1:
-            while self._idle:
-                self._busy += 1  # counted until it ends
-                self._idle.popleft().set_result(None)
+        """The next token for a worker whose token's queue is empty (not counted busy now):
+        wait idle while others work (records come in bursts, and a token that needs a worker
+        hands it its key); ``None``: end. No more workers wait idle than others are busy (rt17c:
+        under traffic that never pauses, a burst's workers stayed idle as long as it lasted),
+        so with none busy the engine is quiet and every idle worker ends."""
+        busy = self._busy
+        if len(self._idle) >= busy:
+            while len(self._idle) > busy:
+                idle = self._idle.popleft()
+                if not idle.done():  # not one whose task was cancelled (it ends by itself)
+                    idle.set_result(None)
             return None
         waiter: asyncio.Future[str | None] = self.loop.create_future()
         self._idle.append(waiter)
-        self._busy -= 1
         try:
-            return await waiter  # whoever hands us a key counted us busy, and on that key
+            return await waiter
         except asyncio.CancelledError:
             if waiter in self._idle:
                 self._idle.remove(waiter)
-                self._busy += 1  # as the worker's end expects
             elif not waiter.cancelled() and (key := waiter.result()) is not None:
-                # Handed a key, cancelled before working on it: its record needs another.
+                # Handed a key (and counted busy), cancelled before working on it: its record
+                # needs another worker.
+                self._busy -= 1
                 self._leave(key)
                 queue = self._queues[key]
                 if (queue.ready or queue.new) and not self.closed:

@@ -842,3 +842,83 @@ async def test_a_task_started_by_a_hook_inside_a_worker_is_not_held_by_its_send_
         await asyncio.gather(*spawned)
         assert sb.contacts["c9"]["firstName"] == "from a hook"
     assert [o.status for o in outcomes] == [Status.UPDATED, Status.UPDATED]
+
+
+async def test_a_record_queued_after_an_idle_worker_was_cancelled_gets_a_worker() -> None:
+    """rt17c: an idle worker's task cancelled (a loop cancelling every task without ``close()``,
+    as ``asyncio.run`` does at its end) left its waiter among the idle ones until the task ran;
+    a record queued in between was handed to it and raised ``InvalidStateError``. Now it is
+    passed over: a worker is started for the record, which is updated, and the engine ends
+    with no task and its counts at zero."""
+    config = SandboxConfig(
+        tokens=frozenset({"tok-a", "tok-b"}), faults=Faults(scripts={"slow": ["slow:0.5"]})
+    )
+    async with run_sandbox(config) as sb:
+        gh = GrowthHubClient(
+            tokens={"A": "tok-a", "B": "tok-b"}, base_url=sb.base_url, rate=None, concurrency=1
+        )
+        slow = asyncio.create_task(gh.submit("slow", UpdateContact(first_name="a"), token_key="A"))
+        await asyncio.sleep(0.05)  # A's worker is on the wire
+        await gh.submit("b1", UpdateContact(first_name="b"), token_key="B")
+        engine = gh._engine
+        assert engine is not None
+        idle = list(engine._idle)
+        assert len(idle) == 1  # B's worker waits idle while A's works
+        for worker in list(engine._workers):
+            if not worker.done():
+                worker.cancel()  # the waiter is cancelled now; its task runs later
+        outcome = await gh.submit("b2", UpdateContact(first_name="c"), token_key="B")
+        assert outcome.status is Status.UPDATED
+        await asyncio.gather(slow, return_exceptions=True)
+        await gh.close()
+        assert not _growthhub_tasks()
+        assert engine._busy == 0
+        assert not engine._idle
+
+
+async def test_idle_workers_never_outnumber_the_busy_ones() -> None:
+    """rt17c: after a burst over many tokens, traffic that never pauses (two slow records in
+    flight, staggered, so some worker is always busy) kept every worker of the burst idle for
+    as long as it lasted. Now no more workers wait idle than others are busy: the pool shrinks
+    to the traffic."""
+    config = SandboxConfig(
+        tokens=frozenset({f"tok-{i}" for i in range(40)}),
+        faults=Faults(scripts={f"s{n}-{i}": ["slow:0.05"] for n in (0, 1) for i in range(20)}),
+    )
+    tokens = {f"L{i}": f"tok-{i}" for i in range(40)}
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(tokens=tokens, base_url=sb.base_url, rate=None, concurrency=2) as gh,
+    ):
+        burst = [
+            gh.submit(f"c{i}", UpdateContact(first_name="x"), token_key=key)
+            for i, key in enumerate(tokens)
+        ]
+        await asyncio.gather(*burst)
+        await asyncio.sleep(0.05)
+        assert not _growthhub_tasks()  # quiet again: every worker ended, the client still open
+        engine = gh._engine
+        assert engine is not None
+        idle_seen: list[int] = []
+        steady: list[Outcome] = []
+
+        async def steady_traffic(n: int) -> None:
+            await asyncio.sleep(0.025 * n)  # staggered: one is in flight when the other ends
+            for i in range(20):
+                update = UpdateContact(first_name="y")
+                steady.append(await gh.submit(f"s{n}-{i}", update, token_key=f"L{n}"))
+                idle_seen.append(len(engine._idle))
+
+        async def burst_during_traffic() -> None:
+            await asyncio.sleep(0.2)
+            await asyncio.gather(
+                *(gh.submit(f"d{i}", UpdateContact(first_name="z"), token_key=key)
+                  for i, key in enumerate(tokens))
+            )  # fmt: skip
+
+        await asyncio.gather(steady_traffic(0), steady_traffic(1), burst_during_traffic())
+        assert all(o.status is Status.UPDATED for o in steady)
+        assert max(idle_seen[-10:]) <= 2, idle_seen  # the burst's 40 workers did not stay
+        await asyncio.sleep(0.05)
+        assert not _growthhub_tasks()
+        assert (engine._busy, len(engine._idle)) == (0, 0)
