@@ -676,6 +676,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         state,
         tokens=max(1, len(by_location)),
         skipped=reader.skipped,
+        other_shards=reader.other_shards,
         problems=problems,
         interrupted=interrupted or consumer.cancelled(),
         failure=failure,
@@ -721,6 +722,7 @@ def _report(
     *,
     tokens: int = 1,
     skipped: Counter[Status],
+    other_shards: int = 0,
     problems: Sequence[Outcome],
     interrupted: bool,
     failure: BaseException | None,
@@ -762,7 +764,16 @@ def _report(
             " shorter or another file?): they are not in the whole job's totals\n"
         )
     if not summary.records and not skipped_count and failure is None and not interrupted:
-        err.write(f"warning: {settings.input} holds no records: nothing was sent\n")
+        if other_shards and settings.shard is not None:
+            # Not an empty input: every record belongs to another shard (a Dask shard whose
+            # hash drew no location of this file). Nothing to warn about.
+            k, n = settings.shard
+            err.write(
+                f"note: all {other_shards} records of {settings.input} belong to other shards"
+                f" than {k}/{n}: nothing to send here\n"
+            )
+        else:
+            err.write(f"warning: {settings.input} holds no records: nothing was sent\n")
     if failure is not None:
         err.write(f"error: {failure}\n")
         _resume_hint(settings, err)

@@ -639,6 +639,36 @@ async def test_shards_split_the_locations_and_each_resumes_on_its_own(tmp_path: 
     assert any(line["status"] == "rejected" for line in journals[0].values())
 
 
+async def test_a_shard_that_draws_no_record_says_so_rather_than_calling_the_input_empty(
+    tmp_path: Path,
+) -> None:
+    """A shard whose hash drew none of the file's locations has nothing to send: it exits 0
+    saying the records belong to other shards, not that the input holds none (it did)."""
+    tokens = _tokens_file(tmp_path, TOKENS)
+    owner = shard_of("loc0", 2)
+    rows = [{"contactId": f"k0x{n}", "locationId": "loc0", "firstName": "A"} for n in range(3)]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    async with run_sandbox(_config()) as sb:
+        ran = await run_cli(
+            "update",
+            str(data),
+            "--out",
+            str(tmp_path / "other.jsonl"),
+            "--base-url",
+            sb.base_url,
+            "--tokens",
+            str(tokens),
+            "--shard",
+            f"{1 - owner}/2",
+            "--no-progress",
+            token=None,
+        )
+        assert sb.stats()["requests"] == 0
+    assert ran.status == 0, ran.stderr
+    assert "holds no records" not in ran.stderr
+    assert f"all 3 records of {data} belong to other shards than {1 - owner}/2" in ran.stderr
+
+
 @pytest.mark.parametrize("bad", ["2/2", "-1/2", "0/0", "1", "a/b", "1/2/3"])
 async def test_a_shard_outside_its_range_is_a_usage_error(tmp_path: Path, bad: str) -> None:
     data = write_jsonl(tmp_path / "in.jsonl", [{"contactId": "c1"}])
