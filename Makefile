@@ -75,9 +75,10 @@ test-latest: deps-system | $(UV)
 	VIRTUAL_ENV="$$tmp/venv" $(UV) pip list --quiet 2>/dev/null | grep -E -i '^(aiohttp|msgspec|aiolimiter|backoff) '; \
 	"$$tmp/venv/bin/pytest" -p no:cacheprovider
 
-# The full soak (20,000 records under faults, about a minute); `make test` runs a short one.
-soak: $(STAMP)
-	$(BIN)/pytest -m slow tests/test_soak.py
+# The slow tests: the full soak (20,000 records under faults, about a minute; `make test` runs
+# a short one) and the web workers benchmark's smoke run (uvicorn workers, Redis).
+soak: $(STAMP) deps-system
+	$(BIN)/pytest -m slow tests/test_soak.py tests/test_benchmarks_smoke.py
 
 # The benchmark suite (about 10 minutes: the memory run streams 1,000,000 records); writes
 # benchmarks/results/*.json and the table in benchmarks/README.md. The uvloop figures come from

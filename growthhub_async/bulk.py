@@ -18,9 +18,10 @@ Rules, and why:
   contact already has one in flight parks it behind that one; the worker finishing a record
   runs the contact's next parked record itself. Parked records count as pending, so the parking
   is bounded too.
-- **Tokens do not wait on each other.** Each token has its own queue, workers and budget. Only
-  the reader is shared: it reads in input order, so a token whose records pile up can hold it
-  back once ``max_pending`` of them wait.
+- **Tokens do not wait on each other.** Each token has its own queue, budget and up to
+  ``concurrency`` workers (a worker idle between tokens is handed to the next that needs one;
+  none is held by a quiet engine). Only the reader is shared: it reads in input order, so a
+  token whose records pile up can hold it back once ``max_pending`` of them wait.
 - **One outcome per record, none dropped.** Cancelling the consumer (or ``aclose()``, or closing
   the client) stops the reader, ends queued records as ``failed`` (``"cancelled"``, no request)
   and the ones in flight too, with their attempts counted. A request already written is not
@@ -173,8 +174,8 @@ class _Sink(Protocol):
 class _Queue:
     """A token's records waiting for a worker: those that hold their contact's gate (back from
     a wait, or handed on) first, then new ones; each kind in FIFO order. Workers take from it
-    without waiting (a worker ends when it is empty), so two deques do what a priority queue
-    did, for less per record (issue 17)."""
+    without waiting (a worker leaves the token when it is empty), so two deques do what a
+    priority queue did, for less per record (issue 17)."""
 
     __slots__ = ("new", "ready")
 
@@ -332,8 +333,10 @@ class Engine:
         that raises is logged and skipped (it must not stop a run)."""
         kind = type(event)
         for hook in hooks:
-            if type(hook) is Listening and kind not in hook.kinds:
-                continue
+            if type(hook) is Listening:
+                if kind not in hook.kinds:
+                    continue
+                hook = hook.__wrapped__  # noqa: PLW2901 (its own hook: a call frame less)
             try:
                 hook(event)
             except Exception:

@@ -539,10 +539,7 @@ def run_update(args: argparse.Namespace) -> int:
         sys.stderr.write("interrupted\n")
         return EXIT_NOT_ALL
     finally:
-        if isinstance(token, OAuthProvider):
-            report_token_file(token, args.oauth)
-        if locations is not None and locations.agency is not None:
-            report_token_file(locations.agency.agency, args.agency_oauth)
+        _report_token_files(token, locations, args)
     return result.exit_status
 
 
@@ -618,10 +615,7 @@ def run_update_dask(args: argparse.Namespace) -> int:  # noqa: PLR0911 (one per 
         sys.stderr.write("interrupted\n")  # resume command printed
         return EXIT_NOT_ALL
     finally:
-        if isinstance(token, OAuthProvider):
-            report_token_file(token, args.oauth)
-        if locations is not None and locations.agency is not None:
-            report_token_file(locations.agency.agency, args.agency_oauth)
+        _report_token_files(token, locations, args)
     return result.exit_status
 
 
@@ -798,6 +792,16 @@ def _token_hint(args: argparse.Namespace) -> str | None:
     if getattr(args, "oauth", None):
         places.append(f"the OAuth token file {args.oauth}")
     return " and ".join(places) or None
+
+
+def _report_token_files(
+    token: object, locations: LocationTokens | None, args: argparse.Namespace
+) -> None:
+    """What became of the run's OAuth token files (``--oauth``, ``--agency-oauth``), if any."""
+    if isinstance(token, OAuthProvider):
+        report_token_file(token, args.oauth)
+    if locations is not None and locations.agency is not None:
+        report_token_file(locations.agency.agency, args.agency_oauth)
 
 
 def report_token_file(provider: OAuthProvider, path: str) -> None:

@@ -169,6 +169,7 @@ def test_startup(tmp_path: Path) -> None:
     assert r["update"]["cpuMs"] > r["pythonPass"]["cpuMs"]
 
 
+@pytest.mark.slow  # about 12 s: `make soak` runs it (make test stays under five minutes)
 def test_web_workers(tmp_path: Path) -> None:
     # uvicorn serving the FastAPI example, with and without the budget in Redis (issue 15).
     r = run_smoke("web_workers", tmp_path)

@@ -17,11 +17,12 @@ from growthhub_async.journal import (
     MAX_LINE,
     Journal,
     ResumeState,
+    RunFacts,
     load_resume_state,
     record_hash,
 )
 from growthhub_async.models import UpdateContact
-from growthhub_async.outcomes import Outcome, Status, decode_outcome
+from growthhub_async.outcomes import Outcome, Status, decode_outcome, encode_outcome
 from growthhub_async.sources import Record, read_jsonl
 
 
@@ -70,6 +71,30 @@ def test_journal_line_shape(tmp_path: Path) -> None:
         b'{"line":7,"contactId":null,"status":"rejected","httpStatus":null,'
         b'"attempts":0,"error":"line 7: bad","recordHash":null}\n'
     )
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(
+            line=1, contact_id='c\u00e9"\n', status=Status.UPDATED, http_status=200, attempts=3
+        ),
+        Outcome(line=2**40, contact_id=None, status=Status.FAILED, error="e \u2028 \x00"),
+    ],
+)
+def test_a_line_starts_with_the_outcome_as_encode_outcome_writes_it(
+    tmp_path: Path, outcome: Outcome
+) -> None:
+    """The journal encodes a line in one call from a struct of its own (issue 17); its start
+    must stay the outcome's keys as ``encode_outcome`` writes them (what readers and the format
+    check expect), whatever fields the Outcome gains."""
+    path = tmp_path / "out.jsonl"
+    facts = RunFacts(location="loc1", at=1.5, rate_limited=2, run_id="r1")
+    with Journal(path) as journal:
+        journal.write(outcome, b"\x01" * 16, facts=facts)
+    line = path.read_bytes()
+    assert line.startswith(encode_outcome(outcome)[:-2] + b',"recordHash":"' + b"01" * 16)
+    assert decode_outcome(line) == outcome
 
 
 def test_lines_survive_sigkill(tmp_path: Path) -> None:
