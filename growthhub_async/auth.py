@@ -161,6 +161,24 @@ def refresh_due(
     return now >= expires_at - lead
 
 
+def at_hand(
+    current: AccessToken | None,
+    failed: object,
+    expires_at: float | None,
+    lifetime: float | None,
+    margin: float,
+) -> AccessToken | None:
+    """``current`` when a provider may hand it over without waiting (its ``current()``): a
+    token, no failure to raise, no refresh due. ``expires_at`` is on the event loop's clock,
+    which for asyncio and uvloop alike is :func:`time.monotonic` (asking the loop costs a
+    ``getpid`` per request)."""
+    if current is None or failed is not None:
+        return None
+    if refresh_due(time.monotonic(), expires_at, lifetime, margin):
+        return None
+    return current
+
+
 def is_scope_error(error: HTTPStatusError) -> bool:
     """A 401 saying the token lacks a scope: a refresh would not help."""
     return error.status_code == 401 and any(
@@ -189,6 +207,12 @@ class TokenProvider(abc.ABC):
     @abc.abstractmethod
     async def token(self) -> AccessToken:
         """The value to send now. May refresh first; raises ``TokenRefreshFailed`` if that fails."""
+
+    def current(self) -> AccessToken | None:
+        """The value to send now when it is at hand without waiting (nothing to refresh, no
+        failure to raise): the client's fast path, asked before each request. ``None`` (the
+        default): the client awaits :meth:`token`, which must then give the same answer."""
+        return None
 
     async def rejected(self, generation: int) -> bool:
         """The server refused the token of ``generation`` (401, not a scope error).
@@ -250,6 +274,10 @@ class FixedToken(TokenProvider):
     async def token(self) -> AccessToken:
         """The fixed value."""
         return self._token
+
+    def current(self) -> AccessToken | None:
+        """The fixed value (unless a subclass gives its own :meth:`token`)."""
+        return self._token if type(self).token is FixedToken.token else None
 
     @property
     def budget_identity(self) -> str:
@@ -571,6 +599,14 @@ class OAuthProvider(TokenProvider):
             current = self._current
         assert current is not None
         return current
+
+    def current(self) -> AccessToken | None:
+        """The access token when no refresh is due (else :meth:`token` refreshes)."""
+        if self._expires_unix is not None:
+            return None  # not converted to the loop's clock yet: token() does it
+        return at_hand(
+            self._current, self._failure, self._expires_at, self._lifetime, self.refresh_margin
+        )
 
     async def rejected(self, generation: int) -> bool:
         """Refresh once for every caller refused with ``generation``; see the module's rules."""

@@ -105,8 +105,8 @@ class Lane(Protocol):
     stopped: tuple[Status, str] | None
 
     def take(self) -> float | None:
-        """The send time when the budget has room now (counted), else ``None``: then
-        ``await acquire()``."""
+        """The send time when the budget has room now (counted, and given back at once when
+        the token has stopped: see :attr:`stopped`), else ``None``: then ``await acquire()``."""
 
     async def acquire(self) -> float:
         """Wait for the token's budget; return the send time."""
@@ -687,7 +687,9 @@ class Engine:
             if halt is None:
                 taken = lane.take()
                 sent_at = taken if taken is not None else await lane.acquire()
-                halt = _held_back(job, loop, sent_at)  # or while we waited for the budget
+                # Taken at once, only the token may have stopped (its slot is back already);
+                # else anything may have changed while we waited for the budget.
+                halt = lane.stopped if taken is not None else _held_back(job, loop, sent_at)
             if halt is not None:
                 return job.outcome(*halt)
             job.first = sent_at if job.first is None else job.first
@@ -1036,6 +1038,7 @@ class OutcomeStream:
         # a future: an asyncio.Queue cost several calls per record for the same, issue 17).
         self._results: deque[Outcome | _FeedDone] = deque()
         self._consumer: asyncio.Future[None] | None = None
+        self._discard = False  # drain(): outcomes go to the hooks and the summary only
         # Room for the reader: records it may still take (max_pending minus those read whose
         # outcome the consumer has not taken), and the reader waiting for room.
         self._free = max_pending
@@ -1076,7 +1079,12 @@ class OutcomeStream:
 
     def _put(self, item: Outcome | _FeedDone) -> None:
         """An outcome (or the reader's end) for the consumer; wakes it if it waits."""
-        self._results.append(item)
+        if self._discard and type(item) is not _FeedDone:
+            self._taken()
+            if self._outstanding:
+                return  # the consumer waits for the end only
+        else:
+            self._results.append(item)
         waiter = self._consumer
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -1344,7 +1352,7 @@ class OutcomeStream:
                         error, self._feed_error = self._feed_error, None
                         raise error
                     raise StopAsyncIteration
-                while not results:
+                if not results:
                     if self._consumer is not None:
                         raise RuntimeError("this stream is being read by another task already")
                     assert self._engine is not None
@@ -1353,22 +1361,36 @@ class OutcomeStream:
                         await self._consumer
                     finally:
                         self._consumer = None
+                    continue  # an outcome, the reader's end, or (drain) the last outcome out
                 item = results.popleft()
                 if isinstance(item, _FeedDone):
                     self._feed_done = True
                     self._feed_error = item.error
                     continue
-                self._outstanding -= 1
-                self._free += 1
-                reader = self._reader_waits
-                if reader is not None and not reader.done():
-                    reader.set_result(None)
-                if self._wake is not None:
-                    self._wake.set()  # room in the results: the reader may go on
+                self._taken()
                 return item
         except asyncio.CancelledError:
             await self.aclose()
             raise
+
+    def _taken(self) -> None:
+        """An outcome is out of the stream: room for the reader."""
+        self._outstanding -= 1
+        self._free += 1
+        reader = self._reader_waits
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+        if self._wake is not None:
+            self._wake.set()  # room in the results: the reader may go on
+
+    async def drain(self) -> None:
+        """Run to the end without yielding the outcomes: for a caller that needs only the
+        hooks (a journal) and the :attr:`summary`. Outcomes go nowhere else, so the stream
+        costs less per record than ``async for`` (issue 17). Ends as iterating would: the
+        input's error is raised, a cancellation stops the run (:meth:`aclose`)."""
+        self._discard = True
+        async for _ in self:
+            pass
 
     def _end(self) -> None:
         if not self._closed:

@@ -171,26 +171,41 @@ def _check_token(key: str, token: str | TokenProvider) -> TokenProvider:
     return FixedToken(token)
 
 
-def _closed_by_peer(transport: asyncio.BaseTransport | None) -> bool:
-    """Whether an idle pooled connection has anything to read: the server's FIN (it closed the
-    connection), or bytes it had no reason to send. Either way, no request may go on it.
+class _Select:
+    """``select.poll``'s one use here without it (Windows), or with no socket to look at
+    (``fd`` None: nothing to read): ``poll(0)``."""
 
-    One ``poll`` with a zero timeout: the kernel knows of a FIN before the event loop has run
-    the callback that would mark the connection closed, which is the window in which aiohttp
-    hands out a dead connection.
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def poll(self, timeout: int) -> list[int]:
+        if self._fd is None:
+            return []
+        readable, _, _ = select.select([self._fd], [], [], timeout)  # pragma: no cover (Windows)
+        return readable  # pragma: no cover (Windows)
+
+
+def _poller(transport: asyncio.BaseTransport | None) -> Any:
+    """What tells whether an idle pooled connection has anything to read: ``poll(0)`` is not
+    empty on the server's FIN (it closed the connection), or on bytes it had no reason to send.
+    Either way, no request may go on it. ``None``: its socket is closed already.
+
+    A ``poll`` with a zero timeout: the kernel knows of a FIN before the event loop has run the
+    callback that would mark the connection closed, which is the window in which aiohttp hands
+    out a dead connection. Made once per connection (making it per reuse cost more than the
+    ``poll``, issue 17).
     """
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
-        return False
+        return _Select(None)
     fd = sock.fileno()
     if fd < 0:
-        return True
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover (Windows)
-    return bool(readable)
+        return None
+    if not hasattr(select, "poll"):
+        return _Select(fd)  # pragma: no cover (Windows)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return poller
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -200,7 +215,7 @@ class _Connector(aiohttp.TCPConnector):
     sends a FIN; until the event loop has read it, aiohttp still counts the connection as
     alive and hands it out again. A request sent on it fails before the server sees it, yet it
     was counted as an attempt and spent the record's retry budget. Each pooled connection is
-    checked before reuse (:func:`_closed_by_peer`) and closed instead when the server has. (A
+    checked before reuse (:func:`_poller`) and closed instead when the server has. (A
     FIN still in flight while the request goes out cannot be told from a server that read the
     request and dropped it: that failure counts, as the server may have seen it. aiohttp's own
     silent re-send, which would also re-send the latter, stays off: see :meth:`_Lane.open`.)
@@ -208,9 +223,10 @@ class _Connector(aiohttp.TCPConnector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Protocols of connections handed out before: only those come from the pool. A fresh
-        # TLS connection may hold an unread session ticket, which is no reason to drop it.
-        self._used: weakref.WeakSet[object] = weakref.WeakSet()
+        # Protocols of connections handed out before (only those come from the pool: a fresh
+        # TLS connection may hold an unread session ticket, which is no reason to drop it),
+        # with their poller (:func:`_poller`) once reused.
+        self._used: weakref.WeakKeyDictionary[object, Any] = weakref.WeakKeyDictionary()
 
     async def connect(
         self,
@@ -223,11 +239,15 @@ class _Connector(aiohttp.TCPConnector):
             # connection is returned unchecked.
             conn = await super().connect(req, traces, timeout)
             protocol = conn.protocol
-            if protocol is None or protocol not in self._used:
-                if protocol is not None:
-                    self._used.add(protocol)
+            if protocol is None:
                 return self._gated(conn)
-            if not _closed_by_peer(conn.transport):
+            poller = self._used.get(protocol, self)  # `self`: never handed out before
+            if poller is self:
+                self._used[protocol] = None
+                return self._gated(conn)
+            if poller is None:
+                poller = self._used[protocol] = _poller(conn.transport)
+            if poller is not None and not poller.poll(0):
                 return self._gated(conn)
             log.debug("a pooled connection was closed by the server; not used")
             conn.close()
@@ -474,6 +494,7 @@ class _Lane:
         self._fresh_refusals = 0
         self._fresh_refused_at = float("-inf")
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the session's (asking costs a getpid)
         self._pacer: Pacing | None = None
         self._timeout = 0.0
         self.stopped: tuple[Status, str] | None = None
@@ -483,6 +504,7 @@ class _Lane:
         return f"<token {self.key!r}>"
 
     def open(self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout) -> None:
+        self._loop = asyncio.get_running_loop()
         self._pacer = self._client.pacing(self.key, self.provider, self.budget)
         self._sent_value = None  # a new session: its first request sets Authorization
         self._timeout = timeout.total or 0.0
@@ -641,10 +663,17 @@ class _Lane:
         """
         assert self._pacer is not None
         assert self._session is not None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         try:
             url = self._client.contact_url(contact_id)
-            credential = await self._credential()  # in the session's headers
+            # In the session's headers. The provider's value at hand when no refresh is due (no
+            # coroutine: two per request cost more than the lookup, issue 17).
+            credential = self.provider.current()
+            if credential is None:
+                credential = await self._credential()
+            elif credential.value is not self._sent_value:
+                self._bearer(credential.value)
             left = deadline - loop.time() if deadline is not None else None
             try:
                 if left is not None and left < self._timeout:
@@ -697,13 +726,17 @@ class _Lane:
             self.stop(Status.UNAUTHORIZED, str(exc))
             raise
         if credential.value is not self._sent_value:
-            self._sent_value = credential.value
-            self._redact.add(credential.value)  # whatever the provider, it is a secret
-            # The session's own headers: one merge fewer per request than passing it each
-            # time (issue 17). No await between here and the request that carries it.
-            assert self._session is not None
-            self._session.headers["Authorization"] = f"Bearer {credential.value}"
+            self._bearer(credential.value)
         return credential
+
+    def _bearer(self, value: str) -> None:
+        """Send ``value`` from now on: in the session's own headers, one merge fewer per request
+        than passing it each time (issue 17). No await between here and the request that
+        carries it."""
+        self._sent_value = value
+        self._redact.add(value)  # whatever the provider, it is a secret
+        assert self._session is not None
+        self._session.headers["Authorization"] = f"Bearer {value}"
 
     def _answer(
         self,
@@ -866,9 +899,10 @@ class GrowthHubClient:
         self.base_url = check_base_url(base_url, allow_insecure=allow_insecure)
         for provider in providers.values():
             provider.attach(self.base_url)  # an OAuth token endpoint follows the API (issue 18)
-        # The API's ids are ASCII letters and digits: nothing to quote, so the URL is the
-        # prefix plus the id, built without yarl's parsing (a few percent of a record's CPU).
-        self._contacts_prefix = str(self.base_url.joinpath("contacts")) + "/"
+        # The API's ids are ASCII letters and digits: nothing to quote, so the URL is the base
+        # URL with the path plus the id, built without yarl's parsing of a whole URL (a few
+        # percent of a record's CPU; `with_path` is a third of `URL(text, encoded=True)`).
+        self._contacts_path = self.base_url.joinpath("contacts").raw_path + "/"
         self.rate = parse_rate(rate)
         self.concurrency = concurrency
         self.timeout = timeout
@@ -955,7 +989,7 @@ class GrowthHubClient:
     def contact_url(self, contact_id: str) -> yarl.URL:
         """``{base_url}/contacts/{contact_id}`` for an id that passed ``check_contact_id``."""
         if contact_id.isascii() and contact_id.isalnum():
-            return yarl.URL(self._contacts_prefix + contact_id, encoded=True)
+            return self.base_url.with_path(self._contacts_path + contact_id, encoded=True)
         return self.base_url.joinpath("contacts", contact_id)  # quotes what needs it
 
     @property

@@ -56,7 +56,13 @@ from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, TextIO, TypeVar, cast
 
-from growthhub_async.auth import DEFAULT_REFRESH_MARGIN, AccessToken, TokenProvider, refresh_due
+from growthhub_async.auth import (
+    DEFAULT_REFRESH_MARGIN,
+    AccessToken,
+    TokenProvider,
+    at_hand,
+    refresh_due,
+)
 from growthhub_async.client import DEFAULT_TOKEN_KEY
 from growthhub_async.cmdline import Terminal
 from growthhub_async.errors import ConfigurationError, GrowthHubError, TokenRefreshFailed
@@ -403,6 +409,12 @@ class BrokeredToken(TokenProvider):
                     await self._ask("token", current.generation if current else -1)
         assert self._current is not None
         return self._current
+
+    def current(self) -> AccessToken | None:
+        """The current token when it is not due (else :meth:`token` asks the coordinator)."""
+        return at_hand(
+            self._current, self._failure, self._expires_at, self._lifetime, DEFAULT_REFRESH_MARGIN
+        )
 
     async def rejected(self, generation: int) -> bool:
         """Ask the coordinator for a new token once for every caller refused with it."""

@@ -568,8 +568,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
 
     async def drain() -> None:
         async with stream:
-            async for _ in stream:
-                pass
+            await stream.drain()
 
     consumer = asyncio.create_task(drain(), name="growthhub-job")
     interrupted = False

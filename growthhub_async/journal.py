@@ -164,10 +164,8 @@ def record_hash(
 
 def sent_hash(contact_id: str, token_key: str | None, body: bytes) -> bytes:
     """:func:`record_hash` of a record from what goes on the wire (the engine has the body)."""
-    digest = hashlib.blake2b(digest_size=_HASH_SIZE)
-    digest.update(_key_encoder.encode((contact_id, token_key)))
-    digest.update(body)
-    return digest.digest()
+    key = _key_encoder.encode((contact_id, token_key))
+    return hashlib.blake2b(key + body, digest_size=_HASH_SIZE).digest()
 
 
 _STATUSES: Final = tuple(Status)

@@ -44,7 +44,13 @@ import aiohttp
 import msgspec
 import yarl
 
-from growthhub_async.auth import AccessToken, OAuthProvider, TokenProvider, refresh_due
+from growthhub_async.auth import (
+    AccessToken,
+    OAuthProvider,
+    TokenProvider,
+    at_hand,
+    refresh_due,
+)
 from growthhub_async.contact_id import LOCATION_KEY, MAX_LOCATION_LENGTH, location_problem
 from growthhub_async.contact_id import json_type as _json_type
 from growthhub_async.errors import (
@@ -391,6 +397,16 @@ class LocationToken(TokenProvider):
             current = self._current
         assert current is not None
         return current
+
+    def current(self) -> AccessToken | None:
+        """The location's token when no mint is due (else :meth:`token` mints)."""
+        return at_hand(
+            self._current,
+            self._failure,
+            self._expires_at,
+            self._lifetime,
+            self._agency.refresh_margin,
+        )
 
     async def rejected(self, generation: int) -> bool:
         """Mint again once for every caller refused with ``generation``."""

@@ -207,10 +207,10 @@ class Budget:
     def __init__(
         self, rate: Rate | None, *, margin: float | None = None, max_pause: float | None = None
     ) -> None:
-        self.rate = rate
         self.margin = margin if margin is not None else default_margin(rate.window) if rate else 0.0
         if self.margin < 0:
             raise ConfigurationError("rate margin must not be negative")
+        self.rate = rate
         if max_pause is not None and not (math.isfinite(max_pause) and max_pause >= 0):
             raise ConfigurationError("max_pause must be a non-negative number of seconds")
         self.max_pause = max_pause
@@ -230,9 +230,23 @@ class Budget:
         self._foreign_at = -math.inf
 
     @property
+    def rate(self) -> Rate | None:
+        """The rate paced against (``None``: no pacing); a shared budget swaps it for its
+        fallback while its store is out of reach."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, rate: Rate | None) -> None:
+        self._rate = rate
+        # Read per request: worked out once (a property per read cost more than the budget's
+        # own arithmetic, issue 17). The margin never changes.
+        self._span = rate.window + self.margin if rate else 0.0
+        self._requests = rate.requests if rate else 0
+
+    @property
     def span(self) -> float:
         """The window we pace against: the rate's window plus the margin (0 without a rate)."""
-        return self.rate.window + self.margin if self.rate else 0.0
+        return self._span
 
     @property
     def foreign(self) -> int:
@@ -241,14 +255,15 @@ class Budget:
 
     def limit(self, now: float) -> int | None:
         """How many of our requests may be in one span now (``None``: no pacing)."""
-        if self.rate is None:
+        if self._rate is None:
             return None
-        limit = self.rate.requests
-        if self._server_limit is not None:
-            limit = min(limit, self._server_limit)
+        limit = self._requests
+        server = self._server_limit
+        if server is not None and server < limit:
+            limit = server
         if now < self._foreign_until:
             limit -= self._foreign
-        return max(1, limit)
+        return limit if limit > 1 else 1
 
     @property
     def server_limit(self) -> int | None:
@@ -277,7 +292,7 @@ class Budget:
         wait = self.paused_until - now
         limit = self.limit(now)
         if limit is not None:
-            span = self.span
+            span = self._span
             answered = self._answered
             inside = self._open + len(answered) - bisect_right(answered, now - span)
             if inside >= limit:
@@ -288,14 +303,14 @@ class Budget:
                 else:
                     # Every slot is in flight: look again once an answer may have come.
                     wait = max(wait, min(_POLL, span / limit))
-            if self._sent and self.rate is not None and limit < self.rate.requests:
+            if limit < self._requests and self._sent:
                 # Shared budget: spread our smaller share evenly (rule 3).
                 wait = max(wait, self._sent[-1] + span / limit - now)
         return wait if wait > 1e-9 else 0.0
 
     def record(self, now: float) -> None:
         """Note that a request goes now; :meth:`complete` must follow when its answer comes."""
-        if self.rate is None:
+        if self._rate is None:
             return
         self._open += 1
         self._sent.append(now)
@@ -311,11 +326,16 @@ class Budget:
     def complete(self, now: float) -> None:
         """Note that the answer to a recorded request came now (or that it failed, or was
         abandoned): from here on it counts for one span, then frees its slot (rule 1)."""
-        if self.rate is None:
+        if self._rate is None:
             return
-        self._open = max(0, self._open - 1)
-        insort(self._answered, now)
-        if len(self._answered) >= self._answered_prune_at:
+        if self._open > 0:
+            self._open -= 1
+        answered = self._answered
+        if not answered or now >= answered[-1]:
+            answered.append(now)  # answers mostly come in time order
+        else:
+            insort(answered, now)
+        if len(answered) >= self._answered_prune_at:
             horizon = now - 2 * self.span
             del self._answered[: bisect_right(self._answered, horizon)]
             self._answered_prune_at = max(_PRUNE_MIN, 2 * len(self._answered))

@@ -401,13 +401,19 @@ def _duplicate_key(raw: bytes, obj: dict[str, Any] | list[Any]) -> str | None:
     """Why ``raw`` (which decoded to ``obj``) is ambiguous: a key twice in one object, which
     msgspec (like most parsers) takes silently, keeping the last value. ``None`` when not.
 
-    Cheap first: every key is written ``"key":`` or with white space before its colon, so a line
-    with as many ``":`` as ``obj`` has keys, and no spaced colon, cannot repeat one (``":``
-    inside strings only adds to the count). Only other lines are parsed again, by
+    Cheap first: every key written is followed by one colon, so a line with no more colons
+    than ``obj`` has keys cannot repeat one (a colon inside a string only adds to the count:
+    then, every key is written ``"key":`` or with white space before its colon, so as many
+    ``":`` as keys and no spaced colon will do). Only other lines are parsed again, by
     ``json.loads`` with a hook that sees each object's keys in order.
     """
+    colons = raw.count(b":")
+    if type(obj) is dict and colons == len(obj) and raw.count(b"{") == 1:
+        return None  # one object, nothing nested (its only brace): its keys are len(obj)
     try:
         keys = _count_keys(obj) if isinstance(obj, dict) else _count_in_list(obj)
+        if colons == keys:
+            return None
         if raw.count(b'":') == keys and not _SPACED_COLON.search(raw):
             return None
     except RecursionError:

@@ -683,8 +683,9 @@ async def test_a_200_naming_another_contact_is_not_accepted() -> None:
 
 
 @contextlib.asynccontextmanager
-async def closing_keep_alive_server() -> AsyncIterator[tuple[str, list[str]]]:
-    """A raw server that answers with keep-alive, then closes the connection at once.
+async def closing_keep_alive_server(answers: int = 1) -> AsyncIterator[tuple[str, list[str]]]:
+    """A raw server that answers ``answers`` requests with keep-alive on a connection, then
+    closes it at once.
 
     Like a server whose keep-alive timeout ends right after an answer: the client's pool still
     holds the connection until its event loop has read the FIN.
@@ -697,22 +698,23 @@ async def closing_keep_alive_server() -> AsyncIterator[tuple[str, list[str]]]:
         assert task is not None
         handlers.add(task)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            cid = lines[0].split(b" ")[1].rsplit(b"/", 1)[-1]
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in lines
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
-            answered.append(cid.decode())
-            body = OK_BODY % cid
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            await writer.drain()
+            for _ in range(answers):
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                cid = lines[0].split(b" ")[1].rsplit(b"/", 1)[-1]
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in lines
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                answered.append(cid.decode())
+                body = OK_BODY % cid
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -732,10 +734,13 @@ async def closing_keep_alive_server() -> AsyncIterator[tuple[str, list[str]]]:
         await server.wait_closed()
 
 
-async def test_a_keep_alive_connection_the_server_closed_is_no_attempt() -> None:
+@pytest.mark.parametrize("answers", [1, 3])
+async def test_a_keep_alive_connection_the_server_closed_is_no_attempt(answers: int) -> None:
+    # 3: the connection is checked on reuse twice, open, before the server closes it (the
+    # client keeps what it checks with per connection: it must see the FIN all the same).
     ids = [f"c{n}" for n in range(40)]
     async with (
-        closing_keep_alive_server() as (url, answered),
+        closing_keep_alive_server(answers) as (url, answered),
         GrowthHubClient(TOKEN, base_url=url, rate=None, concurrency=2, retry=NO_WAIT) as gh,
     ):
         outcomes = [

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +447,49 @@ async def test_a_scope_401_and_a_403_are_not_refreshed(start_sandbox: StartSandb
         outcome = await gh.submit("c1", UPDATE)
     assert (outcome.status, outcome.http_status, outcome.attempts) == (Status.UNAUTHORIZED, 403, 1)
     assert oauth_stats(sb403)["requests"] == 1
+
+
+async def test_current_hands_over_a_token_without_waiting_only_when_token_would_too(
+    start_sandbox: StartSandbox,
+) -> None:
+    sb = await start_sandbox(oauth_sandbox_config())
+    assert provider_for(sb).current() is None  # no access token yet: token() refreshes
+    # Within the refresh margin of its expiry: due.
+    provider = provider_for(sb, access_token="soon-gone", expires_at=time.time() + 60)
+    assert provider.current() is None
+    async with client_for(sb, provider) as gh:
+        assert (await gh.submit("c1", UPDATE)).status is Status.UPDATED
+        token = provider.current()
+        assert token is not None
+        assert token.value != "soon-gone"
+        assert token is await provider.token()  # at hand: nothing due
+    assert oauth_stats(sb)["refreshes"] == 1
+    revoked = OAuthProvider(
+        CLIENT_ID,
+        CLIENT_SECRET,
+        "revoked-refresh",
+        access_token="refused",
+        token_url=f"{sb.base_url}/oauth/token",
+    )
+    assert revoked.current() is not None  # no expiry known: not due
+    with pytest.raises(TokenRefreshFailed):
+        await revoked.rejected(0)  # a 401, and the refresh fails
+    assert revoked.current() is None  # token() raises now: so must the client's path
+    await revoked.aclose()
+
+    asked: list[int] = []
+
+    class Counted(FixedToken):
+        """A subclass with its own token(): the client must ask it, not the fixed value."""
+
+        async def token(self) -> AccessToken:
+            asked.append(1)
+            return await super().token()
+
+    async with client_for(sb, Counted(TEST_TOKEN)) as gh:  # type: ignore[arg-type]
+        for n in range(3):
+            assert (await gh.submit(f"c{n}", UPDATE)).status is Status.UPDATED
+    assert len(asked) == 3
 
 
 async def test_fixed_tokens_and_providers_mix(start_sandbox: StartSandbox) -> None:

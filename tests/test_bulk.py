@@ -819,6 +819,42 @@ async def test_a_stream_read_by_two_tasks_at_once_is_refused() -> None:
     assert sorted(o.line for o in outcomes) == [1, 2, 3]
 
 
+async def test_drain_runs_a_stream_to_its_end_with_every_outcome_to_the_hooks() -> None:
+    """drain(): the outcomes go to the hooks and the summary only, and the room they leave goes
+    back to the reader (a small max_pending: nothing left holding it, or the run would hang).
+    An input that fails midway ends the drain with its error, every record read answered."""
+    finished: list[Outcome] = []
+
+    @listens(RecordFinished)
+    def hook(event: Event) -> None:
+        assert isinstance(event, RecordFinished)
+        finished.append(event.outcome)
+
+    def failing() -> Iterator[tuple[str, UpdateContact]]:
+        yield from ((f"d{i}", UpdateContact(first_name="x")) for i in range(20))
+        raise OSError("the input went away")
+
+    config = SandboxConfig(tokens=frozenset({TOKEN}), faults=Faults(latency=0.005))
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(TOKEN, base_url=sb.base_url, rate=None, concurrency=4, max_pending=3) as gh,
+    ):
+        records = [(f"c{i}", UpdateContact(first_name="x")) for i in range(60)]
+        records.insert(7, ("bad/id", UpdateContact(first_name="x")))
+        stream = gh.update_contacts(records, hooks=[hook])
+        async with stream:
+            await asyncio.wait_for(stream.drain(), 30)
+        assert sorted(o.line for o in finished) == list(range(1, 62))
+        assert stream.summary.by_status == {Status.UPDATED: 60, Status.REJECTED: 1}
+        assert [o async for o in stream] == []  # nothing kept to read afterwards
+        finished.clear()
+        failed = gh.update_contacts(failing(), hooks=[hook])
+        with pytest.raises(OSError, match="went away"):
+            await asyncio.wait_for(failed.drain(), 30)
+    assert sorted(o.line for o in finished) == list(range(1, 21))
+    assert sb.stats()["byStatus"]["200"] == 80
+
+
 async def test_a_task_started_by_a_hook_inside_a_worker_is_not_held_by_its_send_gate() -> None:
     """The send gate of a record's request is this worker's for that request only: a task a
     hook starts (it inherits the worker's context) sends its own update, though the record that

@@ -329,8 +329,18 @@ async def test_closed_client_refuses_work(sandbox: Sandbox) -> None:
 @pytest.mark.parametrize(
     "contact_id", ["ocQHyuzHvysMo5N5VsXc", "abc", "ab\u00e9", "\u6f22\u5b57", "a-b_c.d"]
 )
-def test_contact_url_fast_path_equals_yarl_join(contact_id: str) -> None:
-    gh = GrowthHubClient(token="t", base_url="http://127.0.0.1:1/api/")
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://127.0.0.1:1/api/",
+        "https://services.leadconnectorhq.com",
+        "https://services.leadconnectorhq.com:443/",
+        "http://[::1]:8080/a%20b/v2",
+        "https://xn--bcher-kva.example/proxy/%C3%A9",
+    ],
+)
+def test_contact_url_fast_path_equals_yarl_join(base_url: str, contact_id: str) -> None:
+    gh = GrowthHubClient(token="t", base_url=base_url)
     expected = gh.base_url.joinpath("contacts", contact_id)
     assert gh.contact_url(contact_id) == expected
     assert str(gh.contact_url(contact_id)) == str(expected)
