@@ -168,6 +168,11 @@ class StateRun:
         self.sender = self if sender is None else sender
         self.server = server
         self._sent: dict[tuple[int, str], _Sent] = {}
+        self._handed: set[Key] = set()
+        """Without ``track`` (a dry run): the contacts the state holds that were handed on to
+        be sent, which the state never learns are in flight: a later record of one is sent
+        too, as in the real run (rules 2 and 3). Only changed contacts: a new one is sent
+        anyway."""
         self.unchanged = 0
         """Records found unchanged so far."""
         self.to_send: Counter[str] = Counter()
@@ -239,7 +244,8 @@ class StateRun:
                 continue  # the engine rejects it, naming the value
             digest = digest_of(body)
             row = rows.get(key)
-            if row is not None and key not in busy and not state.in_flight(key):
+            handed = not self.track and key in self._handed
+            if row is not None and key not in busy and not handed and not state.in_flight(key):
                 send = _unchanged_or_changes(record, row, digest, changed=changed)
                 if send is not record and self.encode is not None:
                     self.hashes[record.line] = record_hash(record, self.encode)
@@ -249,7 +255,10 @@ class StateRun:
                     continue
                 items[i] = send
             self.to_send[key[0]] += 1
-            if self.track:
+            if not self.track:
+                if row is not None:
+                    self._handed.add(key)
+            else:
                 self._sent[record.line, record.contact_id] = _Sent(key, digest, body)
                 state.sending(key, self.sender)
                 if full or row is not None:
