@@ -29,6 +29,10 @@ Common rules
   text"); the others go on.
 - A line longer than :data:`MAX_LINE_BYTES` (1 MiB) rejects its record ("longer than 1 MiB")
   and is skipped in bounded chunks: memory never holds more than about one such chunk.
+- A control character in a value (C0 but tab, line feed and carriage return; DEL; C1) rejects
+  its record, naming the character, its position and the column or JSON path: a NUL raw in a
+  CSV cell and ``\u0000`` in a JSON string alike (JSON cannot hold one raw). Only lines with a
+  backslash escape (JSONL) or a control character (a CSV row) are looked at closely.
 
 JSONL (``.jsonl``, ``.ndjson``, or ``-`` for standard input)
 ------------------------------------------------------------
@@ -333,6 +337,11 @@ def read_jsonl(
         if (duplicate := _duplicate_key(raw, obj)) is not None:
             yield _reject(lineno, duplicate)
             continue
+        # A control character can only be written escaped (JSON forbids it raw): look for one
+        # only in lines with such an escape (rare), so that other lines pay one search.
+        if _ESCAPE.search(raw) is not None and (control := _control_in(obj, "$")) is not None:
+            yield _reject(lineno, control, _safe_id(obj.get("contactId")))
+            continue
         yield _jsonl_record(lineno, obj, convert)
 
 
@@ -390,6 +399,49 @@ def _why_undecodable(raw: bytes, exc: Exception, encoding: str = "utf-8") -> str
             " line ends, e.g. tr '\\r' '\\n')"
         )
     return why
+
+
+# Control characters a contact field cannot hold: C0 (but tab, line feed and carriage return,
+# which multi-line text such as an address holds), DEL and C1. NUL first: a database or a
+# C string would cut the value there; the others are binary garbage or a wrong encoding.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# How a JSON string writes them: \u0000-\u001f, \u007f-\u009f, \b, \f (an escaped backslash
+# before "u0000" matches too: the walk then finds nothing).
+_ESCAPE: Final = re.compile(rb"\\(?:u00[0189][0-9a-fA-F]|u007[fF]|[bf])")
+
+
+def _control_message(text: str, where: str) -> str | None:
+    """Why ``text`` cannot be sent (``where``: the field, in the user's terms), or ``None``."""
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    return (
+        f"control character U+{ord(found.group()):04X} (not text a field can hold) at position"
+        f" {found.start() + 1} {where}"
+    )
+
+
+def _control_in(value: Any, path: str) -> str | None:
+    """Why a decoded JSON ``value`` (at JSON path ``path``) cannot be sent: the first string,
+    or object key, holding a control character; ``None`` when none does."""
+    if type(value) is str:
+        return _control_message(value, f"- at `{path}`")
+    if type(value) is dict:
+        for key, item in value.items():
+            if (why := _control_message(key, f"in a key - at `{path}`")) is not None:
+                return why
+            if (why := _control_in(item, f"{path}.{key}")) is not None:
+                return why
+    elif type(value) is list:
+        for n, item in enumerate(value):
+            if (why := _control_in(item, f"{path}[{n}]")) is not None:
+                return why
+    return None
+
+
+def _safe_id(contact_id: object) -> str | None:
+    """A JSONL record's contactId for a rejected outcome, when it is a safe string."""
+    return _safe(contact_id) if type(contact_id) is str else None
 
 
 # A quote, then white space, then a colon: a key written `"a" :` (or a string value so).
@@ -790,6 +842,9 @@ def _csv_record(line: int, columns: list[_Column], row: list[str]) -> Item:
     custom_columns: list[str] = []
     contact_id = ""
     location: str | None = None
+    # One search over the whole row; the cells only when it finds something (rare).
+    if _CONTROL.search("\t".join(row)) is not None:
+        return _control_in_row(line, columns, row)
     try:
         for (kind, name, path), cell in zip(columns, row, strict=True):
             if not cell:
@@ -821,6 +876,14 @@ def _csv_record(line: int, columns: list[_Column], row: list[str]) -> Item:
             message += f" (column `{custom_columns[int(m.group(1))]}`)"
         return _reject(line, message, contact_id)
     return Record(line, contact_id, update, location)
+
+
+def _control_in_row(line: int, columns: list[_Column], row: list[str]) -> Outcome:
+    """The rejection of a row that holds a control character, naming the first one's column."""
+    for (_, name, _), cell in zip(columns, row, strict=True):
+        if (why := _control_message(cell, f"in column `{name}`")) is not None:
+            return _reject(line, why, _cell_id(columns, row))
+    raise AssertionError("no control character in the row")  # the caller found one
 
 
 def _put(body: dict[str, Any], kind: str, name: str, path: tuple[str, ...], cell: str) -> None:
@@ -859,6 +922,8 @@ def _json_cell(text: str, name: str) -> Any:
         raise _CellError(f"{_TOO_DEEP} in column `{name}`") from None
     if type(value) in _CONTAINERS and (duplicate := _duplicate_key(text.encode(), value)):
         raise _CellError(f"{duplicate} in column `{name}`")
+    if "\\" in text and (control := _control_in(value, "$")) is not None:
+        raise _CellError(f"{control} in column `{name}`")
     return value
 
 
