@@ -766,11 +766,7 @@ def read_csv(stream: BinaryLines, *, delimiter: str | None = None) -> Iterator[I
     separates the cells. Raises :class:`~growthhub_async.errors.InputError` when the header
     line cannot be read (not text in a known encoding, too long): no row could be understood.
     """
-    lines = _CsvLines(stream)
-    peeked = lines.peek()
-    if delimiter is None:
-        delimiter = _delimiter(peeked[-1]) if peeked else ","
-    rows = _rows(lines, delimiter)
+    lines, rows = _csv_rows(stream, delimiter)
     for start, header in rows:
         if isinstance(header, Outcome):
             raise InputError(_header_problem(start, header, lines.encoding))
@@ -797,6 +793,17 @@ def read_csv(stream: BinaryLines, *, delimiter: str | None = None) -> Iterator[I
             yield _reject(start, message, _cell_id(columns, row))
         else:
             yield _csv_record(start, columns, row)
+
+
+def _csv_rows(
+    stream: BinaryLines, delimiter: str | None
+) -> tuple[_CsvLines, Iterator[tuple[int, list[str] | Outcome]]]:
+    """The physical lines of a CSV stream and its rows (``delimiter``: the header's, if None)."""
+    lines = _CsvLines(stream)
+    peeked = lines.peek()
+    if delimiter is None:
+        delimiter = _delimiter(peeked[-1]) if peeked else ","
+    return lines, _rows(lines, delimiter)
 
 
 def _header_problem(line: int, outcome: Outcome, encoding: str) -> str:
@@ -1057,25 +1064,42 @@ def open_source(
 
 
 def count_records(path: str) -> int | None:
-    """About how many records ``path`` holds, for a progress bar; ``None`` when unknown.
+    """How many records ``path`` holds, for a progress bar; ``None`` when unknown.
 
-    Counts line endings in binary chunks (about a second per few GB): blank lines and CSV cells
-    spanning lines make it an upper bound. ``None`` for standard input or an unreadable file.
+    Exact: the lines are read as the readers read them (UTF-8, UTF-16 or UTF-32 by the same
+    sniffing, blank lines skipped), and a CSV's rows are split as its reader splits them
+    (quoted cells spanning lines, bare CRs ending lines, a quote left open taken back), only
+    without building the records: about 0.15 s per million JSONL lines, a few times that for
+    CSV (the progress bar's count runs in a thread beside the job). ``None`` for standard
+    input, an unreadable file or a CSV whose header cannot be read.
     """
     if path == "-":
         return None
     try:
         kind = input_kind(path)
-        lines = 0
-        last = b"\n"
         with open(path, "rb") as f:
-            while chunk := f.read(_COUNT_CHUNK):
-                lines += chunk.count(b"\n")
-                last = chunk[-1:]
+            return _count_csv(f) if kind == "csv" else _count_jsonl(f)
     except (OSError, InputError):
         return None
-    if last != b"\n":
-        lines += 1  # a last line without its newline
-    if kind == "csv":
-        lines = max(lines - 1, 0)  # the header
-    return lines
+
+
+def _count_jsonl(stream: BinaryLines) -> int:
+    """The records of a JSONL stream: its lines that are not blank (an over-long line once)."""
+    first, readline, _ = _utf8_lines(stream)
+    count = 0
+    whole = True  # the last piece read ended its line (a line over 1 MiB comes in pieces)
+    for raw in itertools.chain((first,), iter(partial(readline, _READ_LIMIT), b"")):
+        if whole and not raw.isspace():
+            count += 1
+        whole = raw.endswith(b"\n")
+    return count if first else 0
+
+
+def _count_csv(stream: BinaryLines) -> int | None:
+    """The records of a CSV stream: its rows after the header, blank ones left out."""
+    _, rows = _csv_rows(stream, None)
+    items = (row for _, row in rows if row != [])
+    header = next(items, None)
+    if isinstance(header, Outcome):
+        return None  # the reader refuses the file
+    return sum(1 for _ in items)

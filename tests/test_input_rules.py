@@ -8,11 +8,18 @@ involved: "not sent" is what the server saw.
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 from pathlib import Path
 
+import pytest
 from cli_helpers import SECRET_TOKEN, journal_lines, run_cli, update_args
 from conftest import StartSandbox, sandbox_config
+
+from growthhub_async.job import JobSettings, run_job
+from growthhub_async.ratelimit import Rate
+from growthhub_async.sources import Record, count_records, open_source
 
 
 async def test_control_characters_reject_their_record_in_csv_and_jsonl(
@@ -72,3 +79,62 @@ async def test_control_characters_reject_their_record_in_csv_and_jsonl(
     # The line break as the file holds it (CRLF in the CSV's quoted cell), the tab kept.
     assert sandbox.history["c3"][-1]["address1"] == "1 Main St\r\nFlat\t2"
     assert sandbox.history["j3"][-1]["address1"] == "1 Main St\nFlat\t2"
+
+
+# -- the progress total ------------------------------------------------------------------------
+
+# Characters whose UTF-16/32 code units hold a 0x0A or 0x0D byte (上 is U+4E0A, Ċ U+010A, ਊ
+# U+0A0A, č U+010D): counting newline bytes counted each of them as a line.
+TRICKY = "上Ċਊč"
+
+
+def utf16_inputs() -> dict[str, str]:
+    """Text of inputs whose records are not their lines: blank lines, multi-line cells."""
+    jsonl = "".join(
+        json.dumps({"contactId": f"j{n}", "firstName": TRICKY * n}, ensure_ascii=False)
+        + "\n"
+        + ("\n  \n" if n % 3 == 0 else "")
+        for n in range(1, 13)
+    )
+    csv_text = "\r\n\r\ncontactId\tfirstName\taddress1\r\n" + "".join(
+        f'c{n}\t{TRICKY}\t"1 Main St\r\nFlat {n}\r\n{TRICKY}"\r\n' + ("\r\n" if n % 4 == 0 else "")
+        for n in range(1, 10)
+    )
+    return {"in.jsonl": jsonl, "in.txt": csv_text}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8"])
+def test_the_progress_total_counts_records_in_utf16_and_multi_line_cells(
+    tmp_path: Path, encoding: str
+) -> None:
+    bom = {"utf-16-le": codecs.BOM_UTF16_LE, "utf-16-be": codecs.BOM_UTF16_BE, "utf-8": b""}
+    for name, text in utf16_inputs().items():
+        path = tmp_path / name
+        path.write_bytes(bom[encoding] + text.encode(encoding))
+        with open_source(str(path)) as source:
+            items = list(source)
+        assert all(isinstance(item, Record) for item in items), items
+        assert count_records(str(path)) == len(items) == (12 if name == "in.jsonl" else 9)
+
+
+async def test_the_progress_bar_of_a_utf16_excel_export_ends_at_its_total(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    sandbox = await start_sandbox(
+        sandbox_config(tokens=frozenset({SECRET_TOKEN}), rate_limit=10_000, rate_window=1.0)
+    )
+    path = tmp_path / "in.txt"
+    path.write_bytes(codecs.BOM_UTF16_LE + utf16_inputs()["in.txt"].encode("utf-16-le"))
+    err = io.StringIO()
+    settings = JobSettings(
+        input=str(path),
+        out=str(tmp_path / "out.jsonl"),
+        base_url=sandbox.base_url,
+        rate=Rate(1000, 1.0),
+        progress="bar",
+        handle_signals=False,
+    )
+    result = await run_job(settings, token=SECRET_TOKEN, stdout=io.StringIO(), stderr=err)
+    assert result.exit_status == 0, err.getvalue()
+    assert "9/9 100.0%" in err.getvalue().rsplit("\r", 1)[-1]
+    assert sandbox.history["c9"][-1]["address1"] == f"1 Main St\r\nFlat 9\r\n{TRICKY}"
