@@ -41,32 +41,40 @@ def format_duration(seconds: float) -> str:
 
 
 def eta_seconds(
-    done: int, total: int | None, elapsed: float, rate: Rate | None = None, tokens: int = 1
+    done: int,
+    total: int | None,
+    elapsed: float,
+    rate: Rate | None = None,
+    *,
+    tokens: int = 1,
+    requests: int | None = None,
 ) -> float | None:
     """Seconds until ``total`` records are done, ``done`` of them in ``elapsed`` seconds;
     ``None`` when unknown (no total, nothing done yet, or all done).
 
     The pace so far, but never sooner than ``rate`` (per token, ``tokens`` of them) lets the
-    last record through: the limiter sends a first window's allowance at once, then one
-    allowance per window, so the last of ``total`` records goes out no sooner than
-    ``ceil(total / allowance) - 1`` windows after the start. At a slow rate (``1/1h``) the
-    pace so far alone is the first burst's, answered in milliseconds: it promised seconds
-    for what takes hours.
+    last request through: the limiter sends a first window's allowance at once, then one
+    allowance per window, so the last request goes out no sooner than
+    ``ceil(last / allowance) - 1`` windows after the start, ``last`` being ``requests`` (sent
+    for the records done, retries included; default ``done``) plus one for each record left.
+    At a slow rate (``1/1h``) the pace so far alone is the first burst's, answered in
+    milliseconds: it promised seconds for what takes hours.
     """
     if not total or done == 0 or elapsed <= 0 or done >= total:
         return None
     seconds = (total - done) * elapsed / done
     if rate is not None:
+        last = (done if requests is None else requests) + total - done
         allowance = rate.requests * max(1, tokens)
-        last_window = (math.ceil(total / allowance) - 1) * rate.window
+        last_window = (math.ceil(last / allowance) - 1) * rate.window
         seconds = max(seconds, last_window - elapsed)
     return seconds
 
 
-def _eta(
-    done: int, total: int | None, elapsed: float, rate: Rate | None = None, tokens: int = 1
-) -> str:
-    seconds = eta_seconds(done, total, elapsed, rate, tokens)
+def _eta(summary: Summary, total: int | None, rate: Rate | None, tokens: int) -> str:
+    seconds = eta_seconds(
+        summary.records, total, summary.elapsed, rate, tokens=tokens, requests=summary.requests
+    )
     return "--" if seconds is None else format_duration(seconds)
 
 
@@ -108,7 +116,7 @@ def render_bar(
     line = head[:width]
     for piece in (
         _paused(summary),
-        f"ETA {_eta(done, total, summary.elapsed, rate, tokens)}",
+        f"ETA {_eta(summary, total, rate, tokens)}",
         f"{summary.rate:.1f} req/s",
         _counts(summary),
     ):
@@ -127,8 +135,7 @@ def render_line(
     return (
         f"progress: {summary.records}{of_total} records, {summary.rate:.1f} req/s, "
         f"{_counts(summary)}, elapsed {format_duration(summary.elapsed)}, "
-        f"ETA {_eta(summary.records, total, summary.elapsed, rate, tokens)}"
-        + (f", {paused}" if paused else "")
+        f"ETA {_eta(summary, total, rate, tokens)}" + (f", {paused}" if paused else "")
     )
 
 

@@ -133,6 +133,10 @@ def test_eta_at_a_slow_rate_waits_for_the_limit_not_the_first_burst() -> None:
     assert eta_seconds(5, 10, 4 * hour + 1, rate) == pytest.approx(5 * hour - 1)
     # Two tokens (locations), each 1/1h: twice the allowance, half the windows.
     assert eta_seconds(2, 10, 1.0, rate, tokens=2) == pytest.approx(4 * hour - 1)
+    # Records rejected at once take no request: five of ten, then one answered. The four
+    # left need four more hours, not nine; a record that took 3 requests (retries) adds two.
+    assert eta_seconds(6, 10, 0.05, rate, requests=1) == pytest.approx(4 * hour - 0.05)
+    assert eta_seconds(6, 10, 0.05, rate, requests=3) == pytest.approx(6 * hour - 0.05)
     # A server slower than the limit: its own pace rules.
     assert eta_seconds(5, 10, 50.0, Rate(100, 10.0)) == pytest.approx(50.0)
     assert eta_seconds(10, 10, 5.0, rate) is None  # done
