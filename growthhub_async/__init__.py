@@ -11,9 +11,13 @@ imports SQLite (issue 17).
 
 import logging
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
+# Not typing's: importing typing takes milliseconds in which a Ctrl-C would still print a
+# traceback (type checkers read any TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from growthhub_async.auth import FixedToken, OAuthProvider, TokenProvider, TokenSet
     from growthhub_async.bulk import OutcomeStream
     from growthhub_async.client import GrowthHubClient, TokenView
@@ -147,7 +151,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Final
 
-EXIT_INTERRUPTED: Final = 130
+TYPE_CHECKING = False  # not typing's, as in the package's __init__: the start-up is short
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_INTERRUPTED = 130
 """The exit status after a Ctrl-C the run did not handle itself: 128 + SIGINT."""
 
 
