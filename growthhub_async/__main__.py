@@ -2,6 +2,6 @@
 
 import sys
 
-from growthhub_async.cli import main
+from growthhub_async.console import main
 
 sys.exit(main())

@@ -168,6 +168,11 @@ class StateRun:
         self.sender = self if sender is None else sender
         self.server = server
         self._sent: dict[tuple[int, str], _Sent] = {}
+        self._handed: set[Key] = set()
+        """Without ``track`` (a dry run): the contacts the state holds that were handed on to
+        be sent, which the state never learns are in flight: a later record of one is sent
+        too, as in the real run (rules 2 and 3). Only changed contacts: a new one is sent
+        anyway."""
         self.unchanged = 0
         """Records found unchanged so far."""
         self.to_send: Counter[str] = Counter()
@@ -239,7 +244,7 @@ class StateRun:
                 continue  # the engine rejects it, naming the value
             digest = digest_of(body)
             row = rows.get(key)
-            if row is not None and key not in busy and not state.in_flight(key):
+            if row is not None and key not in busy and not self._in_flight(key):
                 send = _unchanged_or_changes(record, row, digest, changed=changed)
                 if send is not record and self.encode is not None:
                     self.hashes[record.line] = record_hash(record, self.encode)
@@ -249,7 +254,9 @@ class StateRun:
                     continue
                 items[i] = send
             self.to_send[key[0]] += 1
-            if self.track:
+            if not self.track:
+                self._hand_on(key, row)
+            else:
                 self._sent[record.line, record.contact_id] = _Sent(key, digest, body)
                 state.sending(key, self.sender)
                 if full or row is not None:
@@ -259,6 +266,15 @@ class StateRun:
                 self.state.forget(key)
             await self.state.flush()  # committed before any of them can be sent
         return items
+
+    def _in_flight(self, key: Key) -> bool:
+        """Whether a record of ``key`` is in flight (a dry run's: handed on to be sent)."""
+        return self.state.in_flight(key) or key in self._handed
+
+    def _hand_on(self, key: Key, row: StoredRow | None) -> None:
+        """A dry run hands on a record of ``key`` to be sent (see ``_handed``)."""
+        if row is not None:
+            self._handed.add(key)
 
     def _records_of(self, items: list[Any], first: int) -> list[tuple[int, Record, Key]]:
         """The records among ``items`` (made :class:`Record` in place), with their state key."""

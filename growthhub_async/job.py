@@ -234,27 +234,34 @@ def _shard_of_item(item: Item, shards: int) -> int:
 class _Progress:
     """Draws the live bar or the plain line on stderr; the caller owns the clock."""
 
-    def __init__(self, mode: ProgressMode, stream: TextIO, every: float) -> None:
+    def __init__(
+        self, mode: ProgressMode, stream: TextIO, every: float, rate: Rate | None = None
+    ) -> None:
         if mode == "auto":
             mode = "bar" if isatty(stream) else "line"
         self.mode = mode
         self.stream = stream
         self.every = _BAR_EVERY if mode == "bar" else every
         self.total: int | None = None
+        self.rate = rate
+        """The run's limit, per token: the ETA is never sooner than it lets records through."""
+        self.tokens = 1
+        """The tokens (locations) the run has used so far, each with its own limit."""
         self._drawn = False
 
     def draw(self, summary: Summary, extra: str | None = None) -> None:
         """Redraw; ``extra`` (the locations at work) follows when there is room for it."""
         if self.mode == "bar":
             width = shutil.get_terminal_size((100, 24)).columns - 1
-            line = render_bar(summary, self.total, width)
+            line = render_bar(summary, self.total, width, rate=self.rate, tokens=self.tokens)
             if extra and len(line) + 2 + len(extra) <= width:
                 line += "  " + extra
             # \r and "erase to end of line": one line redrawn in place, never wrapped.
             self.stream.write("\r\x1b[K" + line)
             self._drawn = True
         elif self.mode == "line":
-            self.stream.write(render_line(summary, self.total) + (f"; {extra}" if extra else ""))
+            line = render_line(summary, self.total, rate=self.rate, tokens=self.tokens)
+            self.stream.write(line + (f"; {extra}" if extra else ""))
             self.stream.write("\n")
         self.stream.flush()
 
@@ -562,7 +569,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         spill_dir=settings.spill_dir,
     )
     summary = stream.summary
-    progress = _Progress(settings.progress, err, settings.progress_every)
+    progress = _Progress(settings.progress, err, settings.progress_every, settings.rate)
     counting = asyncio.ensure_future(asyncio.to_thread(count_records, settings.input))
     started = loop.time()
 
@@ -633,6 +640,7 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
                 next_draw = now + progress.every
                 extra = None
                 if many:
+                    progress.tokens = max(1, len(by_location))
                     left = stream.left_by_token()
                     extra = render_location_progress(left, len(set(by_location) - set(left)))
                 progress.draw(summary, extra)

@@ -17,6 +17,7 @@ from growthhub_async.ratelimit import Rate
 
 __all__ = [
     "LocationStats",
+    "eta_seconds",
     "format_duration",
     "pace_against_limit",
     "render_bar",
@@ -39,10 +40,42 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _eta(done: int, total: int | None, elapsed: float) -> str:
+def eta_seconds(
+    done: int,
+    total: int | None,
+    elapsed: float,
+    rate: Rate | None = None,
+    *,
+    tokens: int = 1,
+    requests: int | None = None,
+) -> float | None:
+    """Seconds until ``total`` records are done, ``done`` of them in ``elapsed`` seconds;
+    ``None`` when unknown (no total, nothing done yet, or all done).
+
+    The pace so far, but never sooner than ``rate`` (per token, ``tokens`` of them) lets the
+    last request through: the limiter sends a first window's allowance at once, then one
+    allowance per window, so the last request goes out no sooner than
+    ``ceil(last / allowance) - 1`` windows after the start, ``last`` being ``requests`` (sent
+    for the records done, retries included; default ``done``) plus one for each record left.
+    At a slow rate (``1/1h``) the pace so far alone is the first burst's, answered in
+    milliseconds: it promised seconds for what takes hours.
+    """
     if not total or done == 0 or elapsed <= 0 or done >= total:
-        return "--"
-    return format_duration((total - done) * elapsed / done)
+        return None
+    seconds = (total - done) * elapsed / done
+    if rate is not None:
+        last = (done if requests is None else requests) + total - done
+        allowance = rate.requests * max(1, tokens)
+        last_window = (math.ceil(last / allowance) - 1) * rate.window
+        seconds = max(seconds, last_window - elapsed)
+    return seconds
+
+
+def _eta(summary: Summary, total: int | None, rate: Rate | None, tokens: int) -> str:
+    seconds = eta_seconds(
+        summary.records, total, summary.elapsed, rate, tokens=tokens, requests=summary.requests
+    )
+    return "--" if seconds is None else format_duration(seconds)
 
 
 def _counts(summary: Summary) -> str:
@@ -58,12 +91,20 @@ def _paused(summary: Summary) -> str | None:
     return f"PAUSED {format_duration(rest)} (429)" if rest > 0 else None
 
 
-def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
+def render_bar(
+    summary: Summary,
+    total: int | None,
+    width: int = 160,
+    *,
+    rate: Rate | None = None,
+    tokens: int = 1,
+) -> str:
     """The live terminal line, at most ``width`` characters (no newline).
 
     Pieces go in order of use until the width is spent: bar and done/total, a running 429
     pause, ETA, rate, then the counts, so an 80-column terminal still shows how far and how
-    long.
+    long. ``rate`` and ``tokens`` (the run's limit, and the tokens it applies to each) keep
+    the ETA from promising more than the limit lets through (:func:`eta_seconds`).
     """
     done = summary.records
     if total:
@@ -75,7 +116,7 @@ def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
     line = head[:width]
     for piece in (
         _paused(summary),
-        f"ETA {_eta(done, total, summary.elapsed)}",
+        f"ETA {_eta(summary, total, rate, tokens)}",
         f"{summary.rate:.1f} req/s",
         _counts(summary),
     ):
@@ -84,14 +125,17 @@ def render_bar(summary: Summary, total: int | None, width: int = 160) -> str:
     return line
 
 
-def render_line(summary: Summary, total: int | None) -> str:
-    """The plain progress line for logs and pipes (no terminal control characters)."""
+def render_line(
+    summary: Summary, total: int | None, *, rate: Rate | None = None, tokens: int = 1
+) -> str:
+    """The plain progress line for logs and pipes (no terminal control characters); ``rate``
+    and ``tokens`` as for :func:`render_bar`."""
     of_total = f"/{total}" if total else ""
     paused = _paused(summary)
     return (
         f"progress: {summary.records}{of_total} records, {summary.rate:.1f} req/s, "
         f"{_counts(summary)}, elapsed {format_duration(summary.elapsed)}, "
-        f"ETA {_eta(summary.records, total, summary.elapsed)}" + (f", {paused}" if paused else "")
+        f"ETA {_eta(summary, total, rate, tokens)}" + (f", {paused}" if paused else "")
     )
 
 

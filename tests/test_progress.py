@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import io
+import re
+from pathlib import Path
 
+import pytest
+from conftest import TEST_TOKEN, StartSandbox, sandbox_config
+
+from growthhub_async.job import JobSettings, run_job
 from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.progress import (
+    eta_seconds,
     format_duration,
     pace_against_limit,
     render_bar,
@@ -107,3 +115,65 @@ def test_whole_job_column_beside_this_run() -> None:
     assert "  updated          4         94\n" in text
     assert "  rejected         0          5\n" in text
     assert "  total            5        100\n" in text
+
+
+def test_eta_at_a_slow_rate_waits_for_the_limit_not_the_first_burst() -> None:
+    # --rate 1/1h, 10 records, with the clock injected as the summary's elapsed seconds: the
+    # first record is answered in 50 ms, the nine others go out one an hour.
+    hour = 3600.0
+    rate = Rate(1, hour)
+    first = make_summary(1, 0, 0.05)
+    assert eta_seconds(1, 10, 0.05) == pytest.approx(0.45)  # the pace alone: wrong by hours
+    assert eta_seconds(1, 10, 0.05, rate) == pytest.approx(9 * hour - 0.05)
+    assert "ETA 9h00m00s" in render_bar(first, 10, rate=rate)
+    assert render_line(first, 10, rate=rate).endswith("ETA 9h00m00s")
+    # Half an hour later, still one done: the wait counts down instead of growing.
+    assert eta_seconds(1, 10, 1800.0, rate) == pytest.approx(8.5 * hour)
+    # Five done after four hours and a bit: five hours left, not the pace's four.
+    assert eta_seconds(5, 10, 4 * hour + 1, rate) == pytest.approx(5 * hour - 1)
+    # Two tokens (locations), each 1/1h: twice the allowance, half the windows.
+    assert eta_seconds(2, 10, 1.0, rate, tokens=2) == pytest.approx(4 * hour - 1)
+    # Records rejected at once take no request: five of ten, then one answered. The four
+    # left need four more hours, not nine; a record that took 3 requests (retries) adds two.
+    assert eta_seconds(6, 10, 0.05, rate, requests=1) == pytest.approx(4 * hour - 0.05)
+    assert eta_seconds(6, 10, 0.05, rate, requests=3) == pytest.approx(6 * hour - 0.05)
+    # A server slower than the limit: its own pace rules.
+    assert eta_seconds(5, 10, 50.0, Rate(100, 10.0)) == pytest.approx(50.0)
+    assert eta_seconds(10, 10, 5.0, rate) is None  # done
+    assert eta_seconds(0, 10, 5.0, rate) is None  # nothing to go by yet
+
+
+async def test_a_slow_run_shows_the_eta_its_rate_allows(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    # A real job at 1 request an hour against the sandbox; its first progress line (drawn a
+    # tenth of a second in) must say about two hours for three records, then the job stops.
+    sandbox = await start_sandbox(sandbox_config(tokens=frozenset({TEST_TOKEN})))
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(f'{{"contactId":"c{n}","firstName":"A"}}\n' for n in range(3)))
+    err = io.StringIO()
+    stop = asyncio.Event()
+    settings = JobSettings(
+        input=str(data),
+        out=str(tmp_path / "out.jsonl"),
+        base_url=sandbox.base_url,
+        rate=Rate(1, 3600.0),
+        progress="line",
+        progress_every=0.1,
+        grace=0.1,
+        handle_signals=False,
+    )
+    job = asyncio.create_task(
+        run_job(settings, token=TEST_TOKEN, stdout=io.StringIO(), stderr=err, stop=stop)
+    )
+    while "progress: 1/3 records" not in err.getvalue():
+        assert not job.done(), err.getvalue()
+        await asyncio.sleep(0.05)
+    stop.set()
+    result = await asyncio.wait_for(job, 10)
+    assert result.summary.records == 3  # one updated, two cancelled unsent
+    line = next(x for x in err.getvalue().splitlines() if "progress: 1/3 records" in x)
+    eta = re.search(r"ETA (\d+)h(\d\d)m(\d\d)s", line)
+    assert eta is not None, line
+    hours, minutes, seconds = map(int, eta.groups())
+    assert 2 * 3600 - 60 < hours * 3600 + minutes * 60 + seconds <= 2 * 3600

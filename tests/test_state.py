@@ -987,3 +987,27 @@ async def test_the_state_command_with_a_closed_or_full_stdout(
         assert proc.returncode == 0, err.decode()
         assert b"Traceback" not in err
     assert set(state_rows(state)) == {"st0002", "st0003"}  # the forgetting was done
+
+
+async def test_dry_run_counts_a_contact_given_twice_as_the_real_run_sends_it(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    # A contact given twice, the first record a change and the second what the state holds:
+    # the real run sends both (the first is in flight when the second is judged, rule 2), so
+    # the dry run must not count the second as unchanged.
+    sandbox = await fast_sandbox(start_sandbox)
+    records = people(3)
+    data = write_jsonl(tmp_path / "in.jsonl", records)
+    state = tmp_path / "sync.db"
+    assert (await sync(sandbox, data, tmp_path / "o1.jsonl", state)).status == 0
+    edited = {**records[0], "firstName": "Edited"}
+    write_jsonl(data, [edited, records[0], *records[1:]])
+
+    dry = await sync(sandbox, data, tmp_path / "o2.jsonl", state, "--dry-run")
+    assert dry.status == 0, dry.stderr
+    real = await sync(sandbox, data, tmp_path / "o3.jsonl", state)
+    assert real.status == 0, real.stderr
+    statuses = [o["status"] for o in journal_lines(tmp_path / "o3.jsonl")]
+    assert statuses.count("unchanged") == 2  # st0002 and st0003; st0001 sent twice
+    assert row(dry.stdout, "unchanged (not sent)") == statuses.count("unchanged")
+    assert row(dry.stdout, "valid (would be sent)") == statuses.count("updated") == 2

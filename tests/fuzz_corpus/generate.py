@@ -117,7 +117,7 @@ def main() -> None:
             b"\n"
             b'r5,"quote "" inside",Ng,t\n'
             b'r6,bad"quote,Ng,t\n'
-            b"r7,nul\x00byte,Ng,t\n"
+            b"r7,nul\x00byte,Ng,t\n"  # rejected: a control character in a cell
             b"r8,cr\ronly,Ng,t\r\n"
             b",,,\n"
             b"r9,Ana,Ng,t\n"
