@@ -668,6 +668,9 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         _check_journal(journal, journal_error, sync_state)
         journal.close()
     summary.elapsed = summary.elapsed or loop.time() - started
+    ended = not (interrupted or consumer.cancelled() or failure or journal_error)
+    if progress.total is None and settings.shard is None and ended:
+        progress.total = summary.records  # the input was read to its end before it was counted
     progress.end(summary)
     if journal_error:
         # Before the input's own failure: without a journal, nothing else is recorded.

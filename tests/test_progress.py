@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import TEST_TOKEN, StartSandbox, sandbox_config
 
+import growthhub_async.job as job_module
 from growthhub_async.job import JobSettings, run_job
 from growthhub_async.outcomes import Outcome, Status, Summary
 from growthhub_async.progress import (
@@ -177,3 +179,35 @@ async def test_a_slow_run_shows_the_eta_its_rate_allows(
     assert eta is not None, line
     hours, minutes, seconds = map(int, eta.groups())
     assert 2 * 3600 - 60 < hours * 3600 + minutes * 60 + seconds <= 2 * 3600
+
+
+async def test_the_last_progress_line_has_the_total_when_the_count_comes_after_the_run(
+    start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The total is counted beside the run (a thread): a short run on a busy machine can end
+    # first. Its input was read to the end, so the last line shows the records as the total.
+    release = threading.Event()
+
+    def late_count(path: str) -> int | None:
+        release.wait(10)
+        return None
+
+    monkeypatch.setattr(job_module, "count_records", late_count)
+    sandbox = await start_sandbox(sandbox_config(tokens=frozenset({TEST_TOKEN})))
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(f'{{"contactId":"c{n}","firstName":"A"}}\n' for n in range(4)))
+    err = io.StringIO()
+    settings = JobSettings(
+        input=str(data),
+        out=str(tmp_path / "out.jsonl"),
+        base_url=sandbox.base_url,
+        rate=Rate(1000, 1.0),
+        progress="bar",
+        handle_signals=False,
+    )
+    try:
+        result = await run_job(settings, token=TEST_TOKEN, stdout=io.StringIO(), stderr=err)
+    finally:
+        release.set()
+    assert result.exit_status == 0, err.getvalue()
+    assert "4/4 100.0%" in err.getvalue().rsplit("\r", 1)[-1]
