@@ -570,7 +570,12 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
     )
     summary = stream.summary
     progress = _Progress(settings.progress, err, settings.progress_every, settings.rate)
-    counting = asyncio.ensure_future(asyncio.to_thread(count_records, settings.input))
+    # The total serves the display only: not counted (a pass over the input) when it is off.
+    counting: asyncio.Future[int | None] = loop.create_future()
+    if progress.mode == "off":
+        counting.set_result(None)
+    else:
+        counting = asyncio.ensure_future(asyncio.to_thread(count_records, settings.input))
     started = loop.time()
 
     async def drain() -> None:
