@@ -80,21 +80,15 @@ def _extra(**fields: Any) -> dict[str, Any]:
 
 
 @listens(RecordFinished, RetryScheduled, RateLimitHit, Paused, TokenStopped, RunFinished)
-def log_event(event: Event) -> None:  # noqa: PLR0912 (one case per event)
+def log_event(event: Event) -> None:
     """The client's own subscriber: each event as a log record of ``growthhub_async.events``.
 
     Cheap when nobody listens: a level check per event.
     """
-    match event:
-        case RecordFinished(outcome=outcome, token_key=key):
-            if outcome.status in SUCCEEDED:
-                if not _events_log.isEnabledFor(logging.DEBUG):
-                    return
-                level = logging.DEBUG
-            else:
-                level = logging.INFO
-                if not _events_log.isEnabledFor(level):
-                    return
+    if type(event) is RecordFinished:  # one per record: the first look, and a cheap one
+        outcome = event.outcome
+        level = logging.DEBUG if outcome.status in SUCCEEDED else logging.INFO
+        if _events_log.isEnabledFor(level):
             _events_log.log(
                 level,
                 "line %d %s%s",
@@ -107,9 +101,11 @@ def log_event(event: Event) -> None:  # noqa: PLR0912 (one case per event)
                     "status": outcome.status.value,
                     "httpStatus": outcome.http_status,
                     "attempts": outcome.attempts,
-                    "location": key,
+                    "location": event.token_key,
                 },
             )
+        return
+    match event:
         case RetryScheduled():
             if _events_log.isEnabledFor(logging.DEBUG):
                 _events_log.debug(
