@@ -503,6 +503,7 @@ def run_update(args: argparse.Namespace) -> int:
     problem = _dask_problem(args)
     if problem is not None:
         return fatal("update", problem)
+    raise_open_files_limit()
     if args.dask:
         return run_update_dask(args)
     settings = _job_settings(
@@ -566,6 +567,25 @@ async def _interruptible(job: Coroutine[Any, Any, _T]) -> _T:
         return await task
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+def raise_open_files_limit() -> None:
+    """Let the command open as many files as the system lets it: ``RLIMIT_NOFILE``'s soft limit
+    raised to the hard one (at most 65,536), as Go's runtime does for every program. A run over
+    thousands of locations holds a connection per request in flight, and a client's pool keeps
+    to half the soft limit (:func:`~growthhub_async.client.connection_room`)."""
+    try:
+        import resource  # noqa: PLC0415 (not on Windows)
+    except ImportError:  # pragma: no cover (Windows)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):  # a sandbox may refuse it
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+_MAX_OPEN_FILES: Final = 65_536
 
 
 def run_update_dask(args: argparse.Namespace) -> int:  # noqa: PLR0911 (one per failure)

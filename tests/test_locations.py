@@ -8,7 +8,10 @@ import io
 import json
 import os
 import random
+import resource
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from growthhub_async.locations import (
 from growthhub_async.models import UpdateContactCodec
 from growthhub_async.outcomes import Outcome
 from growthhub_async.retry import RetryPolicy
-from growthhub_async.sandbox import SandboxConfig, run_sandbox
+from growthhub_async.sandbox import Faults, SandboxConfig, run_sandbox
 from growthhub_async.sandbox.oauth import OAuthConfig
 from growthhub_async.sources import read_csv, read_jsonl
 from growthhub_async.spill import Spill
@@ -791,3 +794,67 @@ async def test_state_keys_by_location_and_journal_hashes_are_the_records(tmp_pat
         ("loc0", 1),
         ("loc1", 1),
     ]
+
+
+# -- file descriptors: a pool within what the process may open ------------------------------
+
+_FD_CLIENT = r"""
+import asyncio, collections, json, resource, sys
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[3]), hard))
+from growthhub_async import GrowthHubClient, Record, UpdateContact
+from growthhub_async.locations import LocationTokens
+from growthhub_async.retry import RetryPolicy
+
+async def main(base_url, tokens):
+    retry = RetryPolicy(max_tries=2, max_time=30.0, base_delay=0.01, max_delay=0.05)
+    async with GrowthHubClient(
+        base_url=base_url, rate=None, locations=LocationTokens(tokens), retry=retry
+    ) as gh:
+        records = [Record(n + 1, f"fd{n:06d}", UpdateContact(first_name="A"), token_key=key)
+                   for n, key in enumerate(tokens)]
+        async with gh.update_contacts(records) as stream:
+            outcomes = [o async for o in stream]
+    counts = collections.Counter((o.status.value, o.attempts) for o in outcomes)
+    print(json.dumps({f"{s}/{a}": n for (s, a), n in counts.items()}))
+
+asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
+"""
+
+
+async def test_many_slow_locations_wait_for_a_connection_within_the_open_files_limit() -> None:
+    # 240 locations answering slowly, in a process that may open 96 files: 240 connections at
+    # once would be "Too many open files" (a ConnectionFailed, an attempt spent). The pool keeps
+    # to half the limit, so every record is one request, updated.
+    tokens = {f"fdloc{n:03d}": f"tok-fd-{n:03d}" for n in range(240)}
+    config = SandboxConfig(
+        location_tokens={token: loc for loc, token in tokens.items()},
+        rate_limit=1_000_000,
+        rate_window=1.0,
+        faults=Faults(latency=0.2),
+    )
+    async with run_sandbox(config) as sb:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _FD_CLIENT, sb.base_url, json.dumps(tokens), "96",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert json.loads(out) == {"updated/1": 240}
+
+
+def test_the_command_raises_its_open_files_limit_to_the_hard_limit() -> None:
+    code = (
+        "import resource\n"
+        "_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "from growthhub_async.cli import raise_open_files_limit\n"
+        "raise_open_files_limit()\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    soft, hard = map(int, out.split())
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    assert soft == max(64, wanted)
