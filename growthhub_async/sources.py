@@ -1094,8 +1094,17 @@ def count_records(path: str) -> int | None:
         return None
 
 
-def _count_jsonl(stream: BinaryLines) -> int:
+# A blank line after a line end: white space up to the next line end (which stays unread, the
+# next blank line's start).
+_BLANK_AFTER: Final = re.compile(rb"\n[ \t\r\x0b\x0c]*(?=\n)")
+
+
+def _count_jsonl(stream: io.BufferedReader) -> int:
     """The records of a JSONL stream: its lines that are not blank (an over-long line once)."""
+    encoding, bom = _sniff(stream.peek(4)[:4])
+    if encoding == "utf-8":
+        stream.read(bom)
+        return _count_utf8_lines(stream.read)
     first, readline, _ = _utf8_lines(stream)
     count = 0
     whole = True  # the last piece read ended its line (a line over 1 MiB comes in pieces)
@@ -1104,6 +1113,27 @@ def _count_jsonl(stream: BinaryLines) -> int:
             count += 1
         whole = raw.endswith(b"\n")
     return count if first else 0
+
+
+def _count_utf8_lines(read: Callable[[int], bytes]) -> int:
+    """The lines of UTF-8 text that are not blank, a chunk at a time: the line ends counted,
+    less the blank lines (a regular expression's search, in C). Reading line by line cost
+    about 5 K instructions per line, in a thread beside the run (issue 17)."""
+    count = 0
+    rest = b""  # the line begun in the last chunk
+    while chunk := read(_COUNT_CHUNK):
+        data = rest + chunk if rest else chunk
+        end = data.rfind(b"\n") + 1
+        if end:
+            first_blank = not data[: data.index(b"\n")].strip()
+            blank = len(_BLANK_AFTER.findall(data, 0, end)) + first_blank
+            count += data.count(b"\n", 0, end) - blank
+            rest = data[end:]
+        else:
+            rest = data
+        if len(rest) > _COUNT_CHUNK:  # a line longer than a chunk: is it blank, is all it takes
+            rest = b"x" if rest.strip() else b""
+    return count + (1 if rest.strip() else 0)
 
 
 def _count_csv(stream: BinaryLines) -> int | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
+import tempfile
 import tracemalloc
 import unicodedata
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from growthhub_async import sources
 from growthhub_async.contact_id import MAX_LENGTH, check_contact_id
 from growthhub_async.errors import InputError, InvalidContactId
 from growthhub_async.models import UpdateContact, encode_update
@@ -699,3 +702,36 @@ def test_a_bare_cr_in_jsonl_is_named() -> None:
     assert isinstance(items[0], Outcome)
     assert "bare carriage return at byte 17" in str(items[0].error)
     assert isinstance(items[1], Record)
+
+
+_LINE_KINDS = st.sampled_from(
+    [b"", b"  ", b"\t\r", b"\x0b", b'{"contactId":"c1","firstName":"A"}', b'  {"a":1}  ', b"x" * 40]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_LINE_KINDS, max_size=30),
+    final_newline=st.booleans(),
+    chunk=st.sampled_from([1, 2, 7, 16, 64, 1 << 20]),
+    bom=st.booleans(),
+)
+def test_the_chunked_count_is_the_readers_count(
+    lines: list[bytes], final_newline: bool, chunk: int, bom: bool
+) -> None:
+    """Lines counted a chunk at a time (any chunk size, lines longer than a chunk, blank lines at
+    chunk edges): as many as the JSONL reader yields items."""
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    data = (codecs.BOM_UTF8 if bom else b"") + data
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.jsonl"
+        path.write_bytes(data)
+        with open(path, "rb") as f:
+            read = sum(1 for _ in read_jsonl(f))
+        saved = sources._COUNT_CHUNK
+        sources._COUNT_CHUNK = chunk
+        try:
+            counted = count_records(str(path))
+        finally:
+            sources._COUNT_CHUNK = saved
+    assert counted == read
