@@ -181,10 +181,16 @@ import asyncio, signal
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 BODY = b'{"succeded":true,"contact":{"id":"%s"}}'
 
+OPEN = [0, 0]  # connections open now, and the most at once since the last GET /__peak
+
 class Http(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         self.buf = bytearray()
+        OPEN[0] += 1
+        OPEN[1] = max(OPEN[1], OPEN[0])
+    def connection_lost(self, exc):
+        OPEN[0] -= 1
     def data_received(self, data):
         buf = self.buf
         buf += data
@@ -203,6 +209,11 @@ class Http(asyncio.Protocol):
             if len(buf) < total:
                 break
             path = bytes(buf[: buf.find(b"\r\n")]).split(b" ")[1]
+            if path == b"/__peak":  # the most connections at once since the last ask
+                body, OPEN[1] = b"%d" % OPEN[1], OPEN[0]
+                out.append(HEAD % len(body) + body)
+                del buf[:total]
+                continue
             body = BODY % path.rsplit(b"/", 1)[-1]
             out.append(HEAD % len(body) + body)
             del buf[:total]

@@ -12,6 +12,12 @@ defaults: lanes are made, used and left idle all through the run); the two alter
 figure is the median of the per-round ratios of CPU seconds (user + sys, ``os.wait4``), start-up
 included (a few ms more for 1,000 lanes: the tokens file). Goal: at most 1.2x.
 
+Control: at concurrency 50 per location, the 1,000-lane run keeps far more requests in flight
+than the one-lane run (the fast server counts its connections: ``GET /__peak``). Each round
+also runs one lane at as many connections as the first 1,000-lane run held at its peak
+(``oneWide``); ``controlRatio`` (1,000 lanes against it) is what the number of lanes costs,
+apart from the number of connections. The goal stays on ``cpuRatio``.
+
 Memory: a child process opens a client over ``--lanes`` locations, sends one record on each
 (so that each lane has its session, budget and pacer), waits until every lane is quiet and its
 pacing logs trimmed, and reads its resident memory; the same with one location. Memory per idle
@@ -28,6 +34,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ from benchmarks._common import (
     FAST_SERVER,
     busy_cpus,
     child_env,
+    median,
     pin,
     server_process,
     split_cpus,
@@ -96,6 +104,12 @@ def command(input_path: Path, tokens: Path, journal: Path, base_url: str, loop: 
     ]  # fmt: skip
 
 
+def peak_connections(base_url: str) -> int:
+    """The most connections the fast server held at once since the last ask (and a new count)."""
+    with urllib.request.urlopen(f"{base_url}/__peak", timeout=10) as answer:
+        return int(answer.read())
+
+
 def idle_probe(base_url: str, lanes: int) -> dict[str, Any]:
     """The idle-lane probe's figures for ``lanes`` locations (a fresh process each time)."""
     out = subprocess.run(
@@ -122,15 +136,24 @@ def measure(records: int, lanes: int, rounds: int, loop: str) -> dict[str, Any]:
             for path, tokens in inputs.values():  # warm-up: bytecode caches, files cached
                 run_child(command(path, tokens, Path(tmp) / "warm", server.base_url, loop))
                 (Path(tmp) / "warm").unlink()
-            runs: dict[str, list[dict[str, float]]] = {"one": [], "many": []}
+            runs: dict[str, list[dict[str, float]]] = {"one": [], "many": [], "oneWide": []}
             ratios = []
+            wide = 0  # the 1,000-lane run's peak connections: the one-lane control's concurrency
             for n in range(rounds):
-                for name in ("one", "many") if n % 2 == 0 else ("many", "one"):
+                names = ("one", "many", "oneWide") if n % 2 == 0 else ("many", "one", "oneWide")
+                for name in names:
                     journal = Path(tmp) / f"{name}-{n}.jsonl"
-                    path, tokens = inputs[name]
+                    path, tokens = inputs["one" if name == "oneWide" else name]
+                    argv = command(path, tokens, journal, server.base_url, loop)
+                    if name == "oneWide":
+                        argv[argv.index("--concurrency") + 1] = str(wide)
+                    peak_connections(server.base_url)  # starts the count afresh
                     before = server.cpu_seconds()
-                    run = run_child(command(path, tokens, journal, server.base_url, loop))
+                    run = run_child(argv)
                     run["serverCpuShare"] = (server.cpu_seconds() - before) / run["wall"]
+                    run["peakConnections"] = peak_connections(server.base_url)
+                    if name == "many" and not wide:
+                        wide = int(run["peakConnections"])
                     runs[name].append(run)
                     with open(journal, "rb") as f:
                         if sum(1 for _ in f) != records:
@@ -139,12 +162,24 @@ def measure(records: int, lanes: int, rounds: int, loop: str) -> dict[str, Any]:
                 ratios.append(runs["many"][-1]["cpu"] / runs["one"][-1]["cpu"])
                 print(
                     f"round {n + 1}: 1 lane {runs['one'][-1]['cpu']:.2f} s CPU, {lanes} lanes "
-                    f"{runs['many'][-1]['cpu']:.2f} s CPU, ratio {ratios[-1]:.2f}",
+                    f"{runs['many'][-1]['cpu']:.2f} s CPU, ratio {ratios[-1]:.2f}; 1 lane at "
+                    f"concurrency {wide} {runs['oneWide'][-1]['cpu']:.2f} s CPU",
                     flush=True,
                 )
             idle = {name: idle_probe(server.base_url, count) for name, count in
                     (("one", 1), ("many", lanes))}  # fmt: skip
+    control = [m["cpu"] / w["cpu"] for m, w in zip(runs["many"], runs["oneWide"], strict=True)]
+    wide_runs = {"oneWide": runs.pop("oneWide")}
     figures = summarise(runs, ratios, records)
+    # The control: one lane at as many connections as the 1,000-lane run held at its peak. The
+    # thousand lanes' run keeps that many requests in flight (concurrency 50 per location), so
+    # this ratio is what the number of lanes costs, not the number of connections.
+    figures["oneWide"] = summarise(wide_runs, control, records)["oneWide"]
+    figures["oneWide"]["concurrency"] = wide
+    for name, rows in (*runs.items(), *wide_runs.items()):
+        figures[name]["peakConnections"] = max(int(r["peakConnections"]) for r in rows)
+    figures["controlRatio"] = round(median(control), 3)
+    figures["controlRatios"] = control
     per_lane = (idle["many"]["rssKiB"] - idle["one"]["rssKiB"]) / max(1, lanes - 1)
     figures["idle"] = {**idle, "kibPerIdleLane": round(per_lane, 1)}
     return figures
@@ -187,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['one']['cpuMicrosecondsPerRecord']} us CPU/record; idle lane "
         f"{idle['kibPerIdleLane']} KiB; timers {idle['one']['timers']} -> "
         f"{idle['many']['timers']}, tasks {idle['one']['tasks']} -> {idle['many']['tasks']}; "
-        f"written to {path}"
+        f"control: {args.lanes} lanes / 1 lane at {figures['oneWide']['concurrency']} "
+        f"connections {figures['controlRatio']:.2f}; written to {path}"
     )
     return 0 if flat else 1
 

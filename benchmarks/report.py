@@ -126,7 +126,13 @@ def _lanes(r: dict[str, Any]) -> tuple[str, str, str]:
         f"CPU/record, {r['records']:,} records, {r['loop']})<br>idle lane: "
         f"**{idle['kibPerIdleLane']:.1f} KiB**; timers {idle['one']['timers']} → "
         f"{idle['many']['timers']}, tasks {idle['one']['tasks']} → {idle['many']['tasks']} "
-        f"(1 → {r['lanes']:,} idle lanes)",
+        f"(1 → {r['lanes']:,} idle lanes)"
+        + (
+            f"<br>control, 1 lane at the {r['oneWide']['concurrency']:,} connections the "
+            f"{r['lanes']:,} lanes held: **{r['controlRatio']:.2f}x**"
+            if "oneWide" in r
+            else ""
+        ),
         "≤ 1.2x; no timer or task per idle lane",
         _yes(r["met"]),
     )

@@ -151,8 +151,11 @@ def test_lanes(tmp_path: Path) -> None:
     r = run_smoke("lanes", tmp_path)
     assert r["lanes"] > 1
     assert r["cpuRatio"] > 0
-    for name in ("one", "many"):
+    for name in ("one", "many", "oneWide"):
         assert r[name]["cpuSeconds"] > 0
+    # The control runs one lane at the connections the many-lane run held at its peak.
+    assert r["oneWide"]["concurrency"] == r["many"]["peakConnections"] > 1
+    assert r["controlRatio"] > 0
     idle = r["idle"]
     assert idle["many"]["lanes"] == r["lanes"]
     assert idle["one"]["lanes"] == 1
