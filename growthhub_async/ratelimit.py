@@ -294,7 +294,9 @@ class Budget:
         if limit is not None:
             span = self._span
             answered = self._answered
-            inside = self._open + len(answered) - bisect_right(answered, now - span)
+            inside = self._open + len(answered)  # at most: the answers kept span two windows
+            if inside >= limit:
+                inside -= bisect_right(answered, now - span)  # those older than a span
             if inside >= limit:
                 room = limit - self._open
                 if room > 0:
