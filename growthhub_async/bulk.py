@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import msgspec
 
-from growthhub_async.contact_id import check_contact_id
+from growthhub_async.contact_id import MAX_LENGTH, check_contact_id
 from growthhub_async.errors import (
     ClientClosed,
     HTTPStatusError,
@@ -184,68 +184,37 @@ class _Queue:
         self.new: deque[_Job] = deque()
 
 
-class _Job:
-    __slots__ = (
-        "attempts",
-        "body",
-        "cancel_reason",
-        "cancel_requested",
-        "contact_id",
-        "detached",
-        "expires",
-        "first",
-        "http_status",
-        "lane",
-        "line",
-        "on_wire",
-        "reauths",
-        "resend_after",
-        "response",
-        "sink",
-        "state",
-        "task",
-        "timeout",
-        "timer",
-        "token_key",
-        "written",
-    )
+class _Job(msgspec.Struct, eq=False):
+    """One record in the engine. A struct: its defaults are filled in C, where an ``__init__``
+    assigning two dozen slots cost more than the rest of taking a record in (issue 17).
+    ``eq=False``: compared and hashed by identity (jobs live in sets)."""
 
-    def __init__(
-        self,
-        line: int,
-        contact_id: str,
-        body: bytes,
-        lane: Lane,
-        sink: _Sink,
-        *,
-        token_key: str | None = None,
-    ) -> None:
-        self.line = line
-        self.token_key = token_key
-        """The record's own key (``None``: the run's default): what its resume key covers."""
-        self.contact_id = contact_id
-        self.body = body
-        self.lane = lane
-        self.sink = sink
-        self.state = _State.QUEUED
-        self.attempts = 0
-        self.http_status: int | None = None
-        self.reauths = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
-        self.resend_after = 0.0  # the pause a 401 asked for before the record is sent again
-        self.on_wire = False  # a request of this record is being sent or answered
-        self.written = False  # ... and its connection was ready: it went (or is going) out
-        self.detached = False  # cut with a request written: its outcome is out, the answer not
-        self.timeout: float | None = None  # a submit's deadline: seconds, and when (loop time)
-        self.expires: float | None = None
-        self.cancel_requested = False
-        self.cancel_reason: str | None = None  # the error of a cancelled record, if not CANCELLED
-        self.response: Any = None  # the decoded 2xx body, kept only when the sink asks
-        self.task: asyncio.Task[Any] | None = None
-        """The worker running this record (set only while its attempts are awaited)."""
-        self.first: float | None = None
-        """When the first request went (``loop.time()``): ``max_time`` counts from here."""
-        self.timer: asyncio.TimerHandle | None = None
-        """The wake-up of a ``WAITING`` record."""
+    line: int
+    contact_id: str
+    body: bytes
+    lane: Lane
+    sink: _Sink
+    token_key: str | None = None
+    """The record's own key (``None``: the run's default): what its resume key covers."""
+    state: _State = _State.QUEUED
+    attempts: int = 0
+    http_status: int | None = None
+    reauths: int = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
+    resend_after: float = 0.0  # the pause a 401 asked for before the record is sent again
+    on_wire: bool = False  # a request of this record is being sent or answered
+    written: bool = False  # ... and its connection was ready: it went (or is going) out
+    detached: bool = False  # cut with a request written: its outcome is out, the answer not
+    timeout: float | None = None  # a submit's deadline: seconds, and when (loop time)
+    expires: float | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None  # the error of a cancelled record, if not CANCELLED
+    response: Any = None  # the decoded 2xx body, kept only when the sink asks
+    task: asyncio.Task[Any] | None = None
+    """The worker running this record (set only while its attempts are awaited)."""
+    first: float | None = None
+    """When the first request went (``loop.time()``): ``max_time`` counts from here."""
+    timer: asyncio.TimerHandle | None = None
+    """The wake-up of a ``WAITING`` record."""
 
     def may_send(self) -> bool:
         """The send gate (asked when the connection is ready, right before the request is
@@ -323,6 +292,8 @@ class Engine:
         # engine with nothing to do holds no task (issue 13).
         self._idle: deque[asyncio.Future[str | None]] = deque()
         self._busy = 0  # workers alive and not idle
+        self._hooks_seen: list[Hook] = []
+        self._hooks_need_requests = False
         self.closed = False
 
     # -- events ----------------------------------------------------------------------------
@@ -331,16 +302,7 @@ class Engine:
     def call_hooks(hooks: Iterable[Hook], event: Event) -> None:
         """Call each hook that needs ``event`` (:func:`~growthhub_async.events.listens`); one
         that raises is logged and skipped (it must not stop a run)."""
-        kind = type(event)
-        for hook in hooks:
-            if type(hook) is Listening:
-                if kind not in hook.kinds:
-                    continue
-                hook = hook.__wrapped__  # noqa: PLW2901 (its own hook: a call frame less)
-            try:
-                hook(event)
-            except Exception:
-                log.exception("event hook %r raised on %s", hook, type(event).__name__)
+        _call(_listeners(hooks, type(event)), event)
 
     def broadcast(self, event: Event) -> None:
         """A token-level event: to the client's hooks and to every running stream's."""
@@ -359,17 +321,30 @@ class Engine:
         (line = ``position``); an :class:`Outcome` (a record already rejected upstream, as the
         input sources yield them), returned as is.
         """
-        if isinstance(item, Outcome):
+        if type(item) is Record:  # what the input sources yield: no unpacking (issue 17)
+            line, contact_id, update, own_key = (
+                item.line,
+                item.contact_id,
+                item.update,
+                item.token_key,
+            )
+        elif isinstance(item, Outcome):
             return item
-        unpacked = _unpack(item, position)
-        if isinstance(unpacked, Outcome):
-            return unpacked
-        line, contact_id, update, key = unpacked
-        own_key = key
-        for fallback in (token_key, self.default_token_key):
-            key = key if key is not None else fallback
+        else:
+            unpacked = _unpack(item, position)
+            if isinstance(unpacked, Outcome):
+                return unpacked
+            line, contact_id, update, own_key = unpacked
+        key = (
+            own_key
+            if own_key is not None
+            else token_key
+            if token_key is not None
+            else self.default_token_key
+        )
         problem = _problem(contact_id, update, key)
-        if problem is None and (lane := self.lanes.get(str(key))) is not None:
+        lane = self.lanes.get(key if type(key) is str else str(key)) if problem is None else None
+        if lane is not None:
             try:
                 body = self.encode(update)
             except ValueError as exc:  # a value JSON cannot carry (NaN, infinity)
@@ -697,7 +672,31 @@ class Engine:
             # max_time holds while a retry is in flight too, so a record is over at most
             # max_time after its first request (or after the first request's own timeout).
             deadline = job.first + policy.max_time if job.attempts > 1 else None
-            error = await self._send(job, sent_at, deadline)
+            # One request. Sent from here, not from a coroutine of its own: that was one more
+            # frame on each of the request's resumptions (issue 17). Its failures: _failed.
+            error: BaseException | None
+            job.on_wire = True
+            job.written = False
+            gate = SEND_GATE.set(job.may_send)
+            try:
+                try:
+                    job.http_status, decoded = await lane.request(
+                        job.contact_id,
+                        job.body,
+                        sent_at=sent_at,
+                        deadline=deadline,
+                        keep_response=job.sink.keeps_response,
+                    )
+                finally:
+                    SEND_GATE.reset(gate)
+            except BaseException as exc:  # noqa: BLE001 (_failed re-raises what is not ours)
+                error = await self._failed(job, sent_at, exc)
+            else:
+                job.on_wire = job.written = False
+                if job.sink.keeps_response and not job.detached:
+                    job.response = decoded
+                self._answered(job, sent_at, None)
+                error = None
             if isinstance(error, NotSent) or job.detached:
                 # Held back at the last moment (nothing went out), or cut with its request on
                 # the wire (its caller has its outcome): _held_back ends it above.
@@ -705,56 +704,75 @@ class Engine:
                 continue
             if error is None:
                 return job.outcome(Status.UPDATED, None)
-            if error is _REFRESHED:
-                if job.resend_after > 0:
-                    delay, job.resend_after = job.resend_after, 0.0
-                    return delay  # waits like a retry: the worker is free meanwhile
-                continue
-            if not is_transient(error):
-                return job.outcome(_status_of(error), _describe(error))
-            limited = isinstance(error, RateLimited)
-            if limited:
-                job.sink.event(
-                    RateLimitHit(
-                        line=job.line,
-                        contact_id=job.contact_id,
-                        token_key=lane.key,
-                        retry_after=getattr(error, "retry_after", None),
-                    )
-                )
-            if lane.stopped is not None:
-                continue  # ends at the top, with the token's reason
-            now = loop.time()
-            decision = policy.decide(
-                error,
-                tries=job.attempts,
-                elapsed=now - job.first,
-                # A 429 without Retry-After waits out the token's pause, if it caused one.
-                hint=(lane.pause_remaining(now) or None) if limited else None,
-                now=time.time(),
-            )
-            if isinstance(decision, str):
-                return job.outcome(Status.FAILED, f"{_describe(error)} ({decision})")
+            after = self._after(job, error)
+            if after is not None:
+                return after
+
+    def _after(self, job: _Job, error: BaseException) -> Outcome | float | None:
+        """What a record does after its request failed with ``error``: end (its outcome), wait
+        that many seconds (spent without a worker), or ``None``: go again at once (the top of
+        :meth:`_attempts` ends it if its token stopped meanwhile)."""
+        lane = job.lane
+        if error is _REFRESHED:
+            if job.resend_after > 0:
+                delay, job.resend_after = job.resend_after, 0.0
+                return delay  # waits like a retry: the worker is free meanwhile
+            return None
+        if not is_transient(error):
+            return job.outcome(_status_of(error), _describe(error))
+        limited = isinstance(error, RateLimited)
+        if limited:
             job.sink.event(
-                RetryScheduled(
+                RateLimitHit(
                     line=job.line,
                     contact_id=job.contact_id,
                     token_key=lane.key,
-                    attempt=job.attempts,
-                    delay=decision,
-                    error=_describe(error),
-                    http_status=job.http_status,
+                    retry_after=getattr(error, "retry_after", None),
                 )
             )
-            if decision > 0:
-                return decision
+        if lane.stopped is not None:
+            return None  # ends at the top, with the token's reason
+        now = self.loop.time()
+        assert job.first is not None  # set before the first request
+        decision = self.policy.decide(
+            error,
+            tries=job.attempts,
+            elapsed=now - job.first,
+            # A 429 without Retry-After waits out the token's pause, if it caused one.
+            hint=(lane.pause_remaining(now) or None) if limited else None,
+            now=time.time(),
+        )
+        if isinstance(decision, str):
+            return job.outcome(Status.FAILED, f"{_describe(error)} ({decision})")
+        job.sink.event(
+            RetryScheduled(
+                line=job.line,
+                contact_id=job.contact_id,
+                token_key=lane.key,
+                attempt=job.attempts,
+                delay=decision,
+                error=_describe(error),
+                http_status=job.http_status,
+            )
+        )
+        return decision if decision > 0 else None
+
+    def _requests_needed(self) -> bool:
+        """Whether one of the client's hooks needs :class:`RequestFinished`: asked again only
+        when the hooks changed (the list is the client's, and may be changed directly). The
+        same hooks are the same objects, so the comparison costs no ``__eq__``."""
+        hooks = self.hooks
+        if hooks != self._hooks_seen:
+            self._hooks_seen = hooks.copy()
+            self._hooks_need_requests = needs(hooks, RequestFinished)
+        return self._hooks_need_requests
 
     def _answered(self, job: _Job, sent_at: float, error: BaseException | None) -> None:
         """Announce one request's end (:class:`RequestFinished`): telemetry's HTTP spans, built
         only while a hook needs it. Not for a record cut while its request was on the wire: its
         outcome (and its span) are out already, and a late request event would open a record
         span that nothing ends."""
-        if job.detached or not (job.sink.requests_needed or needs(self.hooks, RequestFinished)):
+        if job.detached or not (job.sink.requests_needed or self._requests_needed()):
             return
         job.sink.event(
             RequestFinished(
@@ -769,55 +787,38 @@ class Engine:
             )
         )
 
-    async def _send(
-        self, job: _Job, sent_at: float, deadline: float | None
-    ) -> BaseException | None:
-        """One request: ``None`` when applied, else the error (``_REFRESHED``: send again;
-        :class:`NotSent`: the send gate held it back, see :meth:`_Job.may_send`)."""
-        job.on_wire = True
-        job.written = False
+    async def _failed(self, job: _Job, sent_at: float, exc: BaseException) -> BaseException:
+        """A request of :meth:`_attempts` ended in ``exc``: the error to act on (``_REFRESHED``:
+        send again; :class:`NotSent`: the send gate held it back, see :meth:`_Job.may_send`).
+        Anything else (a cancellation, a bug) is raised again. The record stays on the wire
+        until this returns: during a token refresh too, which is never cut short."""
         try:
-            gate = SEND_GATE.set(job.may_send)
-            try:
-                job.http_status, decoded = await job.lane.request(
-                    job.contact_id,
-                    job.body,
-                    sent_at=sent_at,
-                    deadline=deadline,
-                    keep_response=job.sink.keeps_response,
-                )
-            finally:
-                SEND_GATE.reset(gate)
-            if job.sink.keeps_response and not job.detached:
-                job.response = decoded
-        except asyncio.CancelledError:
-            if not job.written:
-                job.attempts -= 1  # cut before its connection was ready: nothing went out
-            raise
-        except HTTPStatusError as exc:  # still on the wire during a refresh: never cut short
-            job.http_status = exc.status_code
-            self._answered(job, sent_at, exc)
-            if exc.status_code == 401 and job.reauths < _REAUTHS:
-                if job.sink.halted is not None or job.detached:
-                    return _REFRESHED  # the run stops: no refresh, no re-send (ends halted)
-                try:
-                    delay = await job.lane.refresh(exc, again=job.reauths > 0)
-                    if delay is not None:
-                        job.reauths += 1
-                        job.resend_after = delay
-                        return _REFRESHED
-                except HTTPStatusError as failed:  # the refresh failed: its reason is ours
-                    return failed
-            return exc
-        except (TransportError, ResponseError, NotSent) as exc:
-            if not isinstance(exc, NotSent):  # NotSent: the send gate held it back, unsent
+            if isinstance(exc, HTTPStatusError):
+                job.http_status = exc.status_code
+                self._answered(job, sent_at, exc)
+                if exc.status_code == 401 and job.reauths < _REAUTHS:
+                    if job.sink.halted is not None or job.detached:
+                        return _REFRESHED  # the run stops: no refresh, no re-send (ends halted)
+                    try:
+                        delay = await job.lane.refresh(exc, again=job.reauths > 0)
+                        if delay is not None:
+                            job.reauths += 1
+                            job.resend_after = delay
+                            return _REFRESHED
+                    except HTTPStatusError as failed:  # the refresh failed: its reason is ours
+                        return failed
+                return exc
+            if isinstance(exc, NotSent):  # the send gate held it back: nothing went out
+                return exc
+            if isinstance(exc, TransportError | ResponseError):
                 job.http_status = exc.status_code if isinstance(exc, ResponseError) else None
                 self._answered(job, sent_at, exc)
-            return exc
+                return exc
+            if isinstance(exc, asyncio.CancelledError) and not job.written:
+                job.attempts -= 1  # cut before its connection was ready: nothing went out
+            raise exc
         finally:
             job.on_wire = job.written = False
-        self._answered(job, sent_at, None)
-        return None
 
     def load(self) -> dict[str, tuple[int, int]]:
         """Per token key, ``(queued, in_flight)`` now: records waiting for a worker (new ones,
@@ -869,6 +870,24 @@ class Engine:
             run.finished()
 
 
+def _listeners(hooks: Iterable[Hook], kind: type) -> tuple[Hook, ...]:
+    """The hooks that need events of ``kind``, in order; a :func:`listens` hook as its own
+    function (a call frame less per event)."""
+    return tuple(
+        hook.__wrapped__ if type(hook) is Listening else hook
+        for hook in hooks
+        if type(hook) is not Listening or kind in hook.kinds
+    )
+
+
+def _call(hooks: Iterable[Hook], event: Event) -> None:
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:
+            log.exception("event hook %r raised on %s", hook, type(event).__name__)
+
+
 def _unpack(item: Any, position: int) -> tuple[int, Any, Any, str | None] | Outcome:
     if isinstance(item, Record):
         return item.line, item.contact_id, item.update, item.token_key
@@ -880,10 +899,18 @@ def _unpack(item: Any, position: int) -> tuple[int, Any, Any, str | None] | Outc
 
 
 def _problem(contact_id: Any, update: Any, key: str | None) -> str | None:
-    try:
-        check_contact_id(contact_id)
-    except InvalidContactId as exc:
-        return str(exc)
+    # The usual id (ASCII letters and digits) passes check_contact_id's first test: asked here,
+    # that is a call fewer per record (issue 17).
+    if not (
+        type(contact_id) is str
+        and contact_id.isascii()
+        and contact_id.isalnum()
+        and len(contact_id) <= MAX_LENGTH
+    ):
+        try:
+            check_contact_id(contact_id)
+        except InvalidContactId as exc:
+            return str(exc)
     if not isinstance(update, UpdateContact):
         return f"not an UpdateContact: {type(update).__name__}"
     if key is None:
@@ -1031,6 +1058,8 @@ class OutcomeStream:
         self._token_key = token_key
         self._hooks = list(hooks)
         self.requests_needed = needs(self._hooks, RequestFinished)
+        self._hooks_seen: list[Hook] | None = None  # the client's hooks when _listeners was made
+        self._listeners: dict[type, tuple[Hook, ...]] = {}
         self._max_pending = max_pending
         self.summary = Summary()
         """Counts of this run; ``elapsed`` and ``rate`` are final once the stream has ended."""
@@ -1072,10 +1101,20 @@ class OutcomeStream:
     # -- sink for the engine ---------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
+        """To the client's hooks, then the run's own: those that need ``event``, as worked out
+        once per kind of event (per record, the hooks' filters cost more than the hooks;
+        issue 17), again whenever the client's list changes (it may be changed directly; the
+        same hooks are the same objects, so comparing the lists runs no ``__eq__``)."""
         assert self._engine is not None
-        Engine.call_hooks(self._engine.hooks, event)
-        if self._hooks:
-            Engine.call_hooks(self._hooks, event)
+        hooks = self._engine.hooks
+        if hooks != self._hooks_seen:
+            self._hooks_seen = hooks.copy()
+            self._listeners.clear()
+        kind = type(event)
+        listeners = self._listeners.get(kind)
+        if listeners is None:
+            listeners = self._listeners[kind] = _listeners((*hooks, *self._hooks), kind)
+        _call(listeners, event)
 
     def _put(self, item: Outcome | _FeedDone) -> None:
         """An outcome (or the reader's end) for the consumer; wakes it if it waits."""

@@ -15,16 +15,12 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar, cast
 
-from growthhub_async import (  # distributed imports Dask lazily
-    __version__,
-    distributed,
-    eventloop,
-    logs,
-    report,
-)
+# Not distributed (a --dask run) nor report (its subcommand): imported where they are used, so
+# that `update` does not pay for them at start-up (issue 17).
+from growthhub_async import __version__, eventloop, logs
 from growthhub_async.auth import OAuthProvider, TokenProvider
 from growthhub_async.client import DEFAULT_BASE_URL
-from growthhub_async.cmdline import PROG, HelpFormatter, Terminal, invoked_as
+from growthhub_async.cmdline import DASK_INSTALL_HINT, PROG, HelpFormatter, Terminal, invoked_as
 from growthhub_async.errors import GrowthHubError
 from growthhub_async.job import (
     EXIT_FATAL,
@@ -299,7 +295,7 @@ def add_update_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run the --shards on a Dask cluster: a scheduler address (tcp://scheduler:8786), "
         "or local[:N] to start N worker processes on this machine (default: one per shard, "
-        f"at most one per CPU); needs {distributed.INSTALL_HINT}. Shard K journals to "
+        f"at most one per CPU); needs {DASK_INSTALL_HINT}. Shard K journals to "
         "DIR/shard-K-of-N.jsonl; INPUT and DIR must be at the same path on every worker",
     )
     parser.add_argument(
@@ -590,6 +586,8 @@ _MAX_OPEN_FILES: Final = 65_536
 
 def run_update_dask(args: argparse.Namespace) -> int:  # noqa: PLR0911 (one per failure)
     """``update --dask ADDRESS --out-dir DIR --shards N``: the shards on a Dask cluster."""
+    from growthhub_async import distributed  # noqa: PLC0415 (see the imports above)
+
     try:
         distributed.cluster_spec(args.dask)  # a bad address is told before Dask is imported
         distributed.require_distributed()
@@ -741,6 +739,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     """Handle ``growthhub-async report``; 0 when every journal was read, 2 otherwise."""
+    from growthhub_async import report  # noqa: PLC0415 (see the imports above)
+
     try:
         found = report.read_journals(args.journals)
     except OSError as exc:

@@ -102,6 +102,7 @@ from growthhub_async.models import (
 )
 from growthhub_async.outcomes import Outcome, Status
 from growthhub_async.ratelimit import (
+    NO_RATE_HEADERS,
     Budget,
     Pacer,
     Pacing,
@@ -701,13 +702,16 @@ class _Lane:
                     )
                 else:
                     request = self._session.put(url, data=body, allow_redirects=False)
-                async with request as resp:
+                # The response awaited, then entered: the request's own context manager would
+                # be one more coroutine frame on every resumption (issue 17); the same exit.
+                async with await request as resp:
                     status, headers, raw = resp.status, resp.headers, await read_capped(resp)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise transport_error(exc, self._redact) from None
             now = loop.time()
             rate = parse_rate_headers(headers)
-            self._pacer.observe(rate, sent_at=sent_at, now=now)
+            if rate is not NO_RATE_HEADERS:  # an answer without them teaches the budget nothing
+                self._pacer.observe(rate, sent_at=sent_at, now=now)
             return status, self._answer(
                 status,
                 headers,
@@ -773,7 +777,7 @@ class _Lane:
                 status,
                 headers,
                 raw,
-                now=time.time(),
+                now=time.time() if status == 429 else None,  # a Retry-After date's reference
                 redact=self._redact,
                 contact_id=contact_id,
                 keep=keep,

@@ -18,9 +18,13 @@ import sys
 from collections.abc import Callable
 from typing import Final, TextIO
 
-__all__ = ["PROG", "HelpFormatter", "Terminal", "invoked_as", "isatty"]
+__all__ = ["DASK_INSTALL_HINT", "PROG", "HelpFormatter", "Terminal", "invoked_as", "isatty"]
 
 PROG: Final = "growthhub-async"
+
+DASK_INSTALL_HINT: Final = "pip install 'growthhub-async[dask]'"
+"""How to get what ``update --dask`` needs (here, not in the Dask module: the command's help
+names it, and ``update`` never imports that module)."""
 
 
 def invoked_as(argv0: str | None = None, *, path: str | None = None) -> str:

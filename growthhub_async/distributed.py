@@ -64,7 +64,7 @@ from growthhub_async.auth import (
     refresh_due,
 )
 from growthhub_async.client import DEFAULT_TOKEN_KEY
-from growthhub_async.cmdline import Terminal
+from growthhub_async.cmdline import DASK_INSTALL_HINT, Terminal
 from growthhub_async.errors import ConfigurationError, GrowthHubError, TokenRefreshFailed
 from growthhub_async.job import EXIT_FATAL, EXIT_NOT_ALL, EXIT_OK, JobResult, JobSettings, run_job
 from growthhub_async.locations import AgencyTokens, LocationTokens, location_problem, shard_of
@@ -92,7 +92,7 @@ __all__ = [
     "split_tokens",
 ]
 
-INSTALL_HINT: Final = "pip install 'growthhub-async[dask]'"
+INSTALL_HINT: Final = DASK_INSTALL_HINT
 _PREFIX: Final = "growthhub"
 BROKER_TIMEOUT: Final = 120.0
 """Seconds a worker waits for the coordinator's answer about a token."""

@@ -534,11 +534,11 @@ async def _send(  # noqa: PLR0912, PLR0915 (one linear story: start, watch, stop
         if not isinstance(event, RecordFinished) or journal_error:
             return
         outcome = event.outcome
-        facts = RunFacts(
-            location=event.token_key,
-            at=round(time.time(), 3),
-            rate_limited=limited.pop((event.token_key, outcome.line), 0) if limited else 0,
-            run_id=run_id,
+        facts = RunFacts(  # positional: a struct's keywords cost more to match (issue 17)
+            event.token_key,  # location
+            round(time.time(), 3),  # at
+            limited.pop((event.token_key, outcome.line), 0) if limited else 0,  # rate_limited
+            run_id,
         )
         if outcome.status not in SUCCEEDED and len(problems) < _PROBLEMS_SHOWN:
             problems.append(outcome)

@@ -367,7 +367,7 @@ class Journal:
             size = os.fstat(fd).st_size  # after the lock: what no other run will change
             self.resume_state = _prepare(fd, self.path, size, resume=resume)
             self._size = os.fstat(fd).st_size
-            self._tail = b""  # the end of the last line written: still there at the file's end?
+            self._last = b""  # the last line written: is its end still the file's end?
             self._overwritten = False
             self._next_check = 0.0
         except BaseException:
@@ -412,7 +412,7 @@ class Journal:
         )
         data = _line_encoder.encode(line) + b"\n"
         self._size += len(data)
-        self._tail = data[-_TAIL:]
+        self._last = data  # check() compares its end with the file's
         # One write per line: with O_APPEND a line lands whole at the end. A short write (a full
         # disk, a signal) continues where it stopped rather than dropping the rest.
         while data:
@@ -445,7 +445,7 @@ class Journal:
         elif (
             self._overwritten
             or mine.st_size > self._size
-            or _pread(fd, len(self._tail), self._size - len(self._tail)) != self._tail
+            or _pread(fd, len(tail := self._last[-_TAIL:]), self._size - len(tail)) != tail
         ):
             self._overwritten = True  # the lines after it cannot make the file whole again
             # This run holds the lock and alone appends: anything else wrote to the file (a

@@ -958,3 +958,22 @@ async def test_idle_workers_never_outnumber_the_busy_ones() -> None:
         await asyncio.sleep(0.05)
         assert not _growthhub_tasks()
         assert (engine._busy, len(engine._idle)) == (0, 0)
+
+
+def test_events_are_frozen_values() -> None:
+    """Events are value objects (msgspec structs since issue 17, frozen dataclasses before): a
+    hook cannot change what the next hook sees, and equal events compare and hash equal."""
+    outcome = Outcome(line=1, contact_id="abc", status=Status.UPDATED, http_status=200, attempts=1)
+    event = RecordFinished(outcome=outcome, token_key="default")
+    with pytest.raises(AttributeError):
+        event.token_key = "other"  # type: ignore[misc]
+    same = RecordFinished(outcome=outcome, token_key="default", record_hash=None)
+    assert event == same
+    assert hash(event) == hash(same)
+    assert event != RecordFinished(outcome=outcome, token_key="other")
+    match event:
+        case RecordFinished(outcome=Outcome(line=line), token_key=key):
+            assert (line, key) == (1, "default")
+        case _:
+            pytest.fail("a RecordFinished did not match its own class pattern")
+    assert "token_key='default'" in repr(event)

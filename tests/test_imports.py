@@ -57,7 +57,8 @@ def test_no_import_cycle_between_modules() -> None:
 
 # What `update` must not import (issue 17, item 4): each costs start-up, and a one-record run
 # is all start-up. SQLite only with --state, the sandbox and demo (aiohttp's web framework)
-# only for their own subcommands, the spill file's tempfile only when a record spills.
+# only for their own subcommands, the spill file's tempfile only when a record spills, the Dask
+# module only with --dask, the report's only for `report`.
 LAZY = (
     "sqlite3",
     "growthhub_async.state",
@@ -65,6 +66,8 @@ LAZY = (
     "growthhub_async.sandbox",
     "growthhub_async.demo",
     "growthhub_async.spill",
+    "growthhub_async.distributed",
+    "growthhub_async.report",
     "aiohttp.web",
 )
 # The command, then the modules it imported, one per line, into the file named by argv[1].

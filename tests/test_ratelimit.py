@@ -289,6 +289,51 @@ def test_budget_property_never_exceeds_limit(
         assert _max_in_window(sorted(arrivals), window) <= n
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    window=st.floats(0.05, 20.0),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["try", "answer", "observe", "pause"]),
+            st.floats(0.0, 2.0),
+            st.integers(0, 40),
+        ),
+        min_size=1,
+        max_size=200,
+    ),
+)
+def test_budget_admit_decides_as_delay_does(
+    *, n: int, window: float, steps: list[tuple[str, float, int]]
+) -> None:
+    """``admit`` (the pacer's no-wait path, issue 17) lets a request go exactly when ``delay``
+    says 0, and records it only then, whatever the budget has seen: answers, the server's
+    limit and foreign use, pauses. Two budgets fed the same steps: one asks ``admit``, the
+    other ``delay`` then ``record``."""
+    fast, slow = Budget(Rate(n, window)), Budget(Rate(n, window))
+    now = 0.0
+    for action, gap, count in steps:
+        now += gap * window
+        if action == "try":
+            expected = slow.delay(now) <= 0
+            if expected:
+                slow.record(now)
+            assert fast.admit(now) is expected
+        elif action == "answer":
+            for budget in (fast, slow):
+                if budget.in_flight:
+                    budget.complete(now)
+        elif action == "observe":
+            headers = RateHeaders(limit=max(1, count), remaining=max(0, n - count))
+            for budget in (fast, slow):
+                budget.observe(headers, sent_at=now, now=now)
+        else:
+            for budget in (fast, slow):
+                budget.pause(now + gap * window)
+        assert fast.in_flight == slow.in_flight
+        assert fast.delay(now) == slow.delay(now)
+
+
 async def test_pacer_spaces_requests_and_caps_the_window() -> None:
     """The edge: real loop clock, a scaled-down window; no burst after idling."""
     budget = Budget(Rate(10, 0.2))
