@@ -155,6 +155,13 @@ class _State(enum.Enum):
     DONE = "done"
 
 
+# The states and the one status the hot path names, as plain globals: `_State.RUNNING` is a
+# lookup through the enum class's metaclass __getattr__ hook, about 1,000 instructions each,
+# several per record (issue 17).
+_QUEUED, _READY, _RUNNING, _WAITING, _DONE = _State
+_UPDATED = Status.UPDATED
+
+
 class _Sink(Protocol):
     halted: tuple[Status, str] | None
     """Set when the run stops (:meth:`OutcomeStream.stop`): the outcome of every record that
@@ -196,7 +203,7 @@ class _Job(msgspec.Struct, eq=False):
     sink: _Sink
     token_key: str | None = None
     """The record's own key (``None``: the run's default): what its resume key covers."""
-    state: _State = _State.QUEUED
+    state: _State = _QUEUED
     attempts: int = 0
     http_status: int | None = None
     reauths: int = 0  # 401s answered by a refresh or a pause (bounded: _REAUTHS)
@@ -219,7 +226,7 @@ class _Job(msgspec.Struct, eq=False):
     def may_send(self) -> bool:
         """The send gate (asked when the connection is ready, right before the request is
         written): not once the record ended, its run stopped or its deadline passed."""
-        if self.state is not _State.RUNNING or self.sink.halted is not None:
+        if self.state is not _RUNNING or self.sink.halted is not None:
             return False
         if self.expires is not None and asyncio.get_running_loop().time() >= self.expires:
             return False
@@ -387,7 +394,7 @@ class Engine:
 
     def _ready(self, job: _Job) -> None:
         """Put a record that holds its contact's gate at the front of its token's queue."""
-        job.state = _State.READY
+        job.state = _READY
         key = job.lane.key
         self._queues[key].ready.append(job)
         if self._live[key] < self.concurrency:
@@ -395,7 +402,7 @@ class Engine:
 
     def _wait(self, job: _Job, delay: float) -> None:
         """Park a record for a retry's wait without a worker; a timer makes it ready again."""
-        job.state = _State.WAITING
+        job.state = _WAITING
         job.timer = self.loop.call_later(delay, self._wake, job)
         self._waiting.add(job)
 
@@ -404,7 +411,7 @@ class Engine:
         if self.closed:
             return  # still in _waiting: close() ends it
         self._waiting.discard(job)
-        if job.state is _State.WAITING:
+        if job.state is _WAITING:
             self._ready(job)
 
     def _hand_on(self, job: _Job) -> None:
@@ -418,7 +425,7 @@ class Engine:
         via its worker if running.
 
         A running record is cancelled by cancelling the worker that runs it, once: the worker is
-        suspended inside that record's attempts (see :meth:`_run`), so the cancellation lands
+        suspended inside that record's attempts (see :meth:`_work`), so the cancellation lands
         there, and the worker takes it back (``uncancel``) and goes on with its next record. A
         record waiting for a retry (no worker) ends at once, and its contact's next record goes.
 
@@ -429,9 +436,9 @@ class Engine:
         and land first (the same rule as :meth:`OutcomeStream.stop`). Only :meth:`close` cuts
         a request on the wire.
         """
-        if job.state is _State.QUEUED:
+        if job.state is _QUEUED:
             self._finish(job, job.outcome(Status.FAILED, reason))
-        elif job.state in (_State.WAITING, _State.READY):
+        elif job.state in (_WAITING, _READY):
             if job.timer is not None:
                 job.timer.cancel()
                 job.timer = None
@@ -439,10 +446,10 @@ class Engine:
             self._finish(job, job.outcome(Status.FAILED, reason))
             if not self.closed:
                 self._hand_on(job)
-        elif job.state is _State.RUNNING and job.on_wire and job.written and not job.detached:
+        elif job.state is _RUNNING and job.on_wire and job.written and not job.detached:
             job.detached = True  # _attempts sees it when the answer comes: nothing more is sent
             self._finish(job, job.outcome(Status.FAILED, reason))
-        elif job.state is _State.RUNNING and job.task is not None and not job.cancel_requested:
+        elif job.state is _RUNNING and job.task is not None and not job.cancel_requested:
             job.cancel_requested = True
             job.cancel_reason = reason
             job.task.cancel()
@@ -494,15 +501,15 @@ class Engine:
 
     def _expire(self, job: _Job) -> None:
         """A submitted record's deadline has passed: end it, saying how far it got."""
-        if job.state is not _State.DONE:
+        if job.state is not _DONE:
             self.cancel_job(job, deadline_reason(job))
 
     # -- workers ---------------------------------------------------------------------------
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
-        if job.state is _State.DONE:
+        if job.state is _DONE:
             return
-        job.state = _State.DONE
+        job.state = _DONE
         job.task = None
         job.sink.finish(job, outcome)
 
@@ -571,7 +578,7 @@ class Engine:
                 self._active[key] = {}  # a dict keeps its largest size: let it go
             lane.quiet()
 
-    async def _work(self, key: str) -> None:
+    async def _work(self, key: str) -> None:  # noqa: PLR0912, PLR0915 (each record inline)
         worker = asyncio.current_task()
         assert worker is not None
         queue = self._queues[key]
@@ -580,7 +587,7 @@ class Engine:
         while ready or new:
             job = ready.popleft() if ready else new.popleft()
             contact_id = job.contact_id
-            if job.state is _State.QUEUED:
+            if job.state is _QUEUED:
                 if contact_id in active:
                     parked = active[contact_id]
                     if parked is None:
@@ -588,65 +595,64 @@ class Engine:
                     parked.append(job)  # whoever ends this contact's record takes it next
                     continue
                 active[contact_id] = None
-            elif job.state is not _State.READY:
+            elif job.state is not _READY:
                 continue  # cancelled while queued: its outcome is out already
-            current: _Job | None = job
-            while current is not None:
-                if not await self._run(current, worker):
+            while True:
+                # The record runs inline in its worker: a task per record (and asyncio.wait on
+                # it) cost more CPU than the rest of the engine's own per-record work, and a
+                # coroutine of its own here one more frame on each resumption (issue 17).
+                # Cancelling one record is cancelling the worker while it runs that record
+                # (cancel_job), which is only ever the case between the two assignments of
+                # `job.task` below, with no suspension point outside `_attempts`: the
+                # cancellation can only land in this record's attempts.
+                job.state = _RUNNING
+                job.task = worker
+                try:
+                    result = await self._attempts(job)
+                except asyncio.CancelledError:
+                    job.task = None
+                    if job.cancel_requested:
+                        worker.uncancel()  # ours, from cancel_job
+                    cut = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
+                    if worker.cancelling() or self.closed:
+                        # Someone else cancels the worker too (the engine is closing, or the
+                        # loop is shutting down): end this record, then let the worker stop.
+                        self._finish(job, cut)
+                        raise
+                    result = cut
+                except Exception as exc:  # a bug of ours: this record fails, not the run
+                    job.task = None
+                    log.exception("internal error on line %d", job.line)
+                    error = f"internal error: {type(exc).__name__}: {exc}"
+                    result = job.outcome(Status.FAILED, error)
+                else:
+                    job.task = None
+                    if job.cancel_requested and worker.cancelling():
+                        # The attempts swallowed our cancellation and ended on their own: take
+                        # it back, or it would hit the worker's next record.
+                        worker.uncancel()
+                        if not isinstance(result, Outcome):
+                            result = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
+                if not isinstance(result, Outcome) and job.sink.halted is not None:
+                    result = job.outcome(*job.sink.halted)  # the run stops: no retry
+                if not isinstance(result, Outcome):
+                    self._wait(job, result)
                     break  # it waits for a retry, still holding the gate; this worker goes on
-                current = self._next_parked(active, contact_id)
+                self._finish(job, result)
+                following = self._next_parked(active, contact_id)
+                if following is None:
+                    break
+                job = following
 
     @staticmethod
     def _next_parked(active: dict[str, deque[_Job] | None], contact_id: str) -> _Job | None:
         parked = active[contact_id]
         while parked:
             job = parked.popleft()
-            if job.state is _State.QUEUED:
+            if job.state is _QUEUED:
                 return job
         del active[contact_id]
         return None
-
-    async def _run(self, job: _Job, worker: asyncio.Task[Any]) -> bool:
-        """Run a record's attempts: ``True`` when it ended, ``False`` when it waits to retry."""
-        # The record runs inline in its worker: a task per record (and asyncio.wait on it) cost
-        # more CPU than the rest of the engine's own per-record work. Cancelling one record is
-        # cancelling the worker while it runs that record (cancel_job), which is only ever the
-        # case between the two assignments of `job.task` below, with no suspension point outside
-        # `_attempts`: the cancellation can only land in this record's attempts. (`worker`: the
-        # task running this, asyncio.current_task(), asked once per worker.)
-        job.state = _State.RUNNING
-        job.task = worker
-        try:
-            result = await self._attempts(job)
-        except asyncio.CancelledError:
-            job.task = None
-            if job.cancel_requested:
-                worker.uncancel()  # ours, from cancel_job
-            if worker.cancelling() or self.closed:
-                # Someone else cancels the worker too (the engine is closing, or the loop is
-                # shutting down): end this record, then let the worker stop.
-                self._finish(job, job.outcome(Status.FAILED, job.cancel_reason or CANCELLED))
-                raise
-            result = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
-        except Exception as exc:  # a bug of ours: this record fails, not the run
-            job.task = None
-            log.exception("internal error on line %d", job.line)
-            result = job.outcome(Status.FAILED, f"internal error: {type(exc).__name__}: {exc}")
-        else:
-            job.task = None
-            if job.cancel_requested and worker.cancelling():
-                # The attempts swallowed our cancellation and ended on their own: take it back,
-                # or it would hit the worker's next record.
-                worker.uncancel()
-                if not isinstance(result, Outcome):
-                    result = job.outcome(Status.FAILED, job.cancel_reason or CANCELLED)
-        if not isinstance(result, Outcome) and job.sink.halted is not None:
-            result = job.outcome(*job.sink.halted)  # the run stops: no retry
-        if isinstance(result, Outcome):
-            self._finish(job, result)
-            return True
-        self._wait(job, result)
-        return False
 
     async def _attempts(self, job: _Job) -> Outcome | float:
         """Send one record until it has a final outcome, or until it must wait to retry.
@@ -703,7 +709,7 @@ class Engine:
                 job.attempts -= isinstance(error, NotSent)
                 continue
             if error is None:
-                return job.outcome(Status.UPDATED, None)
+                return job.outcome(_UPDATED, None)
             after = self._after(job, error)
             if after is not None:
                 return after
@@ -857,13 +863,13 @@ class Engine:
             self.cancel_job(job)
         for key, queue in self._queues.items():
             for job in (*queue.ready, *queue.new):
-                if job.state in (_State.QUEUED, _State.READY):
+                if job.state in (_QUEUED, _READY):
                     self._finish(job, job.outcome(Status.FAILED, CANCELLED))
             queue.ready.clear()
             queue.new.clear()
             for parked in self._active[key].values():
                 for job in parked or ():
-                    if job.state is _State.QUEUED:
+                    if job.state is _QUEUED:
                         self._finish(job, job.outcome(Status.FAILED, CANCELLED))
             self._active[key].clear()
         for run in list(self.runs):  # every record has its outcome: the run ends (its span)
@@ -930,7 +936,7 @@ def _held_back(
     ``sent_at``: the budget was taken for it, and goes back (the lane's acquire gave it back
     already if the token stopped)."""
     halt: tuple[Status, str] | None
-    if job.state is not _State.RUNNING:
+    if job.state is not _RUNNING:
         halt = Status.FAILED, job.cancel_reason or CANCELLED
     else:
         halt = job.lane.stopped or job.sink.halted

@@ -118,11 +118,11 @@ from growthhub_async.sources import Record
 from growthhub_async.telemetry import ClientTelemetry, Telemetry
 from growthhub_async.transport import (
     MAX_ANSWER,
+    SEND_GATE,
     NotSent,
     check_base_url,
     is_loopback,
     map_exceptions,
-    may_send,
     no_hidden_resend,
     read_capped,
     transport_error,
@@ -272,7 +272,8 @@ class _Connector(aiohttp.TCPConnector):
     def _gated(conn: Any) -> Any:
         """The connection, unless the request may no longer go (:func:`may_send`): the last
         moment before aiohttp writes it. The unused connection goes back to the pool."""
-        if may_send():
+        gate = SEND_GATE.get()  # may_send(), one call frame less per request (issue 17)
+        if gate is None or gate():
             return conn
         conn.release()
         raise NotSent
@@ -576,7 +577,9 @@ class _Lane:
         usual case, for no coroutine), else ``None`` (then ``await acquire()``)."""
         assert self._pacer is not None
         sent_at = self._pacer.take()
-        return None if sent_at is None else self._taken(sent_at)
+        if sent_at is not None and (self.stopped is not None or self.budget.daily_exhausted):
+            self._taken(sent_at)
+        return sent_at
 
     def _taken(self, sent_at: float) -> float:
         if self.budget.daily_exhausted:  # another process saw it (a shared budget)

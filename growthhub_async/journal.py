@@ -415,8 +415,10 @@ class Journal:
         self._last = data  # check() compares its end with the file's
         # One write per line: with O_APPEND a line lands whole at the end. A short write (a full
         # disk, a signal) continues where it stopped rather than dropping the rest.
-        while data:
-            data = data[os.write(fd, data) :]
+        done = os.write(fd, data)
+        while done < len(data):
+            data = data[done:]
+            done = os.write(fd, data)
         self.written += 1
         if self.fsync_every and self.written % self.fsync_every == 0:
             os.fsync(fd)
