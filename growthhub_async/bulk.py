@@ -48,6 +48,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from operator import is_
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -765,10 +766,9 @@ class Engine:
 
     def _requests_needed(self) -> bool:
         """Whether one of the client's hooks needs :class:`RequestFinished`: asked again only
-        when the hooks changed (the list is the client's, and may be changed directly). The
-        same hooks are the same objects, so the comparison costs no ``__eq__``."""
+        when the hooks changed (the list is the client's, and may be changed directly)."""
         hooks = self.hooks
-        if hooks != self._hooks_seen:
+        if not _same_hooks(hooks, self._hooks_seen):
             self._hooks_seen = hooks.copy()
             self._hooks_need_requests = needs(hooks, RequestFinished)
         return self._hooks_need_requests
@@ -874,6 +874,14 @@ class Engine:
             self._active[key].clear()
         for run in list(self.runs):  # every record has its outcome: the run ends (its span)
             run.finished()
+
+
+def _same_hooks(hooks: list[Hook], seen: list[Hook]) -> bool:
+    """Whether ``hooks`` holds the very objects of ``seen``, in order. By identity: a hook
+    replaced by an equal object is a change (rt17d: compared with ``==``, the replacement got
+    no event and the hook it replaced kept getting them). ``seen`` holds its hooks alive, so
+    no new object can take one's place at its address."""
+    return len(hooks) == len(seen) and all(map(is_, hooks, seen))
 
 
 def _listeners(hooks: Iterable[Hook], kind: type) -> tuple[Hook, ...]:
@@ -1109,11 +1117,10 @@ class OutcomeStream:
     def _emit(self, event: Event) -> None:
         """To the client's hooks, then the run's own: those that need ``event``, as worked out
         once per kind of event (per record, the hooks' filters cost more than the hooks;
-        issue 17), again whenever the client's list changes (it may be changed directly; the
-        same hooks are the same objects, so comparing the lists runs no ``__eq__``)."""
+        issue 17), again whenever the client's list changes (it may be changed directly)."""
         assert self._engine is not None
         hooks = self._engine.hooks
-        if hooks != self._hooks_seen:
+        if self._hooks_seen is None or not _same_hooks(hooks, self._hooks_seen):
             self._hooks_seen = hooks.copy()
             self._listeners.clear()
         kind = type(event)

@@ -977,3 +977,83 @@ def test_events_are_frozen_values() -> None:
         case _:
             pytest.fail("a RecordFinished did not match its own class pattern")
     assert "token_key='default'" in repr(event)
+
+
+async def test_a_hook_replaced_by_an_equal_one_mid_run_hands_over_its_events() -> None:
+    """rt17d: the run works out its hooks once per kind of event, again when the client's list
+    changes. A hook replaced in ``client.hooks`` by an *equal* object (a dataclass recorder, a
+    wrapper with ``__eq__``) is a change: from the next record on, the new one gets the events
+    and the one it replaced gets none. And one that needs ``RequestFinished`` put in place of
+    an equal one that does not turns them on."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.events: list[Event] = []
+
+        def __call__(self, event: Event) -> None:
+            self.events.append(event)
+
+        def __eq__(self, other: object) -> bool:
+            return True  # equal to anything, its old wrapper included
+
+        __hash__ = None  # type: ignore[assignment]
+
+    old, new = Recorder(), Recorder()
+    config = SandboxConfig(tokens=frozenset({TOKEN}))
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(TOKEN, base_url=sb.base_url, rate=None, concurrency=2) as gh,
+    ):
+        gh.hooks.append(listens(RecordFinished)(old))
+        seen = 0
+        async with gh.update_contacts(
+            (f"c{i}", UpdateContact(first_name="a")) for i in range(60)
+        ) as stream:
+            async for _ in stream:
+                seen += 1
+                if seen == 20:
+                    at = len(old.events)
+                    gh.hooks[gh.hooks.index(listens(RecordFinished)(old))] = new
+        assert len(old.events) == at  # nothing after it was replaced
+        assert sum(isinstance(e, RecordFinished) for e in new.events) == 60 - at
+        # `new` listens to everything: RequestFinished events are built for it.
+        assert any(isinstance(e, RequestFinished) for e in new.events)
+
+
+async def test_a_hook_whose_eq_raises_stops_nothing_when_the_hooks_change() -> None:
+    """rt17d: comparing the client's hook list with the one the run worked from must not call
+    a hook's ``__eq__``: one that raised killed every worker and lost 150 of 200 outcomes."""
+
+    class Touchy:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __call__(self, event: Event) -> None:
+            self.calls += 1
+
+        def __eq__(self, other: object) -> bool:
+            raise TypeError("no eq for you")
+
+        __hash__ = None  # type: ignore[assignment]
+
+    touchy, later = Touchy(), Touchy()
+    config = SandboxConfig(tokens=frozenset({TOKEN}))
+    async with (
+        run_sandbox(config) as sb,
+        GrowthHubClient(TOKEN, base_url=sb.base_url, rate=None, concurrency=4) as gh,
+    ):
+        gh.hooks.append(touchy)
+        outcomes: list[Outcome] = []
+
+        async def run() -> None:
+            async for outcome in gh.update_contacts(
+                (f"c{i}", UpdateContact(first_name="a")) for i in range(80)
+            ):
+                outcomes.append(outcome)
+                if len(outcomes) == 30:
+                    gh.hooks[next(i for i, h in enumerate(gh.hooks) if h is touchy)] = later
+
+        await asyncio.wait_for(run(), 30)  # with its workers dead, the stream never ended
+    assert len(outcomes) == 80
+    assert all(o.status is Status.UPDATED for o in outcomes)
+    assert later.calls > 0
