@@ -328,17 +328,14 @@ class Budget:
         """:meth:`record` a request now if :meth:`delay` lets it go now; whether it did. The
         usual case of a budget with room (fewer requests in the span than the limit, no pause)
         without the rest of ``delay``'s arithmetic (issue 17)."""
-        rate = self._rate
-        if (
-            rate is not None
+        roomy = (
+            self._rate is not None
             and now >= self.paused_until
             and (self._server_limit is None or self._server_limit >= self._requests)
             and now >= self._foreign_until
             and self._open + len(self._answered) < self._requests
-        ):
-            self.record(now)
-            return True
-        if self.delay(now) > 0:
+        )
+        if not roomy and self.delay(now) > 0:
             return False
         self.record(now)
         return True
